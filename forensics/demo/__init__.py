@@ -1,0 +1,1 @@
+"""Sample-run trainers: one seeded, deterministic trainer per mechanism, plus clean controls."""

@@ -1,0 +1,1 @@
+"""Thin adapters from training frameworks (Lightning, Hugging Face) to the recorder core."""

@@ -1,0 +1,1 @@
+"""Pure math: tensors and callables in, numbers out (Hessian, NTK, frequency, condensation)."""
