@@ -1,0 +1,170 @@
+"""Known-answer tests of the rules and the verdict on hand-built evidence."""
+
+import math
+
+import pytest
+
+from forensics.analyze.evidence import Evidence, SpikeContext
+from forensics.analyze.rules import RULES
+from forensics.analyze.verdict import choose_verdict
+
+
+def ctx(**kw):
+    base = dict(run_id="r", spike_id=0, onset=10, peak=12, end=16, peak_loss=5.0,
+                baseline_loss=1.0, optimizer="sgd", momentum=0.0)
+    base.update(kw)
+    return SpikeContext(**base)
+
+
+def curvature(ev, steps, lrs, lams, losses):
+    for s, lr, lam, loss in zip(steps, lrs, lams, losses):
+        ev.add_many(s, "curvature", {"lr": lr, "lambda_max": lam, "eta_lambda_max": lr * lam,
+                                     "loss": loss})
+
+
+def test_sharpness_fires_on_progressive_sharpening_at_constant_lr():
+    ev = Evidence(ctx())
+    curvature(ev, [4, 6, 8, 9, 10, 18], [0.1] * 6, [15, 17, 19, 20.5, 21, 18],
+              [1.0, 0.8, 0.6, 0.55, 0.6, 0.5])
+    f = RULES["sharpness"](ev)
+    assert f.status == "fired"
+    assert f.evidence["llas"] is True
+    assert f.evidence["eta_lambda_max"] == pytest.approx(2.1)
+    assert f.thresholds["limit_momentum"] == 2.0
+
+
+def test_sharpness_uses_the_momentum_limit():
+    ev = Evidence(ctx(momentum=0.9))
+    curvature(ev, [4, 8, 10], [0.1] * 3, [15, 19, 21], [1.0, 0.6, 0.6])
+    f = RULES["sharpness"](ev)
+    assert f.status == "not_fired"  # 2.1 < 2 + 2*0.9
+    assert f.thresholds["limit_momentum"] == pytest.approx(3.8)
+
+
+def test_sharpness_defers_to_catapult_when_the_lr_jumped():
+    ev = Evidence(ctx())
+    curvature(ev, [4, 8, 10], [0.05, 0.05, 0.15], [20, 20, 20], [1.0, 0.9, 0.9])
+    f = RULES["sharpness"](ev)
+    assert f.status == "not_fired" and f.evidence["lr_driven"] is True
+
+
+def test_sharpness_is_inconclusive_for_adam_and_without_measurements():
+    assert RULES["sharpness"](Evidence(ctx(optimizer="adam"))).status == "inconclusive"
+    ev = Evidence(ctx())
+    ev.skip("curvature", "model could not be rebuilt")
+    f = RULES["sharpness"](ev)
+    assert f.status == "inconclusive" and "rebuilt" in f.reason
+
+
+def ntk(ev, step, lr_ratio, pl_top, pl_rest, lam):
+    ev.add_many(step, "ntk", {"lr_over_eta_crit": lr_ratio, "pl_top": pl_top, "pl_rest": pl_rest,
+                              "ntk_loss": pl_top + pl_rest, "ntk_lambda_max": lam, "ntk_s": 5,
+                              "eta_crit": 0.1 / lr_ratio})
+
+
+def test_catapult_fires_when_increase_is_in_top_space_and_kernel_drops():
+    ev = Evidence(ctx())
+    ntk(ev, 8, 1.5, 0.1, 0.2, 100.0)
+    ntk(ev, 10, 1.5, 0.5, 0.21, 100.0)
+    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0)
+    ntk(ev, 20, 0.8, 0.05, 0.2, 60.0)
+    f = RULES["catapult"](ev)
+    assert f.status == "fired"
+    assert f.evidence["top_share_of_increase"] == pytest.approx(3.9 / 3.95)
+    assert f.evidence["kernel_ratio"] == pytest.approx(0.6)
+
+
+def test_catapult_not_fired_below_critical_lr():
+    ev = Evidence(ctx())
+    ntk(ev, 8, 0.5, 0.1, 0.2, 100.0)
+    ntk(ev, 12, 0.5, 0.2, 4.0, 100.0)
+    ntk(ev, 20, 0.5, 0.1, 0.2, 100.0)
+    f = RULES["catapult"](ev)
+    assert f.status == "not_fired" and "η ≤ η_crit" in f.message
+
+
+def adam(ev, step, ratio, pre, direc, eps_share=0.0):
+    ev.add_many(step, "adam", {"ratio_median": ratio, "eta_pre_lambda_max": pre,
+                               "eta_pre_grad_curvature": direc, "eps_dominated_share": eps_share})
+
+
+def test_adam_lag_fires_and_reports_both_limits():
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 6, 0.01, 3.0, 0.5)
+    adam(ev, 8, 0.02, 3.5, 1.2)
+    adam(ev, 10, 0.03, 3.6, 2.5)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.status == "fired"
+    assert f.thresholds["limit_seed"] == 2.0
+    assert f.thresholds["limit_cohen"] == pytest.approx(38.0)
+
+
+def test_adam_lag_inconclusive_when_eps_caps_the_preconditioner():
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 8, 0.01, 3.0, 1.0, eps_share=0.9)
+    adam(ev, 10, 0.01, 3.0, 2.5, eps_share=0.9)
+    assert RULES["adam_beta2_lag"](ev).status == "inconclusive"
+
+
+def test_adam_lag_not_fired_without_lag():
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 8, 0.9, 3.0, 1.0)
+    adam(ev, 10, 1.1, 3.0, 2.5)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.status == "not_fired" and "no β₂ lag" in f.message
+    assert RULES["adam_beta2_lag"](Evidence(ctx(optimizer="other"))).status == "inconclusive"
+
+
+def test_data_rule_threshold():
+    ev = Evidence(ctx())
+    ev.add_many(10, "data", {"batch_loss_ratio": 12.0, "batch_loss": 12.0,
+                             "neighbor_loss_median": 1.0, "neighbor_count": 7})
+    assert RULES["data"](ev).status == "fired"
+    ev2 = Evidence(ctx())
+    ev2.add_many(10, "data", {"batch_loss_ratio": 1.1})
+    assert RULES["data"](ev2).status == "not_fired"
+    assert RULES["data"](Evidence(ctx())).status == "inconclusive"
+
+
+def test_numerical_names_the_first_nonfinite_tensor():
+    ev = Evidence(ctx(nonfinite=True))
+    ev.add_many(11, "numerical", {"nonfinite_loss": 0, "nonfinite_grad": 3})
+    ev.add_many(12, "numerical", {"nonfinite_loss": 1, "nonfinite_grad": 10})
+    f = RULES["numerical"](ev)
+    assert f.status == "fired"
+    assert f.evidence["first_kind"] == "grad" and f.evidence["first_step"] == 11
+
+
+def test_low_frequency_and_condensation():
+    ev = Evidence(ctx())
+    ev.add_many(12, "frequency", {"low_share_excess": 0.8, "low_share_descent": 0.7})
+    assert RULES["low_frequency"](ev).status == "fired"
+    ev.add_many(8, "condensation", {"condensation_share": 0.1, "condensation_index": 0.2})
+    ev.add_many(20, "condensation", {"condensation_share": 0.3, "condensation_index": 0.4})
+    f = RULES["condensation"](ev)
+    assert f.status == "fired" and f.evidence["share_after"] == 0.3
+
+
+def test_verdict_precedence():
+    ev = Evidence(ctx(nonfinite=True))
+    curvature(ev, [4, 8, 10], [0.1] * 3, [15, 19, 21], [1.0, 0.6, 0.6])
+    ev.add_many(10, "numerical", {"nonfinite_loss": 1})
+    ev.add_many(10, "data", {"batch_loss_ratio": 10.0})
+    findings = [rule(ev) for rule in RULES.values()]
+    verdict, score, _ = choose_verdict(findings)
+    assert verdict == "numerical"
+    assert [f.rule for f in findings if f.primary] == ["numerical"]
+    findings = [f for f in findings if f.rule != "numerical"]
+    for f in findings:
+        f.primary = False
+    assert choose_verdict(findings)[0] == "data"
+    assert choose_verdict([f for f in findings if f.rule != "data"])[0] == "sharpness"
+    assert choose_verdict([])[0] == "unexplained"
+
+
+def test_finding_rows_are_json():
+    ev = Evidence(ctx())
+    curvature(ev, [4, 8, 10], [0.1] * 3, [15, 19, math.inf], [1.0, 0.6, 0.6])
+    row = RULES["sharpness"](ev).to_row("r", 0)
+    assert set(row) >= {"rule", "status", "score", "message", "hint", "evidence", "thresholds"}
+    assert isinstance(row["evidence"], str)
