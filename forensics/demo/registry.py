@@ -1,0 +1,44 @@
+"""The registry of sample runs: name -> trainer, and `make_all` that (re)records them."""
+
+import time
+from pathlib import Path
+
+from forensics.demo import adam, catapult, eos, gd, low_frequency, sgd, small_batch
+
+# name -> (trainer, one line on what the run shows); order = the order they are recorded in.
+TRAINERS = {
+    "catapult": (catapult.train, "NTK catapult after the lr is raised past n/lambda_max(K)"),
+    "eos": (eos.train, "edge of stability: sharpness rises to 2/eta, spike, sharpness drops"),
+    "adam_beta2_lag": (adam.train_lag, "Adam beta2 lag at very low loss (eps=1e-8)"),
+    "adam_control": (adam.train_control, "control: the same Adam run with eps=1e-3, no spike"),
+    "low_frequency": (low_frequency.train, "1-D grid EoS spike whose excess and descent are low-frequency"),
+    "small_batch": (small_batch.train_small, "rank-2 task, SGD batch 5: many catapults, AGOP aligns"),
+    "large_batch": (small_batch.train_large, "rank-2 task, full batch at the same lr: no spike"),
+    "bad_batch": (sgd.train_bad_batch, "minibatch SGD with one batch's labels x10 at step 400"),
+    "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
+    "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),
+    "clean_sgd": (sgd.train_clean_sgd, "control: minibatch SGD (bad_batch without the bad batch)"),
+}
+
+
+def make_all(out_dir="sample_runs", names=None, if_missing: bool = False, *, log=print) -> list[Path]:
+    """Record the sample runs `names` (all if None) into out_dir/<name>; return their paths.
+
+    With `if_missing`, runs whose folder already holds a run.json are left alone.
+    """
+    names = list(TRAINERS) if names is None else list(names)
+    unknown = [n for n in names if n not in TRAINERS]
+    if unknown:
+        raise ValueError(f"unknown sample run(s) {', '.join(unknown)}; choose from {', '.join(TRAINERS)}")
+    out = Path(out_dir)
+    paths = []
+    for name in names:
+        path = out / name
+        if if_missing and (path / "run.json").exists():
+            log(f"{name}: present, skipped")
+        else:
+            start = time.perf_counter()
+            TRAINERS[name][0](out)
+            log(f"{name}: recorded in {time.perf_counter() - start:.1f} s  ({TRAINERS[name][1]})")
+        paths.append(path)
+    return paths
