@@ -35,7 +35,9 @@ def judge(ev: Evidence) -> Finding:
         return inconclusive(RULE, ev.skipped.get("ntk", "no NTK measurements"))
 
     at_onset = last(ev, "lr_over_eta_crit", None, ctx.onset)
-    ref_loss = first(ev, "pl_top", None, ctx.onset)
+    # the quiet reference is the last measured step before onset (the onset itself for a
+    # spike from the first steps): the loss increase is counted from there
+    ref_loss = last(ev, "pl_top", None, ctx.onset - 1) or first(ev, "pl_top", ctx.onset, ctx.onset)
     if at_onset is None or ref_loss is None:
         return inconclusive(RULE, "no NTK measurement at or before onset")
     ref_step = ref_loss[0]

@@ -1,0 +1,85 @@
+"""Measurement engines: each turns one spike's snapshots into rows of an `Evidence`.
+
+An engine is `measure(ev, scene) -> None`. It reads tensors through the `Scene` (which loads
+and caches snapshots) and calls the pure math in `forensics.math`; it raises `Skip` with a
+reason when it cannot run, which the pipeline records as that engine's skip reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from forensics.analyze.evidence import SpikeContext
+from forensics.analyze.window import Window
+
+
+class Skip(Exception):
+    """An engine cannot run on this spike; the message says why (it becomes `reason`)."""
+
+
+@dataclass
+class Scene:
+    """Everything an engine may read for one spike: the run, the window, the replay."""
+
+    run: Any
+    context: SpikeContext
+    window: Window
+    replay: Any
+    replay_error: str
+    settings: Any
+    device: torch.device
+    _cache: dict = field(default_factory=dict)
+
+    def require_replay(self):
+        if self.replay is None:
+            raise Skip(self.replay_error or "model not rebuilt")
+        return self.replay
+
+    def steps(self) -> tuple[int, ...]:
+        """The selected snapshot steps, sorted; Skip when the spike has none."""
+        steps = self.window.steps
+        if not steps:
+            raise Skip("no snapshots around this spike (capture budget or stride left none)")
+        return steps
+
+    def snapshot(self, step: int):
+        """The snapshot of `step`, loaded once (on the CPU; engines move what they use)."""
+        if step not in self._cache:
+            self._cache[step] = self.run.snapshot(step).load("cpu")
+        return self._cache[step]
+
+    def params(self, step: int) -> dict[str, torch.Tensor]:
+        return self.require_replay().tensors(self.snapshot(step).params)
+
+    def batch(self, step: int, *, max_samples: int | None = None) -> dict[str, torch.Tensor]:
+        """The batch of `step` on the device; a seeded subsample when it has more rows."""
+        batch = self.require_replay().batch(self.snapshot(step))
+        n = max_samples or self.settings.max_samples
+        rows = next(iter(batch.values())).shape[0]
+        if rows <= n:
+            return batch
+        g = torch.Generator().manual_seed(self.settings.seed + step)
+        idx = torch.randperm(rows, generator=g)[:n].to(self.device)
+        return {k: v.index_select(0, idx) if v.ndim and v.shape[0] == rows else v
+                for k, v in batch.items()}
+
+    def lr(self, step: int) -> float:
+        return float(self.snapshot(step).meta.get("lr", float("nan")))
+
+
+from forensics.analyze.measure import (  # noqa: E402  (engines import Scene/Skip from here)
+    adam, condensation, curvature, data, frequency, ntk, numerical,
+)
+
+ENGINES = {
+    "numerical": numerical.measure,
+    "curvature": curvature.measure,
+    "adam": adam.measure,
+    "ntk": ntk.measure,
+    "frequency": frequency.measure,
+    "condensation": condensation.measure,
+    "data": data.measure,
+}

@@ -1,0 +1,88 @@
+"""Engine `curvature`: Hessian sharpness and directional curvature at each selected step.
+
+At θ_s on batch s: the top-k Hessian eigenpairs by Lanczos on Hessian-vector products (to
+the relative tolerance `settings.lanczos_tol`), η·λ_max against 2/η and (2+2β)/η (Cohen et
+al. 2021), the directional curvatures gᵀHg/‖g‖² and uᵀHu/‖u‖² for the recorded gradient and
+the actual update u = θ_{s+1} − θ_s, their cosines with the top eigenvector (Gilmer et al.
+2021, "A Loss Curvature Perspective on Training Instability"), and the loss ratio after a
+gradient step restricted to the top eigendirection, L(θ − η(gᵀv₁)v₁)/L(θ), which exceeds 1
+exactly when that direction is unstable on a quadratic (|1 − ηλ| > 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from forensics.analyze.evidence import Evidence
+from forensics.math.flat import FlatSpec
+from forensics.math.hvp import HVPOperator
+from forensics.math.lanczos import lanczos
+
+
+def hessian_at(scene, step: int):
+    """(operator, eig result, flat params, spec) for the batch-loss Hessian at `step`."""
+    replay = scene.require_replay()
+    params = scene.params(step)
+    batch = scene.batch(step)
+    op = HVPOperator(lambda p: replay.loss(p, batch), params)
+    eig = lanczos(op, k=scene.settings.top_k, tol=scene.settings.lanczos_tol, max_iter=120,
+                  seed=scene.settings.seed)
+    spec = FlatSpec.from_params(params)
+    return op, eig, spec, params, batch
+
+
+def recorded_update(scene, step: int, spec: FlatSpec) -> torch.Tensor | None:
+    """θ_{s+1} − θ_s from the next snapshot, when step s+1 was captured."""
+    try:
+        nxt = scene.snapshot(step + 1)
+    except KeyError:
+        return None
+    now = scene.params(step)
+    after = scene.require_replay().tensors(nxt.params)
+    return spec.flatten(after) - spec.flatten(now)
+
+
+def _directional(op, d: torch.Tensor) -> float:
+    """dᵀHd/‖d‖²."""
+    return float(torch.dot(d, op.matvec(d)) / torch.dot(d, d))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a, b).abs() / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+def measure(ev: Evidence, scene) -> None:
+    replay = scene.require_replay()
+    momentum = ev.context.momentum
+    for step in scene.steps():
+        op, eig, spec, params, batch = hessian_at(scene, step)
+        lr = scene.lr(step)
+        lam = eig.eigenvalues.tolist()
+        v1 = eig.eigenvectors[:, 0]
+        row = {
+            "loss": op.loss, "lr": lr, "lambda_max": lam[0],
+            "eta_lambda_max": lr * lam[0], "limit_gd": 2.0, "limit_momentum": 2 + 2 * momentum,
+            "lanczos_matvecs": eig.num_matvecs, "lanczos_converged": float(eig.converged),
+            "lanczos_rel_residual": float(eig.residuals[0] / max(abs(lam[0]), 1e-30)),
+            "batch_size": next(iter(batch.values())).shape[0],
+        }
+        if len(lam) > 1:
+            row["lambda_2"] = lam[1]
+        g = spec.flatten(replay.tensors(scene.snapshot(step).grads)) \
+            if scene.snapshot(step).grads else op.grad
+        if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
+            row["grad_curvature"] = _directional(op, g)
+            row["eta_grad_curvature"] = lr * row["grad_curvature"]
+            row["cos_grad_top"] = _cos(g, v1)
+            with torch.no_grad():
+                theta = spec.flatten(params)
+                moved = spec.unflatten(theta - lr * torch.dot(g, v1) * v1)
+                row["loss_ratio_top_step"] = float(replay.loss(moved, batch)) / max(op.loss, 1e-30)
+        u = recorded_update(scene, step, spec)
+        if u is not None and bool(torch.isfinite(u).all()) and float(u.norm()) > 0:
+            row["update_curvature"] = _directional(op, u)
+            row["cos_update_top"] = _cos(u, v1)
+            with torch.no_grad():
+                moved = spec.unflatten(spec.flatten(params) + u)
+                row["loss_ratio_update"] = float(replay.loss(moved, batch)) / max(op.loss, 1e-30)
+        ev.add_many(step, "curvature", row)

@@ -1,0 +1,37 @@
+"""Engine `data`: the spike batch's loss against its neighbours', all at the onset weights.
+
+Evaluates L(θ_onset; batch_s) for the onset batch and every other recorded batch in the
+window (at most `max_neighbors`, nearest first). Full-batch runs have identical batches,
+so the ratio is 1 there by construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from forensics.analyze.evidence import Evidence
+from forensics.analyze.measure import Skip
+
+MAX_NEIGHBORS = 8
+
+
+def measure(ev: Evidence, scene) -> None:
+    ctx = ev.context
+    replay = scene.require_replay()
+    onset = ctx.onset
+    if onset not in {i.step for i in scene.run.snapshots}:
+        raise Skip(f"the onset step {onset} was not captured")
+    others = sorted((i.step for i in scene.run.snapshots if i.step != onset
+                     and abs(i.step - onset) <= 64), key=lambda s: (abs(s - onset), s))
+    others = others[:MAX_NEIGHBORS]
+    if not others:
+        raise Skip("no neighbouring batches were recorded")
+    params = scene.params(onset)
+    with torch.no_grad():
+        own = float(replay.loss(params, scene.batch(onset)))
+        losses = [float(replay.loss(params, scene.batch(s))) for s in others]
+    median = float(np.median(losses))
+    ratio = own / median if median > 0 else float("inf")
+    ev.add_many(onset, "data", {"batch_loss": own, "neighbor_loss_median": median,
+                                "neighbor_count": len(losses), "batch_loss_ratio": ratio})

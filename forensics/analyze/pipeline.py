@@ -1,0 +1,232 @@
+"""`analyze(run)`: replay every spike of a run, measure it, judge it, and write the findings.
+
+The pipeline is the only place that loads snapshots and writes results; the engines
+(`forensics.analyze.measure`) turn tensors into measurements, the rules
+(`forensics.analyze.rules`) turn measurements into findings. A failure in one engine or one
+spike becomes an `inconclusive` finding with the reason; it never loses the findings
+already made.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import forensics
+from forensics.analyze.evidence import Evidence, Finding, SpikeContext, inconclusive
+from forensics.analyze.measure import ENGINES, Scene
+from forensics.analyze.mechanisms import MECHANISMS, check_mechanisms
+from forensics.analyze.replay import Replay, pick_device
+from forensics.analyze.rules import RULES
+from forensics.analyze.store import write_analysis
+from forensics.analyze.verdict import choose_verdict
+from forensics.analyze.window import select
+from forensics.record.detector import DetectorConfig, detect_offline
+from forensics.rundir.reader import Run, open_run
+
+# which engines each rule reads
+NEEDS = {
+    "numerical": ("numerical",),
+    "sharpness": ("curvature",),
+    "catapult": ("ntk",),
+    "adam_beta2_lag": ("adam",),
+    "low_frequency": ("frequency",),
+    "condensation": ("condensation",),
+    "data": ("data",),
+}
+ENGINE_ORDER = ("numerical", "curvature", "adam", "ntk", "frequency", "condensation", "data")
+
+Progress = Callable[[int, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Analyzer settings; all recorded in analysis/meta.json.
+
+    `lanczos_tol`: relative Ritz-residual tolerance of every eigenvalue estimate.
+    `max_samples`: batch rows used for curvature/NTK (a seeded subsample when larger).
+    `max_snapshots`: snapshots measured per spike (see `window.select`).
+    """
+
+    max_snapshots: int = 12
+    lanczos_tol: float = 1e-3
+    top_k: int = 2
+    max_samples: int = 1024
+    ntk_max_n: int = 512
+    ntk_top_s: int = 5
+    seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass
+class SpikeResult:
+    """One analysed spike: its row, its evidence, its findings."""
+
+    context: SpikeContext
+    source: str
+    verdict: str
+    verdict_score: float
+    verdict_message: str
+    evidence: Evidence
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Analysis:
+    """The result of `analyze`: one `SpikeResult` per spike, and where it was written."""
+
+    run_id: str
+    spikes: list[SpikeResult]
+    settings: Settings
+    device: str
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+
+def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, device=None,
+            mechanisms=None, allow_import: bool = False, redetect: bool = False,
+            settings: Settings | None = None, progress: Progress | None = None,
+            write: bool = True) -> Analysis:
+    """Analyze every spike of `run` and (by default) write `analysis/` into it.
+
+    `model`: a module to use instead of rebuilding from run.json (no import then).
+    `allow_import`: permit importing the model factory / loss named in run.json (code that
+    is not part of this package); without it only `forensics.zoo` factories are rebuilt.
+    `redetect`: re-run the detector offline on `steps/` even when online spikes exist.
+
+    Example:
+        >>> from forensics import analyze
+        >>> result = analyze("sample_runs/eos")          # doctest: +SKIP
+        >>> [s.verdict for s in result.spikes]           # doctest: +SKIP
+        ['sharpness']
+    """
+    settings = settings or Settings()
+    rules = check_mechanisms(mechanisms) if mechanisms else MECHANISMS
+    engines = [e for e in ENGINE_ORDER if any(e in NEEDS[r] for r in rules)]
+    if not isinstance(run, Run):
+        run = open_run(run)
+    dev = pick_device(device)
+    notes: list[str] = []
+    manifest = run.manifest
+    run_id = str(manifest.get("run_id", Path(run.path).name))
+
+    replay, replay_error = None, ""
+    try:
+        replay = Replay.from_run(run, model=model, device=dev, allow_import=allow_import,
+                                 dtype=getattr(torch, settings.dtype))
+    except Exception as exc:  # a model that cannot be rebuilt: every model engine is skipped
+        replay_error = f"model not rebuilt: {exc}"
+        notes.append(replay_error)
+
+    spikes, source = _spikes(run, redetect)
+    results: list[SpikeResult] = []
+    for spike in spikes:
+        ctx = _context(run, spike, run_id)
+        ev = Evidence(ctx)
+        try:
+            scene = _scene(run, ctx, replay, replay_error, settings, dev)
+        except Exception as exc:
+            scene = None
+            for e in engines:
+                ev.skip(e, f"snapshots unreadable: {exc}")
+        if scene is not None:
+            ctx = scene.context
+            ev.context = ctx
+            for i, engine in enumerate(engines):
+                if progress:
+                    progress(ctx.spike_id, engine, i, len(engines))
+                try:
+                    ENGINES[engine](ev, scene)
+                except Exception as exc:
+                    ev.skip(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
+            if progress:
+                progress(ctx.spike_id, "done", len(engines), len(engines))
+        findings = []
+        for rule in rules:
+            try:
+                findings.append(RULES[rule](ev))
+            except Exception as exc:
+                findings.append(inconclusive(rule, f"rule failed: {type(exc).__name__}: {exc}"))
+        verdict, score, message = choose_verdict(findings)
+        results.append(SpikeResult(ctx, source, verdict, score, message, ev, findings))
+
+    analysis = Analysis(run_id, results, settings, str(dev), notes)
+    if write:
+        analysis.path = write_analysis(run.path, _tables(analysis), _meta(analysis, rules))
+    return analysis
+
+
+def _spikes(run: Run, redetect: bool):
+    """Online spikes from events.jsonl, or the same detector re-run offline on steps/."""
+    if run.spikes and not redetect:
+        return list(run.spikes), "online"
+    steps = run.steps
+    if steps is None or steps.num_rows == 0:
+        return [], "offline"
+    config = DetectorConfig.from_dict(run.manifest.get("detector") or {})
+    s = np.asarray(steps.column("step").to_numpy(zero_copy_only=False))
+    v = np.asarray(steps.column("loss").to_numpy(zero_copy_only=False), dtype=float)
+    return detect_offline(s, v, config), "offline"
+
+
+def _context(run: Run, spike, run_id: str) -> SpikeContext:
+    manifest = run.manifest
+    cls = ((manifest.get("optimizer") or {}).get("class") or "").lower()
+    family = "adam" if "adam" in cls else ("sgd" if cls.endswith("sgd") else "other")
+    group = ((manifest.get("optimizer") or {}).get("param_groups") or [{}])[0]
+    betas = group.get("betas")
+    peak_loss = float(spike.peak_loss) if spike.peak_loss is not None else math.nan
+    return SpikeContext(
+        run_id=run_id, spike_id=int(spike.spike_id), onset=int(spike.onset),
+        peak=int(spike.peak), end=None if spike.end is None else int(spike.end),
+        peak_loss=peak_loss, baseline_loss=float(spike.baseline or math.nan),
+        optimizer=family, momentum=float(group.get("momentum", 0.0) or 0.0),
+        betas=tuple(betas) if betas else None, eps=group.get("eps"),
+        nonfinite=bool(getattr(spike, "nonfinite", False) or not math.isfinite(peak_loss)),
+        task=dict(manifest.get("task") or {}),
+    )
+
+
+def _scene(run: Run, ctx: SpikeContext, replay, replay_error, settings, dev) -> Scene:
+    available = [info.step for info in run.snapshots]
+    window = select(available, onset=ctx.onset, peak=ctx.peak, end=ctx.end,
+                    max_snapshots=settings.max_snapshots)
+    ctx = SpikeContext(**{**asdict(ctx), "ref_step": window.ref,
+                          "pre_steps": tuple(s for s in window.steps if s < ctx.onset),
+                          "post_steps": tuple(s for s in window.steps if s > ctx.peak)})
+    return Scene(run=run, context=ctx, window=window, replay=replay,
+                 replay_error=replay_error, settings=settings, device=dev)
+
+
+def _tables(analysis: Analysis) -> dict[str, list[dict]]:
+    spikes, measurements, findings = [], [], []
+    for r in analysis.spikes:
+        c = r.context
+        spikes.append({
+            "run_id": analysis.run_id, "spike_id": c.spike_id, "onset_step": c.onset,
+            "peak_step": c.peak, "end_step": c.end, "peak_loss": c.peak_loss,
+            "baseline_loss": c.baseline_loss, "magnitude": c.magnitude, "source": r.source,
+            "verdict": r.verdict, "verdict_score": r.verdict_score,
+            "verdict_message": r.verdict_message,
+        })
+        for step, engine, metric, value in sorted(r.evidence.rows):
+            measurements.append({"run_id": analysis.run_id, "spike_id": c.spike_id, "step": step,
+                                 "engine": engine, "metric": metric, "value": value})
+        findings.extend(f.to_row(analysis.run_id, c.spike_id) for f in r.findings)
+    return {"spikes": spikes, "measurements": measurements, "findings": findings}
+
+
+def _meta(analysis: Analysis, rules) -> dict:
+    return {
+        "forensics_version": forensics.__version__, "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": analysis.device, "settings": asdict(analysis.settings),
+        "mechanisms": list(rules), "notes": analysis.notes,
+        "skipped": {str(r.context.spike_id): r.evidence.skipped for r in analysis.spikes},
+    }

@@ -1,0 +1,74 @@
+"""Replays a recorded step functionally: the rebuilt model, its loss, and a snapshot's tensors.
+
+Every measurement runs on `torch.func.functional_call(model, params, (x,))` with the
+snapshot's parameters, so one rebuilt module serves every snapshot of a run and nothing
+is copied into the module itself. Tied parameters are recorded once and re-tied by
+`functional_call` (tie_weights=True). Buffers (e.g. BatchNorm statistics) are not part of
+a snapshot: the module's own buffers are used, and the replay runs in training mode to
+reproduce the loss the optimizer saw (dropout makes it stochastic; the zoo has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from forensics.losses import resolve_loss
+from forensics.rundir.model import build_model
+
+Params = dict[str, torch.Tensor]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when present and not overridden, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Replay:
+    """A rebuilt model and loss on a device, evaluated functionally on snapshot tensors."""
+
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    input_key: str
+    target_key: str
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def from_run(cls, run, *, model: nn.Module | None = None, device=None,
+                 allow_import: bool = False, dtype: torch.dtype = torch.float32) -> "Replay":
+        """Rebuild the run's model (or take `model`) and loss; raises a clear error if it cannot."""
+        manifest = run.manifest
+        if model is None:
+            model = build_model(manifest, allow_import=allow_import)
+        dev = pick_device(device)
+        model = model.to(device=dev, dtype=dtype).train()
+        keys = manifest.get("batch_keys") or {}
+        loss_fn = resolve_loss(manifest.get("loss", "mse"), allow_import=allow_import)
+        return cls(model, loss_fn, keys.get("input", "x"), keys.get("target", "y"), dev, dtype)
+
+    def tensors(self, named: dict[str, torch.Tensor]) -> Params:
+        """Snapshot tensors moved to the replay device and dtype (floating ones only cast)."""
+        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in named.items()}
+
+    def outputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,), tie_weights=True, strict=False)
+
+    def loss(self, params: Params, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, y = batch[self.input_key], batch[self.target_key]
+        return self.loss_fn(self.outputs(params, x), y)
+
+    def batch(self, snapshot) -> dict[str, torch.Tensor]:
+        """The snapshot's batch on the device; ValueError naming what is missing."""
+        missing = [k for k in (self.input_key, self.target_key) if k not in snapshot.batch]
+        if missing:
+            raise ValueError(f"snapshot of step {snapshot.step} has no batch entries {missing}")
+        return self.tensors(snapshot.batch)
