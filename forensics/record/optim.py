@@ -1,0 +1,81 @@
+"""What the recorder needs to know about an optimizer: its state kinds, step count and hyperparameters."""
+
+from __future__ import annotations
+
+import torch
+
+from forensics.rundir.manifest import class_path, jsonable
+
+_ADAM_FAMILY = ("Adam", "AdamW")
+_HPARAM_KEYS = ("lr", "eps", "weight_decay", "momentum", "dampening")
+
+
+def is_adam(optimizer) -> bool:
+    return any(c.__name__ in _ADAM_FAMILY and c.__module__.startswith("torch.optim")
+               for c in type(optimizer).__mro__)
+
+
+def is_sgd(optimizer) -> bool:
+    return any(c.__name__ == "SGD" and c.__module__.startswith("torch.optim") for c in type(optimizer).__mro__)
+
+
+def state_kinds(optimizer) -> tuple[list[str], bool]:
+    """(per-parameter state names known up front, whether the optimizer is known).
+
+    Adam/AdamW: exp_avg, exp_avg_sq (+ max_exp_avg_sq with amsgrad); SGD: momentum_buffer when
+    any group has momentum. Unknown optimizers: [] and False (state is discovered as it appears).
+    """
+    if is_adam(optimizer):
+        kinds = ["exp_avg", "exp_avg_sq"]
+        if any(g.get("amsgrad", False) for g in optimizer.param_groups):
+            kinds.append("max_exp_avg_sq")
+        return kinds, True
+    if is_sgd(optimizer):
+        return (["momentum_buffer"] if any(g.get("momentum", 0) for g in optimizer.param_groups) else []), True
+    return [], False
+
+
+def discover_state_kinds(optimizer, params: list[torch.Tensor]) -> list[str]:
+    """Names of per-parameter state tensors shaped like their parameter (unknown optimizers)."""
+    found = []
+    for p in params:
+        for key, v in optimizer.state.get(p, {}).items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and key not in found:
+                found.append(key)
+    return found
+
+
+def optimizer_step(optimizer, first_param, fallback: int) -> int:
+    """The optimizer's own count of updates done (Adam's state["step"]), else `fallback`."""
+    st = optimizer.state.get(first_param) if first_param is not None else None
+    if st and "step" in st:
+        s = st["step"]
+        return int(s.item() if isinstance(s, torch.Tensor) else s)
+    return fallback
+
+
+def _scalar(v):
+    return float(v.item()) if isinstance(v, torch.Tensor) else v
+
+
+def group_hparams(optimizer) -> list[dict]:
+    """Every hyperparameter of every param group now in force (without the params), JSON-able."""
+    return [{k: jsonable(_scalar(v)) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
+    """Group-0 hyperparameters as snapshot metadata keys (docs/format.md)."""
+    g0 = groups[0] if groups else {}
+    meta = {k: g0[k] for k in _HPARAM_KEYS if k in g0 and isinstance(g0[k], (int, float)) and not isinstance(g0[k], bool)}
+    if "betas" in g0:
+        meta["betas"] = list(g0["betas"])
+    if is_adam(optimizer):
+        decoupled = g0.get("decoupled_weight_decay")
+        if decoupled is None:
+            decoupled = isinstance(optimizer, torch.optim.AdamW)
+        meta["decoupled_weight_decay"] = bool(decoupled)
+    return meta
+
+
+__all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "discover_state_kinds", "optimizer_step",
+           "group_hparams", "snapshot_hparams"]
