@@ -1,0 +1,179 @@
+"""Empirical NTK K = J Jᵀ of a model's outputs on a batch, its top eigenpairs, η_crit and the loss split.
+
+Three ways to the same kernel (the test suite checks they agree with an explicit Jacobian):
+
+- ``"structured"``: per-layer factorisation for nn.Linear stacks (:mod:`.ntk_structured`), fastest.
+- ``"dense"``: the full Jacobian by ``torch.func.jacrev`` and K = Σ_params J Jᵀ, for small n.
+- ``"matrix_free"``: K u = J (Jᵀ u) by one vjp and one jvp per product, plus Lanczos for the
+  top-s eigenpairs, for large n with any architecture.
+
+Multi-output models (c > 1 logits): by default the kernel is over the flattened logits, an
+(n·c)×(n·c) matrix, sample-major (row i·c + a); the matching residual is ∂L/∂logits flattened
+the same way (for MSE it is proportional to f − y). ``output_mode="trace"`` gives the n×n kernel
+Σ_a J_a J_aᵀ instead (dense and structured only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from forensics.math.lanczos import lanczos
+from forensics.math.ntk_structured import linear_layers, ntk_structured
+
+__all__ = ["NTKOperator", "NTKResult", "ntk_dense", "empirical_ntk", "eta_crit", "loss_split"]
+
+ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
+
+
+def ntk_dense(f: ModelFn, params: Mapping[str, Tensor], x: Tensor, *,
+              output_mode: str = "flatten", chunk_size: int | None = None) -> Tensor:
+    """K = Σ_p J_p J_pᵀ with J the Jacobian of ``f(params, x)`` by ``torch.func.jacrev``.
+
+    Memory is (n·c)×P; ``chunk_size`` limits how many rows jacrev builds at once.
+    """
+    params = {k: v.detach() for k, v in params.items()}
+    jac = torch.func.jacrev(lambda p: f(p, x), chunk_size=chunk_size)(params)
+    n = x.shape[0]
+    K = None
+    for name, p in params.items():
+        j = jac[name]  # out.shape + p.shape
+        if output_mode == "flatten":
+            jj = j.reshape(-1, p.numel())  # (n·c, P_l)
+            term = jj @ jj.T
+        elif output_mode == "trace":
+            jj = j.reshape(n, -1, p.numel())  # (n, c, P_l)
+            term = torch.einsum("iap,jap->ij", jj, jj)
+        else:
+            raise ValueError(f"output_mode must be 'flatten' or 'trace', got {output_mode!r}")
+        K = term if K is None else K + term
+    assert K is not None
+    return K
+
+
+class NTKOperator:
+    """Matrix-free K u = J (Jᵀ u) over the flattened outputs of ``f(params, x)``.
+
+    The vjp closure is built once (one forward); each product is one backward (Jᵀu) and one
+    forward-mode pass (J w). ``num_matvecs`` counts products; ``dim`` = number of outputs.
+    """
+
+    def __init__(self, f: ModelFn, params: Mapping[str, Tensor], x: Tensor) -> None:
+        self._params = {k: v.detach() for k, v in params.items()}
+        self._fx = lambda p: f(p, x)
+        out, self._vjp = torch.func.vjp(self._fx, self._params)
+        self.out_shape = out.shape
+        self.outputs = out.detach()
+        self.dim, self.dtype, self.device = out.numel(), out.dtype, out.device
+        self.num_matvecs = 0
+
+    def matvec(self, u: Tensor) -> Tensor:
+        self.num_matvecs += 1
+        (w,) = self._vjp(u.reshape(self.out_shape).to(self.dtype))
+        _, ju = torch.func.jvp(self._fx, (self._params,), (w,))
+        return ju.reshape(-1).detach()
+
+    __call__ = matvec
+
+
+@dataclass
+class NTKResult:
+    """Top eigenpairs of the empirical NTK and how they were computed.
+
+    eigenvalues (k,) descending float64; eigenvectors (N, k) with N = n·c (flatten) or n (trace);
+    kernel: the dense K when the method produced one, else None; indices: the subsample of
+    the batch rows used (None = all); n: samples used; n_total: batch size given.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    kernel: Tensor | None
+    method: str
+    n: int
+    n_total: int
+    indices: Tensor | None
+    output_mode: str
+    num_matvecs: int = 0
+
+
+def empirical_ntk(model: nn.Module | ModelFn, params: Mapping[str, Tensor], x: Tensor, *,
+                  k: int = 10, method: str = "auto", output_mode: str = "flatten",
+                  max_samples: int | None = 1024, dense_max: int = 256, seed: int = 0,
+                  tol: float = 1e-4, max_iter: int = 80) -> NTKResult:
+    """Top-k eigenpairs of K = J Jᵀ on (a subsample of) the batch ``x``, choosing the method.
+
+    ``model`` is an nn.Module (evaluated with ``functional_call``) or a function
+    ``f(params, x)``. ``method="auto"``: structured when ``model`` is a Linear stack, else dense
+    when n·c ≤ ``dense_max``, else matrix-free Lanczos. Rows beyond ``max_samples`` are
+    subsampled at random (seeded); ``result.indices`` says which, so the residual can match.
+    """
+    n_total = x.shape[0]
+    idx = None
+    if max_samples is not None and n_total > max_samples:
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n_total, generator=gen)[:max_samples].sort().values
+        x = x[idx.to(x.device)]
+    n = x.shape[0]
+    is_module = isinstance(model, nn.Module)
+    f: ModelFn = (lambda p, xx: functional_call(model, p, (xx,))) if is_module else model
+    if method == "auto":
+        if is_module and linear_layers(model) is not None:
+            method = "structured"
+        else:
+            with torch.no_grad():
+                n_out = f({k_: v.detach() for k_, v in params.items()}, x[:1]).numel() * n
+            method = "dense" if (n_out <= dense_max or output_mode == "trace") else "matrix_free"
+    if method == "structured":
+        if not is_module:
+            raise ValueError("method='structured' needs an nn.Module")
+        K = ntk_structured(model, x, params, output_mode=output_mode)
+    elif method == "dense":
+        K = ntk_dense(f, params, x, output_mode=output_mode)
+    elif method == "matrix_free":
+        if output_mode != "flatten":
+            raise ValueError("matrix_free supports output_mode='flatten' only")
+        op = NTKOperator(f, params, x)
+        res = lanczos(op, k=min(k, op.dim), tol=tol, max_iter=max_iter, seed=seed)
+        return NTKResult(res.eigenvalues, res.eigenvectors, None, method, n, n_total, idx,
+                         output_mode, op.num_matvecs)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    evals, evecs = torch.linalg.eigh(K.double())
+    kk = min(k, K.shape[0])
+    return NTKResult(evals.flip(0)[:kk], evecs.flip(1)[:, :kk].to(K.dtype), K, method, n, n_total,
+                     idx, output_mode)
+
+
+def eta_crit(lam_max: float, n: int, loss_scale: str = "half_mean") -> float:
+    """Largest stable GD learning rate of the linearised model (Zhu et al., catapult; Lewkowycz 2020).
+
+    For L = (a/2)‖F − y‖², GD on the linearised model is r ← (I − η a K) r, stable iff
+    η < 2/(a λ_max(K)). ``"half_mean"``: L = (1/2n)‖r‖² (a = 1/n) → 2n/λ_max, the paper's form.
+    ``"mean"``: L = (1/n)‖r‖², torch's ``mse_loss`` (a = 2/n) → n/λ_max. ``"half_sum"``:
+    L = ½‖r‖² → 2/λ_max; ``"sum"``: L = ‖r‖² → 1/λ_max. ``n`` is the number of residual entries
+    averaged over (n·c for a mean over all logits).
+    """
+    if lam_max <= 0:
+        return float("inf")
+    factor = {"half_mean": 2.0 * n, "mean": float(n), "half_sum": 2.0, "sum": 1.0}
+    if loss_scale not in factor:
+        raise ValueError(f"loss_scale must be one of {sorted(factor)}, got {loss_scale!r}")
+    return factor[loss_scale] / lam_max
+
+
+def loss_split(eigenvectors: Tensor, residual: Tensor, n: int | None = None) -> dict[str, float]:
+    """PL_s = (1/n)‖U_sᵀ r‖², PL_s⊥ = (1/n)‖r‖² − PL_s (Zhu et al., catapult dynamics).
+
+    ``eigenvectors`` (N, s) orthonormal columns (K's top-s), ``residual`` (N,) flattened like the
+    kernel's rows; n defaults to N. A catapult shows PL_s jumping while PL_s⊥ barely moves.
+    """
+    r = residual.reshape(-1).to(eigenvectors.dtype)
+    n = n or r.numel()
+    total = float(r @ r) / n
+    top = float((eigenvectors.T @ r).pow(2).sum()) / n
+    return {"PL_s": top, "PL_s_perp": total - top, "total": total, "share_top": top / total
+            if total > 0 else float("nan")}
