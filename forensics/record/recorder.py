@@ -54,6 +54,13 @@ def _as_batch(batch) -> dict:
     raise ValueError(f"batch must be a dict of tensors, a tensor or a tuple of tensors, got {type(batch).__name__}")
 
 
+def _sqnorm(flat: torch.Tensor) -> float:
+    """||flat||^2, accumulated in at least float32."""
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        return float(torch.linalg.vector_norm(flat, dtype=torch.float32)) ** 2
+    return float(torch.linalg.vector_norm(flat)) ** 2
+
+
 def _loss_spec(loss) -> str:
     if isinstance(loss, str):
         return loss
@@ -306,13 +313,11 @@ class Recorder:
 
     def _norm(self, kind: str, slot: int | None, tensors: list) -> float:
         if slot is not None:
-            sq = sum(float(torch.linalg.vector_norm(f, dtype=torch.float32)) ** 2
-                     for f in self.ring.banks[kind].flats(slot).values())
-            return math.sqrt(sq)
-        tensors = [t for t in tensors if t is not None]
+            return math.sqrt(sum(_sqnorm(f) for f in self.ring.banks[kind].flats(slot).values()))
+        tensors = [t.detach() for t in tensors if t is not None]
         if not tensors:
             return math.nan
-        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(tensors)])))
+        return float(torch.linalg.vector_norm(torch.stack([n.double() for n in torch._foreach_norm(tensors)])))
 
     def _update_norm(self, slot: int) -> float:
         """||theta_{t+1} - theta_t|| from the ring slot, through preallocated scratch buffers."""
@@ -325,7 +330,7 @@ class Recorder:
         sq = 0.0
         for dt, f in flats.items():
             f.sub_(bank.bufs[dt][slot])
-            sq += float(torch.linalg.vector_norm(f, dtype=torch.float32)) ** 2
+            sq += _sqnorm(f)
         return math.sqrt(sq)
 
     def _make_subsample(self):
@@ -361,18 +366,14 @@ class Recorder:
             r = self._rows
         lr = groups[0].get("lr") if groups else None
         median, frac = self._adam_ratio(slot, opt_step, groups) if slot is not None else (None, None)
-        r["step"].append(t)
-        r["wall_time"].append(time.perf_counter() - self._t0)
-        r["loss"].append(loss)
-        r["probe_loss"].append(probe_loss)
-        r["lr"].append(float(lr) if isinstance(lr, (int, float)) else None)
-        r["grad_norm"].append(self._norm("grad", slot, [p.grad for p in self._params]))
-        r["param_norm"].append(self._norm("param", slot, self._params))
-        r["update_norm"].append(None)
-        r["optimizer_step"].append(opt_step)
-        r["adam_ratio_median"].append(median)
-        r["adam_ratio_frac_small"].append(frac)
-        r["spike_id"].append(self.detector.current_spike_id)
+        row = {"step": t, "wall_time": time.perf_counter() - self._t0, "loss": loss, "probe_loss": probe_loss,
+               "lr": float(lr) if isinstance(lr, (int, float)) else None,
+               "grad_norm": self._norm("grad", slot, [p.grad for p in self._params]),
+               "param_norm": self._norm("param", slot, self._params), "update_norm": None,
+               "optimizer_step": opt_step, "adam_ratio_median": median, "adam_ratio_frac_small": frac,
+               "spike_id": self.detector.current_spike_id}
+        for c in STEP_COLUMNS:  # append whole rows only, so the columns never differ in length
+            r[c].append(row[c])
 
     def _submit_chunk(self) -> None:
         if not self._rows["step"]:
