@@ -14,7 +14,7 @@ from forensics.zoo.tasks import gaussian_regression
 
 SEED = 0
 MODEL = {"sizes": [5, 32, 32, 1], "activation": "tanh"}
-N, LR, BETAS, STEPS = 64, 1e-3, (0.9, 0.999), 3500
+N, LR, BETAS, STEPS = 64, 1e-3, (0.9, 0.999), 3460
 EPS = {"adam_beta2_lag": 1e-8, "adam_control": 1e-3}
 
 
@@ -29,8 +29,8 @@ def _train(name: str, out_dir, record: bool) -> list[float]:
                     else {"mechanism": None, "control_of": "adam_beta2_lag",
                           "differs": {"eps": [EPS["adam_beta2_lag"], EPS[name]]}, "full_batch": True})
             rec = recorder(model, opt, fresh_dir(out_dir, name), factory="forensics.zoo.models:mlp",
-                           kwargs=MODEL, loss="mse", task=task, seed=SEED, ring_size=6, tail=6,
-                           baseline_every=1000)
+                           kwargs=MODEL, loss="mse", task=task, seed=SEED, ring_size=4, tail=4,
+                           baseline_every=3000, max_spikes=1, steps_chunk=1024)
         losses = [mse_step(model, opt, rec, x, y) for _ in range(STEPS)]
         if rec is not None:
             rec.close()

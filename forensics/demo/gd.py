@@ -15,7 +15,7 @@ from forensics.zoo.tasks import grid_1d
 SEED = 0
 MODEL = {"sizes": [1, 32, 32, 1], "activation": "tanh"}
 N = 128
-CLEAN_LR, CLEAN_STEPS = 0.02, 300
+CLEAN_LR, CLEAN_STEPS = 0.02, 301
 BLOWUP_LR, BLOWUP_START, GROWTH, AFTER_NONFINITE, MAX_STEPS = 0.05, 100, 1.15, 3, 400
 
 
@@ -29,7 +29,7 @@ def train_clean_gd(out_dir, *, record: bool = True) -> list[float]:
         if record:
             rec = recorder(model, opt, fresh_dir(out_dir, "clean_gd"),
                            factory="forensics.zoo.models:mlp", kwargs=MODEL, loss="mse", seed=SEED,
-                           task={"mechanism": None, "control": True, "grid": "uniform-1d",
+                           baseline_every=100, task={"mechanism": None, "control": True, "grid": "uniform-1d",
                                  "full_batch": True})
         losses = [mse_step(model, opt, rec, x, y) for _ in range(CLEAN_STEPS)]
         if rec is not None:

@@ -13,7 +13,7 @@ TRAINERS = {
     "adam_control": (adam.train_control, "control: the same Adam run with eps=1e-3, no spike"),
     "low_frequency": (low_frequency.train, "1-D grid EoS spike whose excess and descent are low-frequency"),
     "small_batch": (small_batch.train_small, "rank-2 task, SGD batch 5: many catapults, AGOP aligns"),
-    "large_batch": (small_batch.train_large, "rank-2 task, full batch at the same lr: no spike"),
+    "large_batch": (small_batch.train_large, "rank-2 task, SGD batch 100 at the same lr: no spike"),
     "bad_batch": (sgd.train_bad_batch, "minibatch SGD with one batch's labels x10 at step 400"),
     "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
     "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),

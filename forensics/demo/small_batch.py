@@ -1,4 +1,4 @@
-"""Catapults in SGD: the rank-2 task x1*x2 in R^100 at batch 5 versus full batch, same lr.
+"""Catapults in SGD: the rank-2 task x1*x2 in R^100 at batch 5 versus batch 100, same lr.
 
 Zhu et al. (seed 001): at a fixed lr, small-batch SGD keeps crossing the critical lr of its
 batch kernels and catapults, which aligns the net's AGOP with the true diag(1, 1, 0, ...);
@@ -14,8 +14,8 @@ from forensics.zoo.tasks import rank2
 
 SEED = 0
 MODEL = {"width": 32, "d": 100, "activation": "relu"}
-N, LR, STEPS, PROBE = 1000, 3.0, 4000, 256
-BATCH = {"small_batch": 5, "large_batch": 1000}
+N, LR, STEPS, PROBE = 1000, 3.0, 4001, 256  # 4001 steps: step 4000 is a baseline snapshot
+BATCH = {"small_batch": 5, "large_batch": 100}
 
 
 def _train(name: str, out_dir, record: bool) -> list[float]:
@@ -28,14 +28,14 @@ def _train(name: str, out_dir, record: bool) -> list[float]:
         rec = None
         if record:
             task = {"mechanism": "catapult", "true_agop": "x1x2", "train_points": N,
-                    "batch_size": batch, "twin": "large_batch" if batch < N else "small_batch"}
+                    "batch_size": batch, "twin": "large_batch" if name == "small_batch" else "small_batch"}
             rec = recorder(model, opt, fresh_dir(out_dir, name),
                            factory="forensics.zoo.models:two_layer", kwargs=MODEL, loss="mse",
-                           task=task, seed=SEED, probe={"x": x[:PROBE], "y": y[:PROBE]}, detector={"preset": "robust", "signal": "probe"},
-                           ring_size=4, tail=4, baseline_every=1000, max_bytes=600_000)
+                           task=task, seed=SEED, probe={"x": x[:PROBE], "y": y[:PROBE]}, detector={"preset": "robust", "signal": "probe"}, probe_every=1,
+                           ring_size=3, tail=2, baseline_every=4000, max_spikes=2, steps_chunk=1024)
         losses = []
         for _ in range(STEPS):
-            idx = torch.randint(0, N, (batch,), generator=sampler) if batch < N else torch.arange(N)
+            idx = torch.randint(0, N, (batch,), generator=sampler)
             losses.append(mse_step(model, opt, rec, x[idx], y[idx]))
         if rec is not None:
             rec.close()
@@ -48,5 +48,5 @@ def train_small(out_dir, *, record: bool = True) -> list[float]:
 
 
 def train_large(out_dir, *, record: bool = True) -> list[float]:
-    """Record out_dir/large_batch (batch = all 1000 points); return the per-step losses."""
+    """Record out_dir/large_batch (batch 100); return the per-step losses."""
     return _train("large_batch", out_dir, record)
