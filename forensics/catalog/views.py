@@ -1,0 +1,271 @@
+"""DuckDB views over the files of one run, many runs or a folder of runs: `connect(paths)`.
+
+Views: `runs`, `steps`, `spikes`, `measurements`, `findings`, `snapshots`, `events`, with the
+columns of `forensics/catalog/schema.py` (docs/sql.md). Every row carries the `run_id` of its
+run.json, so one query joins across runs. The Parquet and JSON files stay the source of
+truth: the views read them at query time over absolute paths, in an in-memory database
+made per connection (DuckDB's `read_parquet` / `read_json_objects`; one branch per run with
+its run_id as a constant, joined by `UNION ALL BY NAME`, so a filter on run_id prunes whole
+runs and columns a newer writer added survive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forensics.catalog import guard
+from forensics.catalog.discover import ANALYSIS_TABLES, RunEntry, check_run, find_runs
+from forensics.catalog.schema import VIEWS, empty_select, projection
+from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, STEPS_DIR, RunFormatError
+
+VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots", "events")
+
+
+@dataclass
+class Catalog:
+    """An open catalog: `.con` (DuckDB connection with the views), `.notes` (what was missing
+    or skipped, one sentence each), `.runs` (the runs it opened), `.skipped` (path -> why),
+    `.not_runs` (given paths that hold no run). Unpacks as `con, notes = connect(...)`."""
+
+    con: object
+    notes: list[str] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    not_runs: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.con, self.notes))
+
+    def sql(self, sql: str, params=None):
+        """`query(self, sql, params)`: one read-only statement, result as a pyarrow Table."""
+        return query(self, sql, params)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
+    """Open DuckDB views over the runs behind `paths` (a run, several, or folders of runs).
+
+    A run missing files, or never analyzed, still opens: its missing tables are empty (same
+    columns, same types) and `notes` says what is missing. A broken run (unparseable run.json,
+    a corrupt Parquet file, a newer format_version) is skipped with a note naming the file,
+    and the others still open. With `strict=True` the first broken run or path that holds no
+    run raises instead (`RunFormatError` / `ValueError`). With `sandbox=True` (default) the
+    connection can afterwards read only the runs' folders and its settings are locked.
+
+    Example:
+        >>> cat = connect("sample_runs")                                  # doctest: +SKIP
+        >>> cat.sql("SELECT run_id, count(*) FROM spikes GROUP BY 1")    # doctest: +SKIP
+    """
+    import duckdb
+
+    run_dirs, problems = find_runs(paths)
+    if strict and problems:
+        raise ValueError(problems[0])
+    con = duckdb.connect(":memory:")
+    catalog = Catalog(con=con, notes=list(problems), not_runs=list(problems))
+    ids: dict[str, Path] = {}
+    for path in run_dirs:
+        entry, error = check_run(con, path)
+        if entry is None:
+            if strict:
+                raise error
+            problem = f"skipped run {path}: {error}"
+            catalog.skipped[str(path)] = problem
+            catalog.notes.append(problem)
+            continue
+        if entry.run_id in ids:
+            new_id = f"{entry.run_id}~{sum(1 for r in catalog.runs if r.run_id.split('~')[0] == entry.run_id) + 1}"
+            entry.notes.append(f"run_id {entry.run_id!r} is also the id of {ids[entry.run_id]}; "
+                               f"shown as {new_id!r}")
+            entry.run_id = new_id
+        ids[entry.run_id] = path
+        catalog.runs.append(entry)
+        catalog.notes.extend(f"{entry.run_id}: {note}" for note in entry.notes)
+    _create_views(con, catalog.runs)
+    if sandbox:
+        _lock(con, catalog.runs)
+    return catalog
+
+
+def query(catalog: Catalog, sql: str, params=None):
+    """Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) and
+    return a pyarrow Table. Anything else (INSERT, CREATE, COPY, ATTACH, SET, PRAGMA, …), or
+    several statements, raises ValueError saying so; so does SQL that fails."""
+    import duckdb
+
+    con = catalog.con if isinstance(catalog, Catalog) else catalog
+    statement = guard.check_read_only(con, sql)
+    try:
+        rel = con.execute(statement, params) if params is not None else con.sql(statement)
+        if rel is None:  # a statement without a result
+            import pyarrow as pa
+            return pa.table({})
+        return _arrow(rel)
+    except duckdb.Error as e:
+        raise ValueError(f"SQL failed: {guard.one_line(e)}") from e
+
+
+def _arrow(rel):
+    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
+        if hasattr(rel, name):
+            return getattr(rel, name)()
+    raise AssertionError("this duckdb has no arrow export")
+
+
+# --- the views -----------------------------------------------------------------------------
+
+def _lit(text) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _files(folder: Path, pattern: str, files: list[Path]) -> str:
+    """A glob over `folder` (new chunks of a live run appear), or the explicit list when the
+    folder's name holds glob characters."""
+    if any(ch in str(folder) for ch in "*?[]{}"):
+        return "[" + ", ".join(_lit(f) for f in files) + "]"
+    return _lit(f"{folder}/{pattern}")
+
+
+def _union(view: str, branches: list[str]) -> str:
+    """The branches, or a typed empty relation when there are none."""
+    return " UNION ALL BY NAME ".join(f"({b})" for b in branches) if branches else empty_select(view)
+
+
+def _create_views(con, runs: list[RunEntry]) -> None:
+    _create_run_table(con, runs)
+
+    steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns)} "
+             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files)}, "
+             f"union_by_name = true)" for r in runs if r.step_files]
+    con.execute(f"CREATE VIEW steps AS {_union('steps', steps)}")
+
+    for table in ("measurements", "findings"):
+        branches = [f"SELECT {_lit(r.run_id)} AS run_id, {projection(table, r.analysis_columns[table])} "
+                    f"FROM read_parquet({_lit(r.path / ANALYSIS_DIR / f'{table}.parquet')})"
+                    for r in runs if table in r.analysis_columns]
+        con.execute(f"CREATE VIEW {table} AS {_union(table, branches)}")
+
+    raw = [f"SELECT {_lit(r.run_id)} AS run_id, json AS event "
+           f"FROM read_json_objects({_lit(r.path / EVENTS_FILE)}, format = 'newline_delimited', "
+           f"ignore_errors = true) WHERE json IS NOT NULL" for r in runs if r.has_events]
+    raw_sql = " UNION ALL ".join(f"({b})" for b in raw) if raw else \
+        "SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS JSON) AS event WHERE false"
+    con.execute(f"""CREATE VIEW events AS
+        SELECT run_id, event->>'type' AS type,
+               TRY_CAST(coalesce(event->>'step', event->>'onset') AS BIGINT) AS step,
+               TRY_CAST(event->>'spike_id' AS INTEGER) AS spike_id,
+               event->>'message' AS message, event
+        FROM ({raw_sql})""")
+
+    con.execute(f"CREATE VIEW _online_spikes AS {_ONLINE_SPIKES}")
+    analyzed = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('spikes', r.analysis_columns['spikes'])} "
+                f"FROM read_parquet({_lit(r.path / ANALYSIS_DIR / 'spikes.parquet')})"
+                for r in runs if r.analyzed and "spikes" in r.analysis_columns]
+    online = ("SELECT * FROM _online_spikes WHERE run_id IN "
+              "(SELECT run_id FROM _catalog_runs WHERE NOT analyzed)")
+    con.execute(f"CREATE VIEW spikes AS {_union('spikes', analyzed + [online])}")
+
+    con.execute("""CREATE VIEW snapshots AS
+        SELECT e.run_id, e.step, e.event->>'role' AS role, e.spike_id,
+               e.event->>'file' AS file, r.path || '/' || (e.event->>'file') AS path,
+               TRY_CAST(e.event->>'bytes' AS BIGINT) AS bytes
+        FROM events e JOIN _catalog_runs r USING (run_id)
+        WHERE e.type = 'snapshot'""")
+
+    cols = []
+    for c, _, _ in VIEWS["runs"]:
+        if c == "num_spikes":
+            cols.append("coalesce(s.n, 0) AS num_spikes")
+        elif c == "num_snapshots":
+            cols.append("coalesce(n.n, 0) AS num_snapshots")
+        else:
+            cols.append(f'r."{c}"')
+    con.execute(f"""CREATE VIEW runs AS SELECT {', '.join(cols)}
+        FROM _catalog_runs r
+        LEFT JOIN (SELECT run_id, count(*) AS n FROM spikes GROUP BY run_id) s USING (run_id)
+        LEFT JOIN (SELECT run_id, count(*) AS n FROM snapshots GROUP BY run_id) n USING (run_id)""")
+
+
+_SPIKE_TAIL = ("'online' AS source, CAST(NULL AS VARCHAR) AS verdict, "
+               "CAST(NULL AS DOUBLE) AS verdict_score, CAST(NULL AS VARCHAR) AS verdict_message")
+
+# The recorder's spikes: closed ones from `spike` events, plus those still open at the end
+# (a `spike_open` without its `spike`: peak = onset, end NULL), as forensics.rundir.reader does.
+_ONLINE_SPIKES = f"""
+    SELECT run_id, spike_id,
+           TRY_CAST(event->>'onset' AS BIGINT) AS onset_step,
+           TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,
+           TRY_CAST(event->>'end' AS BIGINT) AS end_step,
+           TRY_CAST(event->>'peak_loss' AS DOUBLE) AS peak_loss,
+           TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
+           TRY_CAST(event->>'magnitude' AS DOUBLE) AS magnitude, {_SPIKE_TAIL}
+    FROM events WHERE type = 'spike'
+    UNION ALL
+    SELECT o.run_id, o.spike_id, o.step, o.step, CAST(NULL AS BIGINT),
+           TRY_CAST(o.event->>'loss' AS DOUBLE), TRY_CAST(o.event->>'baseline' AS DOUBLE),
+           TRY_CAST(o.event->>'loss' AS DOUBLE) / TRY_CAST(o.event->>'baseline' AS DOUBLE),
+           {_SPIKE_TAIL}
+    FROM events o WHERE o.type = 'spike_open' AND NOT EXISTS (
+        SELECT 1 FROM events c WHERE c.type = 'spike' AND c.run_id = o.run_id
+                                 AND c.spike_id = o.spike_id)"""
+
+
+def _create_run_table(con, runs: list[RunEntry]) -> None:
+    stored = [(c, t) for c, t, _ in VIEWS["runs"] if c not in ("num_spikes", "num_snapshots")]
+    con.execute("CREATE TABLE _catalog_runs (" + ", ".join(f'"{c}" {t}' for c, t in stored) + ")")
+    if runs:
+        marks = ", ".join("?" for _ in stored)
+        con.executemany(f"INSERT INTO _catalog_runs VALUES ({marks})",
+                        [[_run_facts(r)[c] for c, _ in stored] for r in runs])
+
+
+def _run_facts(r: RunEntry) -> dict:
+    import json
+
+    m = r.manifest
+    opt = m.get("optimizer") or {}
+    group = (opt.get("param_groups") or [{}])[0] or {}
+    betas = group.get("betas") if isinstance(group.get("betas"), (list, tuple)) else None
+    model = m.get("model") if isinstance(m.get("model"), dict) else {}
+    params = m.get("params") if isinstance(m.get("params"), list) else []
+    cls = opt.get("class")
+    return {
+        "run_id": r.run_id, "path": str(r.path), "format_version": m.get("format_version"),
+        "created": m.get("created"), "optimizer": cls,
+        "optimizer_name": cls.rsplit(".", 1)[-1] if isinstance(cls, str) else None,
+        "lr": _float(group.get("lr")), "momentum": _float(group.get("momentum")),
+        "beta1": _float(betas[0]) if betas else None, "beta2": _float(betas[1]) if betas else None,
+        "eps": _float(group.get("eps")), "weight_decay": _float(group.get("weight_decay")),
+        "loss": m.get("loss"), "model_factory": model.get("factory"),
+        "model_kwargs": json.dumps(model.get("kwargs") or {}),
+        "num_params": sum(int(p.get("numel", 0)) for p in params if isinstance(p, dict)),
+        "device": m.get("device"), "torch_version": m.get("torch_version"),
+        "seed": m.get("seed") if isinstance(m.get("seed"), int) else None,
+        "task": json.dumps(m.get("task") or {}), "detector": json.dumps(m.get("detector") or {}),
+        "num_steps": r.num_steps, "analyzed": r.analyzed, "analyzed_at": r.analyzed_at,
+        "notes": list(r.notes),
+    }
+
+
+def _float(value):
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _lock(con, runs: list[RunEntry]) -> None:
+    """From now on the connection reads only the runs' folders and cannot be reconfigured."""
+    dirs = [str(r.path) + "/" for r in runs]
+    con.execute("SET allowed_directories = ?", [dirs]) if dirs else None
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
