@@ -174,7 +174,8 @@ def test_catapult_ntk_top_eigenvalue_drops_and_the_spike_lives_in_the_top_eigens
     name = "catapult"
     sp = _only_spike(name)
     assert sp["onset"] > manifest(name)["task"]["lr_raised_at_step"]
-    pre, peak = _pre_step(name, sp["onset"]), sp["peak"]
+    ring = [s for s in snapshot_steps(name) if sp["onset"] - 8 <= s < sp["onset"]]
+    pre, peak = min(ring, key=lambda s: steps(name)["loss"][s]), sp["peak"]   # loss minimum before the rise
     after = max(s for s in snapshot_steps(name) if s >= sp["end"])
     x, y = batch(name, pre)
     n = x.shape[0]

@@ -13,12 +13,13 @@ RECORDER_DEFAULTS = {"ring_size": 6, "tail": 6, "baseline_every": 500, "max_byte
 
 @contextlib.contextmanager
 def deterministic(seed: int):
-    """Seed torch and pin one intra-op thread (bit-for-bit tensors); restore the thread count after."""
+    """Seed torch and pin one intra-op thread (bit-for-bit tensors); restore both afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
     finally:
         torch.set_num_threads(threads)
 
