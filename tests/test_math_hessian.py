@@ -126,3 +126,15 @@ def test_lanczos_deterministic_and_small_rank():
     assert r1.converged and r1.num_matvecs <= 3
     pw = power_iteration(lambda v: A @ v, k=2, tol=1e-10, max_iter=200, dim=6, dtype=torch.float64)
     assert torch.allclose(pw.eigenvalues, torch.tensor([5.0, 2.0], dtype=torch.float64), rtol=1e-6)
+
+
+def test_hvp_dtype_override_and_shape_check():
+    params = {"w": torch.tensor([1.0, 2.0], dtype=torch.bfloat16)}
+    op = HVPOperator(lambda p: (p["w"] ** 3).sum(), params, dtype=torch.float64)
+    assert op.dtype == torch.float64
+    assert torch.allclose(op.matvec(torch.ones(2, dtype=torch.float64)),
+                          torch.tensor([6.0, 12.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        op.matvec(torch.ones(3))
+    with pytest.raises(ValueError):
+        HVPOperator(lambda p: p["w"].sum(), params, method="nope")

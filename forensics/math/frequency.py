@@ -108,7 +108,7 @@ def band_energies(residuals: Tensor, *, k0: int | None = None, x: Tensor | None 
     for t in range(T):
         rt = r[t].reshape(n, -1)
         low = G @ rt
-        out[t, 0], out[t, 1] = low.pow(2).sum() / n, (rt - low).pow(2).sum() / n
+        out[t, 0], out[t, 1] = float(low.pow(2).sum()) / n, float((rt - low).pow(2).sum()) / n
     return out
 
 

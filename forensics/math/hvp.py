@@ -40,6 +40,8 @@ class HVPOperator:
             (e.g. ``lambda p: loss(functional_call(model, p, (x,)), y)``).
         params: name -> tensor; copied and detached, the originals are not touched.
         method: ``"double_backward"`` (default, faster here) or ``"func"``.
+        dtype: compute in this dtype (e.g. float32 for a bfloat16 snapshot); default: the
+            parameters' own. The batch closed over by ``loss_fn`` must be compatible.
 
     Attributes:
         dim, dtype, device: of the flat vectors ``matvec`` takes and returns.
@@ -55,7 +57,7 @@ class HVPOperator:
     """
 
     def __init__(self, loss_fn: LossFn, params: Mapping[str, Tensor], *,
-                 method: str = "double_backward") -> None:
+                 method: str = "double_backward", dtype: torch.dtype | None = None) -> None:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if not params:
@@ -64,11 +66,12 @@ class HVPOperator:
         self.loss_fn = loss_fn
         self.spec = FlatSpec.from_params(params)
         first = next(iter(params.values()))
-        self.dtype = first.dtype
+        self.dtype = dtype or first.dtype
         self.device = first.device
         self.dim = self.spec.dim
         self.num_matvecs = 0
-        self._params = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+        self._params = {n: t.detach().to(self.dtype, copy=True).requires_grad_(True)
+                        for n, t in params.items()}
         if method == "double_backward":
             self._build_graph()
         else:

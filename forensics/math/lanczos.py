@@ -69,7 +69,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-4, max_iter: int = 80, seed: int 
             ``v -> A v`` together with ``dim=``.
         k: number of eigenpairs wanted.
         tol: stop when ``|β_m s_{m,i}| ≤ tol·|θ_i|`` for the k largest Ritz values (see module).
-        max_iter: at most this many matvecs (Krylov dimension); memory is ``max_iter·dim``.
+        max_iter: at most this many matvecs (Krylov dimension); memory grows to ``iterations·dim``.
         seed: seed of the Gaussian start vector (deterministic across devices).
 
     Returns:
@@ -79,7 +79,8 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-4, max_iter: int = 80, seed: int 
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     m_max = min(max(max_iter, k), n)
-    Q = torch.zeros(m_max + 1, n, dtype=dtype, device=device)  # Lanczos basis, one row per vector
+    # Lanczos basis, one row per vector; grown by doubling so memory follows the iterations used
+    Q = torch.zeros(min(m_max, max(2 * k, 16)) + 1, n, dtype=dtype, device=device)
     Q[0] = _start_vector(n, seed, dtype, device)
     alphas: list[float] = []
     betas: list[float] = []
@@ -116,6 +117,9 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-4, max_iter: int = 80, seed: int 
                 break
         if j + 1 < m_max:
             betas.append(beta)
+            if j + 1 >= Q.shape[0]:
+                grow = min(Q.shape[0], m_max + 1 - Q.shape[0])
+                Q = torch.cat([Q, Q.new_zeros(grow, n)])
             Q[j + 1] = w / beta
     assert theta is not None and S is not None
     residuals = (beta * S[-1, :k]).abs()
