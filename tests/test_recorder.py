@@ -263,5 +263,11 @@ def test_no_heavy_imports_on_the_hot_path():
             "o=torch.optim.Adam(m.parameters()); import tempfile; d=tempfile.mkdtemp(); "
             "r=Recorder(m,o,d+'/r'); l=m(torch.ones(1,2)).sum(); l.backward(); r.observe(l,{}); o.step(); "
             "bad=[k for k in ('duckdb','pandas','streamlit') if k in sys.modules]; print(bad); r.close()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    import os
+
+    import forensics
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(forensics.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.strip() == "[]", out.stderr

@@ -272,7 +272,10 @@ class Recorder:
                 for kind in discover_state_kinds(self.optimizer, self._params):
                     self.ring.add_kind(kind)
             meta = {"loss": loss, "optimizer_step": opt_step, "groups": groups, "grad_clipped": clipped}
-            slot = self.ring.capture(t, [p.grad for p in self._params], self._states(), batch, meta)
+            try:
+                slot = self.ring.capture(t, [p.grad for p in self._params], self._states(), batch, meta)
+            except Exception as e:  # noqa: BLE001 - capture off, scalars go on
+                self._fail("ring capture", e)
         self._row_slot = slot
         if self._scalars:
             self._append_row(t, loss, probe_loss, groups, opt_step, slot)
