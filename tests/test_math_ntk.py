@@ -126,3 +126,33 @@ def test_loss_split():
     assert s["total"] == pytest.approx(25 / 4)
     assert eta_crit(2.0, 10, "half_mean") == pytest.approx(10.0)
     assert eta_crit(2.0, 10, "mean") == pytest.approx(5.0)
+
+
+def test_output_residual_and_structured_fallback():
+    from forensics.math.ntk import output_residual
+
+    F = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, 3, dtype=torch.float64)
+    r = output_residual(lambda o: ((o - y) ** 2).sum() / (2 * 6), F)
+    assert torch.allclose(r, (F - y).reshape(-1))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    r_ce = output_residual(lambda o: torch.nn.functional.cross_entropy(o, labels), F)
+    ref = torch.softmax(F, 1) - torch.nn.functional.one_hot(labels, 3)
+    assert torch.allclose(r_ce, ref.reshape(-1))
+
+    class Twice(nn.Module):  # all Linear, but one layer called twice: structured must refuse
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+    m = Twice().double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    p = {k: v.detach() for k, v in m.named_parameters()}
+    res = empirical_ntk(m, p, x, k=2)
+    assert res.method == "dense"
+    J = _explicit_jacobian(m, p, x)
+    assert torch.allclose(res.kernel, J @ J.T, atol=1e-10)

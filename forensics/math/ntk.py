@@ -25,7 +25,8 @@ from torch.func import functional_call
 from forensics.math.lanczos import lanczos
 from forensics.math.ntk_structured import linear_layers, ntk_structured
 
-__all__ = ["NTKOperator", "NTKResult", "ntk_dense", "empirical_ntk", "eta_crit", "loss_split"]
+__all__ = ["NTKOperator", "NTKResult", "ntk_dense", "empirical_ntk", "eta_crit", "loss_split",
+           "output_residual"]
 
 ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
 
@@ -132,28 +133,34 @@ def empirical_ntk(model: nn.Module | ModelFn, params: Mapping[str, Tensor], x: T
     n = x.shape[0]
     is_module = isinstance(model, nn.Module)
     f: ModelFn = (lambda p, xx: functional_call(model, p, (xx,))) if is_module else model
+    K = None
     if method == "auto":
         if is_module and linear_layers(model) is not None:
-            method = "structured"
-        else:
+            try:
+                K = ntk_structured(model, x, params, output_mode=output_mode)
+                method = "structured"
+            except ValueError:  # e.g. a Linear called twice or on 3-D input: generic path
+                pass
+        if K is None:
             with torch.no_grad():
                 n_out = f({k_: v.detach() for k_, v in params.items()}, x[:1]).numel() * n
             method = "dense" if (n_out <= dense_max or output_mode == "trace") else "matrix_free"
-    if method == "structured":
-        if not is_module:
-            raise ValueError("method='structured' needs an nn.Module")
-        K = ntk_structured(model, x, params, output_mode=output_mode)
-    elif method == "dense":
-        K = ntk_dense(f, params, x, output_mode=output_mode)
-    elif method == "matrix_free":
+    if K is None and method == "matrix_free":
         if output_mode != "flatten":
             raise ValueError("matrix_free supports output_mode='flatten' only")
         op = NTKOperator(f, params, x)
         res = lanczos(op, k=min(k, op.dim), tol=tol, max_iter=max_iter, seed=seed)
         return NTKResult(res.eigenvalues, res.eigenvectors, None, method, n, n_total, idx,
                          output_mode, op.num_matvecs)
-    else:
+    if K is None and method == "structured":
+        if not is_module:
+            raise ValueError("method='structured' needs an nn.Module")
+        K = ntk_structured(model, x, params, output_mode=output_mode)
+    elif K is None and method == "dense":
+        K = ntk_dense(f, params, x, output_mode=output_mode)
+    elif K is None:
         raise ValueError(f"unknown method {method!r}")
+    assert K is not None
     evals, evecs = torch.linalg.eigh(K.double())
     kk = min(k, K.shape[0])
     return NTKResult(evals.flip(0)[:kk], evecs.flip(1)[:, :kk].to(K.dtype), K, method, n, n_total,
@@ -189,3 +196,17 @@ def loss_split(eigenvectors: Tensor, residual: Tensor, n: int | None = None) -> 
     top = float((eigenvectors.T @ r).pow(2).sum()) / n
     return {"PL_s": top, "PL_s_perp": total - top, "total": total, "share_top": top / total
             if total > 0 else float("nan")}
+
+
+def output_residual(loss_of_outputs: Callable[[Tensor], Tensor], outputs: Tensor, *,
+                    n: int | None = None) -> Tensor:
+    """r = n·∂L/∂F flattened like the kernel rows (sample-major), n = number of samples.
+
+    For L = (1/2n)‖F − y‖² this is exactly F − y; for mean cross-entropy it is
+    softmax(F) − onehot(y): the multi-output residual the loss split uses (module doc).
+    """
+    n = n or outputs.shape[0]
+    out = outputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(loss_of_outputs(out), out)
+    return (n * g).reshape(-1)
