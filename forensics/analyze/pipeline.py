@@ -20,7 +20,7 @@ import torch
 
 import forensics
 from forensics.analyze.evidence import Evidence, Finding, SpikeContext, inconclusive
-from forensics.analyze.measure import ENGINES, Scene
+from forensics.analyze.measure import ENGINES, Scene, Skip
 from forensics.analyze.mechanisms import MECHANISMS, check_mechanisms
 from forensics.analyze.replay import Replay, pick_device
 from forensics.analyze.rules import RULES
@@ -130,11 +130,17 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
         ctx = _context(run, spike, run_id)
         ev = Evidence(ctx)
         try:
-            scene = _scene(run, ctx, replay, replay_error, settings, dev)
+            scene = _scene(run, ctx, source, replay, replay_error, settings, dev)
+        except LookupError as exc:
+            scene = None
+            for e in engines:
+                ev.skip(e, str(exc))
         except Exception as exc:
             scene = None
             for e in engines:
                 ev.skip(e, f"snapshots unreadable: {exc}")
+        if scene is None and "numerical" in engines:
+            _numerical_from_steps(ev, run)
         if scene is not None:
             ctx = scene.context
             ev.context = ctx
@@ -143,6 +149,8 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
                     progress(ctx.spike_id, engine, i, len(engines))
                 try:
                     ENGINES[engine](ev, scene)
+                except Skip as why:
+                    ev.skip(engine, str(why))
                 except Exception as exc:
                     ev.skip(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
             if progress:
@@ -153,7 +161,8 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
                 findings.append(RULES[rule](ev))
             except Exception as exc:
                 findings.append(inconclusive(rule, f"rule failed: {type(exc).__name__}: {exc}"))
-        verdict, score, message = choose_verdict(findings)
+        verdict, score, message = choose_verdict(
+            findings, stochastic=ev.at("batches_identical", ctx.onset) == 0.0)
         results.append(SpikeResult(ctx, source, verdict, score, message, ev, findings))
 
     analysis = Analysis(run_id, results, settings, str(dev), notes)
@@ -193,8 +202,41 @@ def _context(run: Run, spike, run_id: str) -> SpikeContext:
     )
 
 
-def _scene(run: Run, ctx: SpikeContext, replay, replay_error, settings, dev) -> Scene:
-    available = [info.step for info in run.snapshots]
+def _numerical_from_steps(ev: Evidence, run: Run) -> None:
+    """Without snapshots, the recorded losses still tell whether the spike went non-finite."""
+    ev.skipped.pop("numerical", None)
+    ENGINES["numerical"](ev, Scene(run=run, context=ev.context, window=select([], onset=0, peak=0,
+                                   end=None), replay=None, replay_error="", settings=None,
+                                   device=torch.device("cpu")))
+
+
+def _own_snapshots(run: Run, ctx: SpikeContext, source: str) -> list[int]:
+    """Snapshot steps that belong to this spike, plus the baselines before its onset.
+
+    Online spikes own the snapshots tagged with their id; offline ones the untagged steps
+    near them. Another spike's snapshots are never borrowed.
+    """
+    hi = (ctx.end if ctx.end is not None else ctx.peak) + 256
+    own = []
+    for info in run.snapshots:
+        if info.role == "baseline":
+            if info.step < ctx.onset:
+                own.append(info.step)
+        elif source == "online" and info.spike_id is not None:
+            if int(info.spike_id) == ctx.spike_id:
+                own.append(info.step)
+        elif ctx.onset - 256 <= info.step <= hi:
+            own.append(info.step)
+    return own
+
+
+def _scene(run: Run, ctx: SpikeContext, source, replay, replay_error, settings, dev) -> Scene:
+    available = _own_snapshots(run, ctx, source)
+    if ctx.onset not in available:
+        budget = [e.get("message", "") for e in run.events
+                  if e.get("type") == "warning" and int(e.get("step", -1)) <= ctx.onset]
+        why = f"the onset step {ctx.onset} was not captured"
+        raise LookupError(why + (f" ({budget[-1]})" if budget else ""))
     window = select(available, onset=ctx.onset, peak=ctx.peak, end=ctx.end,
                     max_snapshots=settings.max_snapshots)
     ctx = SpikeContext(**{**asdict(ctx), "ref_step": window.ref,

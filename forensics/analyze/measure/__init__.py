@@ -45,6 +45,31 @@ class Scene:
             raise Skip("no snapshots around this spike (capture budget or stride left none)")
         return steps
 
+    def finite_steps(self) -> tuple[int, ...]:
+        """Selected steps whose weights are all finite (curvature is undefined past a NaN)."""
+        steps = tuple(s for s in self.steps()
+                      if all(bool(torch.isfinite(t).all()) for t in self.snapshot(s).params.values()))
+        if not steps:
+            raise Skip("every selected snapshot has non-finite weights")
+        return steps
+
+    def each(self, ev, engine: str, steps, body) -> None:
+        """Run `body(step) -> dict` for each step and add its row; a step that fails is noted
+        in the engine's skip reason and the others still count."""
+        failed = []
+        for step in steps:
+            try:
+                row = body(step)
+            except Skip:
+                raise
+            except Exception as exc:  # one bad step (e.g. an overflowing loss) loses only itself
+                failed.append(f"step {step}: {type(exc).__name__}: {exc}")
+                continue
+            if row:
+                ev.add_many(step, engine, row)
+        if failed:
+            ev.skip(engine, f"{len(failed)} step(s) not measured; " + "; ".join(failed[:3]))
+
     def snapshot(self, step: int):
         """The snapshot of `step`, loaded once (on the CPU; engines move what they use)."""
         if step not in self._cache:

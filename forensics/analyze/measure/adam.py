@@ -16,6 +16,7 @@ import torch
 
 from forensics.analyze.evidence import Evidence
 from forensics.analyze.measure import Skip
+from forensics.math.directional import cosine_with_eigenvectors, preconditioned_directional_curvature
 from forensics.math.flat import FlatSpec
 from forensics.math.hvp import HVPOperator
 from forensics.math.lanczos import lanczos
@@ -28,8 +29,9 @@ def measure(ev: Evidence, scene) -> None:
     if ev.context.optimizer != "adam":
         raise Skip("not an Adam run")
     replay = scene.require_replay()
-    prev_sum = None
-    for step in scene.steps():
+    last_v: dict = {}
+
+    def at(step):
         snap = scene.snapshot(step)
         if not snap.exp_avg_sq:
             raise Skip(f"snapshot of step {step} holds no exp_avg_sq")
@@ -54,13 +56,13 @@ def measure(ev: Evidence, scene) -> None:
             "ratio_frac_small": rho["share_below_0.1"], "ratio_frac_tiny": rho["share_below_0.01"],
             "eps_dominated_share": float(((p - eps) < eps).double().mean()), "v_sum": v_sum,
         }
-        if prev_sum is not None and prev_sum[1] > 0 and v_sum > 0 and step > prev_sum[0]:
-            row["v_decay_vs_beta2"] = math.log(v_sum / prev_sum[1]) / ((step - prev_sum[0]) *
-                                                                       math.log(betas[1]))
-        prev_sum = (step, v_sum)
+        prev = last_v.get("sum")
+        if prev is not None and prev[1] > 0 and v_sum > 0 and step > prev[0]:
+            row["v_decay_vs_beta2"] = math.log(v_sum / prev[1]) / ((step - prev[0]) *
+                                                                   math.log(betas[1]))
+        last_v["sum"] = (step, v_sum)
         if t == 0:
-            ev.add_many(step, "adam", row)
-            continue
+            return row
         batch = scene.batch(step)
         hvp = HVPOperator(lambda q: replay.loss(q, batch), params)
         pop = PreconditionedOperator(hvp, p)
@@ -71,13 +73,12 @@ def measure(ev: Evidence, scene) -> None:
                    pre_lanczos_matvecs=eig.num_matvecs, pre_lanczos_converged=float(eig.converged),
                    limit_seed=2.0, limit_cohen=(2 + 2 * betas[0]) / (1 - betas[0]))
         if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
-            hg = hvp.matvec(g)
-            seed_curv = float(torch.dot(g, hg / p) / torch.dot(g, g))
-            pg = g / p
-            sym = float(torch.dot(pg, hvp.matvec(pg)) / torch.dot(g, pg))
+            curv = preconditioned_directional_curvature(hvp, g, p)
             w = g * p.rsqrt()
-            cos = float(torch.dot(w, eig.eigenvectors[:, 0]).abs() / w.norm().clamp_min(1e-30))
-            row.update(pre_grad_curvature=seed_curv, eta_pre_grad_curvature=lr * seed_curv,
-                       pre_grad_curvature_sym=sym, eta_pre_grad_curvature_sym=lr * sym,
-                       cos_pgrad_top=cos)
-        ev.add_many(step, "adam", row)
+            row.update(pre_grad_curvature=curv["seed"], eta_pre_grad_curvature=lr * curv["seed"],
+                       pre_grad_curvature_sym=curv["symmetric"],
+                       eta_pre_grad_curvature_sym=lr * curv["symmetric"],
+                       cos_pgrad_top=float(cosine_with_eigenvectors(w, eig.eigenvectors)[0]))
+        return row
+
+    scene.each(ev, "adam", scene.finite_steps(), at)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from forensics.analyze.evidence import Evidence
+from forensics.math.directional import cosine_with_eigenvectors, directional_curvature, loss_along
 from forensics.math.flat import FlatSpec
 from forensics.math.hvp import HVPOperator
 from forensics.math.lanczos import lanczos
@@ -42,19 +43,10 @@ def recorded_update(scene, step: int, spec: FlatSpec) -> torch.Tensor | None:
     return spec.flatten(after) - spec.flatten(now)
 
 
-def _directional(op, d: torch.Tensor) -> float:
-    """dᵀHd/‖d‖²."""
-    return float(torch.dot(d, op.matvec(d)) / torch.dot(d, d))
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a, b).abs() / (a.norm() * b.norm()).clamp_min(1e-30))
-
-
 def measure(ev: Evidence, scene) -> None:
     replay = scene.require_replay()
     momentum = ev.context.momentum
-    for step in scene.steps():
+    def at(step):
         op, eig, spec, params, batch = hessian_at(scene, step)
         lr = scene.lr(step)
         lam = eig.eigenvalues.tolist()
@@ -70,19 +62,19 @@ def measure(ev: Evidence, scene) -> None:
             row["lambda_2"] = lam[1]
         g = spec.flatten(replay.tensors(scene.snapshot(step).grads)) \
             if scene.snapshot(step).grads else op.grad
+        loss_fn = lambda p: replay.loss(p, batch)  # noqa: E731
+        base = max(op.loss, 1e-30)
         if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
-            row["grad_curvature"] = _directional(op, g)
+            row["grad_curvature"] = directional_curvature(op, g)
             row["eta_grad_curvature"] = lr * row["grad_curvature"]
-            row["cos_grad_top"] = _cos(g, v1)
-            with torch.no_grad():
-                theta = spec.flatten(params)
-                moved = spec.unflatten(theta - lr * torch.dot(g, v1) * v1)
-                row["loss_ratio_top_step"] = float(replay.loss(moved, batch)) / max(op.loss, 1e-30)
+            row["cos_grad_top"] = float(cosine_with_eigenvectors(g, eig.eigenvectors)[0])
+            step_top = -lr * float(torch.dot(g, v1))
+            row["loss_ratio_top_step"] = float(loss_along(loss_fn, params, v1, [step_top])[0]) / base
         u = recorded_update(scene, step, spec)
         if u is not None and bool(torch.isfinite(u).all()) and float(u.norm()) > 0:
-            row["update_curvature"] = _directional(op, u)
-            row["cos_update_top"] = _cos(u, v1)
-            with torch.no_grad():
-                moved = spec.unflatten(spec.flatten(params) + u)
-                row["loss_ratio_update"] = float(replay.loss(moved, batch)) / max(op.loss, 1e-30)
-        ev.add_many(step, "curvature", row)
+            row["update_curvature"] = directional_curvature(op, u)
+            row["cos_update_top"] = float(cosine_with_eigenvectors(u, eig.eigenvectors)[0])
+            row["loss_ratio_update"] = float(loss_along(loss_fn, params, u, [1.0])[0]) / base
+        return row
+
+    scene.each(ev, "curvature", scene.finite_steps(), at)

@@ -2,7 +2,8 @@
 
 Evaluates L(θ_onset; batch_s) for the onset batch and every other recorded batch in the
 window (at most `max_neighbors`, nearest first). Full-batch runs have identical batches,
-so the ratio is 1 there by construction.
+so the ratio is 1 there by construction; `batches_identical` records which regime the run is
+in (the verdict uses it to tell full-batch edge of stability from SGD catapults).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ def measure(ev: Evidence, scene) -> None:
     if not others:
         raise Skip("no neighbouring batches were recorded")
     params = scene.params(onset)
+    own_batch = scene.batch(onset)
+    same = all(all(torch.equal(own_batch[k], b[k]) for k in own_batch if k in b)
+               for b in (scene.batch(s) for s in others))
     with torch.no_grad():
         own = float(replay.loss(params, scene.batch(onset)))
         losses = [float(replay.loss(params, scene.batch(s))) for s in others]
     median = float(np.median(losses))
     ratio = own / median if median > 0 else float("inf")
     ev.add_many(onset, "data", {"batch_loss": own, "neighbor_loss_median": median,
-                                "neighbor_count": len(losses), "batch_loss_ratio": ratio})
+                                "neighbor_count": len(losses), "batch_loss_ratio": ratio,
+                                "batches_identical": float(same)})
