@@ -34,7 +34,7 @@ from forensics.rundir.format import (
 from forensics.rundir.manifest import build_manifest, param_names, write_manifest
 
 log = logging.getLogger("forensics.record")
-_SUBSAMPLE = 65536
+_SUBSAMPLE = 16384  # coordinates for the Adam ratio stats (format allows <= 65536)
 
 
 class RecorderWarning(UserWarning):
@@ -73,7 +73,7 @@ class Recorder:
     """Flight recorder for one training run; see README.md for the three-line usage.
 
     Hooks `optimizer` with `register_step_pre_hook` (capture state t into the ring, per-step
-    scalars, detection) and `register_step_post_hook` (update norm). Files are written on a
+    scalars, detection) and `register_step_post_hook` (update count). Files are written on a
     background thread; recorder failures are logged and warned about, never raised into the
     training loop unless `strict=True`.
     """
@@ -213,6 +213,9 @@ class Recorder:
         try:
             for ev in self.detector.finish():
                 self._log_event(ev)
+            if self._row_slot is not None and self._capture and self._rows["step"] \
+                    and self._rows["step"][-1] == self.ring.info[self._row_slot].step:
+                self._rows["update_norm"][-1] = self._update_norm(self._row_slot, None)
             self._log_event({"type": "close", "step": self._step - 1, "wall_time": time.perf_counter() - self._t0})
             self._submit_chunk()
         finally:
@@ -237,15 +240,9 @@ class Recorder:
             self._pending = None
 
     def _post_hook(self, optimizer, args, kwargs) -> None:
+        # The update norm of step t is taken at step t+1 from two consecutive ring slots
+        # (theta_{t+1} is captured there anyway), so the post-hook only counts updates.
         self._updates += 1
-        try:
-            if self._scalars and self._rows["step"]:
-                if self._row_slot is not None and self._capture:
-                    self._rows["update_norm"][-1] = self._update_norm(self._row_slot)
-                if len(self._rows["step"]) >= self.steps_chunk:
-                    self._submit_chunk()
-        except Exception as e:  # noqa: BLE001
-            self._fail("post-step hook", e)
 
     def _on_pre_step(self) -> None:
         t = self._step
@@ -276,8 +273,10 @@ class Recorder:
                 slot = self.ring.capture(t, [p.grad for p in self._params], self._states(), batch, meta)
             except Exception as e:  # noqa: BLE001 - capture off, scalars go on
                 self._fail("ring capture", e)
-        self._row_slot = slot
+        prev, self._row_slot = self._row_slot, slot
         if self._scalars:
+            if prev is not None and slot is not None and self._rows["step"] and self._rows["step"][-1] == t - 1:
+                self._rows["update_norm"][-1] = self._update_norm(prev, slot)
             self._append_row(t, loss, probe_loss, groups, opt_step, slot)
         for ev in events:
             self._handle_event(t, ev, slot)
@@ -322,17 +321,22 @@ class Recorder:
             return math.nan
         return float(torch.linalg.vector_norm(torch.stack([n.double() for n in torch._foreach_norm(tensors)])))
 
-    def _update_norm(self, slot: int) -> float:
-        """||theta_{t+1} - theta_t|| from the ring slot, through preallocated scratch buffers."""
+    def _update_norm(self, slot: int, next_slot: int | None) -> float:
+        """||theta_{t+1} - theta_t||: slot `next_slot` (or, at close, the live weights) minus `slot`.
+
+        One vectorised subtraction per dtype into a scratch buffer allocated once.
+        """
         bank = self.ring.banks["param"]
         if self._scratch is None:
             flats = {dt: torch.empty_like(b[0]) for dt, b in bank.bufs.items()}
             self._scratch = (flats, list(bank.layout.views(flats).values()))
         flats, views = self._scratch
-        torch._foreach_copy_(views, [p.detach() for p in self._params])
+        if next_slot is None:
+            torch._foreach_copy_(views, [p.detach() for p in self._params])
         sq = 0.0
         for dt, f in flats.items():
-            f.sub_(bank.bufs[dt][slot])
+            a = f if next_slot is None else bank.bufs[dt][next_slot]
+            torch.sub(a, bank.bufs[dt][slot], out=f)
             sq += _sqnorm(f)
         return math.sqrt(sq)
 
@@ -352,12 +356,11 @@ class Recorder:
         g = self.ring.banks["grad"].bufs[dt][slot].index_select(0, idx).float()
         v = self.ring.banks["exp_avg_sq"].bufs[dt][slot].index_select(0, idx).float()
         beta2 = float(groups[0]["betas"][1])
-        rho = g.square_().div_(v.div_(1.0 - beta2 ** opt_step))
-        ok = ~torch.isnan(rho)
-        if not bool(ok.any()):
+        rho = g.square_().div_(v.div_(1.0 - beta2 ** opt_step))  # g_t^2 / v-hat_{t-1}; 0/0 -> nan
+        valid = int((~torch.isnan(rho)).sum())
+        if valid == 0:
             return None, None
-        rho = rho[ok]
-        return float(rho.median()), float((rho < 0.1).float().mean())
+        return float(rho.nanmedian()), float((rho < 0.1).sum()) / valid
 
     def _empty_rows(self) -> dict:
         return {c: [] for c in STEP_COLUMNS}
