@@ -138,3 +138,18 @@ def test_hvp_dtype_override_and_shape_check():
         op.matvec(torch.ones(3))
     with pytest.raises(ValueError):
         HVPOperator(lambda p: p["w"].sum(), params, method="nope")
+
+
+def test_func_hvp_reports_the_mse_loss_quirk_clearly():
+    import torch.nn.functional as F
+
+    loss, params = _tiny_problem()
+    model_loss = lambda p: F.mse_loss(p["4.bias"] * torch.ones(3, dtype=torch.float64),  # noqa: E731
+                                      torch.zeros(3, dtype=torch.float64)) + loss(p)
+    op = HVPOperator(model_loss, params)  # double backward handles F.mse_loss
+    assert torch.isfinite(op.matvec(torch.ones(op.dim, dtype=torch.float64))).all()
+    op_f = HVPOperator(model_loss, params, method="func")
+    try:
+        op_f.matvec(torch.ones(op_f.dim, dtype=torch.float64))
+    except ValueError as err:
+        assert "double_backward" in str(err)

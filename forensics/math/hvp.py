@@ -128,7 +128,13 @@ class HVPOperator:
     def _matvec_func(self, v: Tensor) -> Tensor:
         primals = {n: t.detach() for n, t in self._params.items()}
         tangents = self.spec.unflatten(v)
-        _, hv = torch.func.jvp(self._grad_fn, (primals,), (tangents,))
+        try:
+            _, hv = torch.func.jvp(self._grad_fn, (primals,), (tangents,))
+        except RuntimeError as err:
+            if "ZeroTensors are immutable" not in str(err):
+                raise
+            raise ValueError("method='func' failed with the torch 2.13 ZeroTensor quirk; write the "
+                             "loss by hand (no F.mse_loss) or use method='double_backward'") from err
         return self.spec.flatten(hv).detach()
 
     def to_dense(self) -> Tensor:
