@@ -153,3 +153,17 @@ def test_func_hvp_reports_the_mse_loss_quirk_clearly():
         op_f.matvec(torch.ones(op_f.dim, dtype=torch.float64))
     except ValueError as err:
         assert "double_backward" in str(err)
+
+
+def test_lanczos_restarts_after_early_breakdown(monkeypatch):
+    import forensics.math.lanczos as lz
+
+    A = torch.diag(torch.tensor([3.0, 1.0, 2.0, 0.0], dtype=torch.float64))
+    e1 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    orig = lz._start_vector
+    # the start vector is an eigenvector: an invariant subspace after one step, before k = 3
+    monkeypatch.setattr(lz, "_start_vector",
+                        lambda n, seed, dt, dev: e1.clone() if seed == 0 else orig(n, seed, dt, dev))
+    res = lanczos(lambda v: A @ v, k=3, tol=1e-10, dim=4, dtype=torch.float64)
+    assert res.converged
+    assert torch.allclose(res.eigenvalues, torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))

@@ -108,19 +108,26 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-4, max_iter: int = 80, seed: int 
             T += torch.diag(off, 1) + torch.diag(off, -1)
         evals, evecs = torch.linalg.eigh(T)
         theta, S = evals.flip(0), evecs.flip(1)  # descending
+        breakdown = beta <= 100 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-30)
         if m >= k:
             res = (beta * S[-1, :k]).abs()
-            scale = float(theta.abs().max())
-            breakdown = beta <= 100 * torch.finfo(dtype).eps * max(scale, 1e-30)
             if breakdown or m == n or bool((res <= tol * theta[:k].abs()).all()):
                 converged = True
                 break
         if j + 1 < m_max:
-            betas.append(beta)
             if j + 1 >= Q.shape[0]:
                 grow = min(Q.shape[0], m_max + 1 - Q.shape[0])
                 Q = torch.cat([Q, Q.new_zeros(grow, n)])
-            Q[j + 1] = w / beta
+            if breakdown:  # invariant subspace before k pairs: restart orthogonally, β = 0
+                beta = 0.0
+                w = _start_vector(n, seed + m, dtype, device)
+                for _ in range(2):
+                    w = w - Q[:m].T @ (Q[:m] @ w)
+                betas.append(0.0)
+                Q[j + 1] = w / w.norm()
+            else:
+                betas.append(beta)
+                Q[j + 1] = w / beta
     assert theta is not None and S is not None
     residuals = (beta * S[-1, :k]).abs()
     vecs = Q[:m].T @ S[:, :k].to(dtype)
