@@ -5,8 +5,8 @@ At θ_s on (a seeded subsample of) the onset batch, held fixed across the window
 the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for the run's loss
 (n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K) for the
 paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu et al.). For cross-entropy the
-residual is n·∂L/∂logits = softmax − onehot and η_crit uses the (1/2n) scaling (the
-softmax Hessian is ≤ 1/2), which makes it approximate: `eta_crit_exact` says so.
+residual is n·∂L/∂logits = softmax − onehot (any other loss: n·∂L/∂F) and η_crit uses the
+(1/2n) scaling, which is approximate there: `eta_crit_exact` says so.
 AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) is compared with the task's true AGOP when the run declares
 one (`task.true_agop`), else with the AGOP at the reference step.
 """
@@ -14,18 +14,18 @@ one (`task.true_agop`), else with the AGOP at the reference step.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from forensics.analyze.evidence import Evidence
 from forensics.analyze.measure import Skip
 from forensics.math.agop import TRUE_AGOP_TASKS, agop, agop_alignment, true_agop
-from forensics.math.ntk import empirical_ntk, eta_crit, loss_split
+from forensics.math.ntk import empirical_ntk, eta_crit, loss_split, output_residual
 
 
 def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    if loss == "cross_entropy":
-        return (torch.softmax(out, dim=-1) - F.one_hot(y.long(), out.shape[-1]).to(out.dtype))
-    return out - y.reshape(out.shape)
+    """F − y for mse (so PL_s + PL_s^⊥ is the loss itself), else n·∂L/∂F (any loss)."""
+    if loss == "mse":
+        return (out - y.reshape(out.shape)).reshape(-1)
+    return output_residual(lambda o: replay.loss_fn(o, y), out)
 
 
 def measure(ev: Evidence, scene) -> None:
@@ -33,8 +33,6 @@ def measure(ev: Evidence, scene) -> None:
         raise Skip("the NTK's critical lr is a (S)GD limit; Adam runs use the adam engine")
     replay = scene.require_replay()
     loss = str(scene.run.manifest.get("loss", "mse"))
-    if loss not in ("mse", "cross_entropy"):
-        raise Skip(f"NTK residual is defined for mse and cross_entropy, not {loss!r}")
     s = scene.settings.ntk_top_s
     agop_ref: dict = {}
     task_agop = ev.context.task.get("true_agop")
