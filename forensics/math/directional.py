@@ -69,7 +69,7 @@ def cosine_with_eigenvectors(d: Tensor, eigenvectors: Tensor) -> Tensor:
     v = eigenvectors.to(dtype=d.dtype, device=d.device)
     dn = d.norm()
     if float(dn) == 0.0:
-        return torch.full((v.shape[1],), float("nan"), dtype=d.dtype)
+        return torch.full((v.shape[1],), float("nan"), dtype=d.dtype, device=d.device)
     return ((v.T @ d).abs() / (v.norm(dim=0) * dn)).detach()
 
 

@@ -130,7 +130,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-4, max_iter: int = 80, seed: int 
                 Q[j + 1] = w / beta
     assert theta is not None and S is not None
     residuals = (beta * S[-1, :k]).abs()
-    vecs = Q[:m].T @ S[:, :k].to(dtype)
+    vecs = Q[:m].T @ S[:, :k].to(device=device, dtype=dtype)
     vecs = vecs / vecs.norm(dim=0, keepdim=True)
     return EigResult(eigenvalues=theta[:k].clone(), eigenvectors=vecs, num_matvecs=m,
                      num_iterations=m, converged=converged, residuals=residuals,
