@@ -36,6 +36,7 @@ def test_ntk_methods_agree_with_explicit_jacobian(c):
     J = _explicit_jacobian(model, params, x)
     K_ref = J @ J.T
     K_dense = ntk_dense(_f(model), params, x)
+    assert torch.allclose(ntk_dense(_f(model), params, x, per_sample=False), K_ref, atol=1e-10)
     K_struct = ntk_structured(model, x, params)
     assert torch.allclose(K_dense, K_ref, atol=1e-10)
     assert torch.allclose(K_struct, K_ref, atol=1e-10)
@@ -49,6 +50,8 @@ def test_ntk_methods_agree_with_explicit_jacobian(c):
         Jr = J.reshape(x.shape[0], c, -1)
         K_tr = torch.einsum("iap,jap->ij", Jr, Jr)
         assert torch.allclose(ntk_dense(_f(model), params, x, output_mode="trace"), K_tr)
+        assert torch.allclose(ntk_dense(_f(model), params, x, output_mode="trace", per_sample=False),
+                              K_tr)
         assert torch.allclose(ntk_structured(model, x, params, output_mode="trace"), K_tr)
 
 

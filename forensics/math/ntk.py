@@ -32,13 +32,24 @@ ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
 
 
 def ntk_dense(f: ModelFn, params: Mapping[str, Tensor], x: Tensor, *,
-              output_mode: str = "flatten", chunk_size: int | None = None) -> Tensor:
-    """K = Σ_p J_p J_pᵀ with J the Jacobian of ``f(params, x)`` by ``torch.func.jacrev``.
+              output_mode: str = "flatten", per_sample: bool = True,
+              chunk_size: int | None = None) -> Tensor:
+    """K = Σ_p J_p J_pᵀ with J the explicit Jacobian of ``f(params, x)`` w.r.t. the parameters.
 
-    Memory is (n·c)×P; ``chunk_size`` limits how many rows jacrev builds at once.
+    ``per_sample=True`` (default): ``vmap(jacrev)`` over single samples, O(n·P) work — valid
+    when samples do not interact (no train-mode batch norm). ``per_sample=False``: ``jacrev``
+    of the whole batch, one batched backward per output row, O(n²·P) work but exact for any
+    model. Memory is (n·c)×P either way; ``chunk_size`` bounds how many rows are built at once.
     """
     params = {k: v.detach() for k, v in params.items()}
-    jac = torch.func.jacrev(lambda p: f(p, x), chunk_size=chunk_size)(params)
+    if per_sample:
+        def single(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+            return f(p, xi.unsqueeze(0)).reshape(-1)  # (c,)
+
+        jac = torch.func.vmap(torch.func.jacrev(single), in_dims=(None, 0),
+                              chunk_size=chunk_size)(params, x)  # (n, c) + p.shape
+    else:
+        jac = torch.func.jacrev(lambda p: f(p, x), chunk_size=chunk_size)(params)
     n = x.shape[0]
     K = None
     for name, p in params.items():
@@ -116,13 +127,14 @@ class NTKResult:
 def empirical_ntk(model: nn.Module | ModelFn, params: Mapping[str, Tensor], x: Tensor, *,
                   k: int = 10, method: str = "auto", output_mode: str = "flatten",
                   max_samples: int | None = 1024, dense_max: int = 256, seed: int = 0,
-                  tol: float = 1e-4, max_iter: int = 80) -> NTKResult:
+                  tol: float = 1e-4, max_iter: int = 80, per_sample: bool = True) -> NTKResult:
     """Top-k eigenpairs of K = J Jᵀ on (a subsample of) the batch ``x``, choosing the method.
 
     ``model`` is an nn.Module (evaluated with ``functional_call``) or a function
     ``f(params, x)``. ``method="auto"``: structured when ``model`` is a Linear stack, else dense
     when n·c ≤ ``dense_max``, else matrix-free Lanczos. Rows beyond ``max_samples`` are
     subsampled at random (seeded); ``result.indices`` says which, so the residual can match.
+    ``per_sample=False`` makes the dense path exact for models whose samples interact.
     """
     n_total = x.shape[0]
     idx = None
@@ -157,7 +169,7 @@ def empirical_ntk(model: nn.Module | ModelFn, params: Mapping[str, Tensor], x: T
             raise ValueError("method='structured' needs an nn.Module")
         K = ntk_structured(model, x, params, output_mode=output_mode)
     elif K is None and method == "dense":
-        K = ntk_dense(f, params, x, output_mode=output_mode)
+        K = ntk_dense(f, params, x, output_mode=output_mode, per_sample=per_sample)
     elif K is None:
         raise ValueError(f"unknown method {method!r}")
     assert K is not None
