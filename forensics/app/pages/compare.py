@@ -1,0 +1,100 @@
+"""The compare page: two runs (or two spikes) side by side, e.g. the Adam run and its quiet control.
+
+One overlay chart puts a per-step scalar of both on one axis (aligned on the spike onsets when
+spikes are chosen); below, each side shows its loss curve or its spike's verdict and evidence.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from forensics.app import charts, data, ui
+from forensics.app.pages import spike as spike_page
+
+NO_SPIKE = -1
+METRICS = ("loss", "grad_norm", "update_norm", "adam_ratio_median", "adam_ratio_frac_small", "lr",
+           "param_norm")
+
+
+def _defaults(ids: list[str]) -> tuple[str, str]:
+    a = next((r for r in ids if "adam_beta2" in r), ids[0])
+    b = next((r for r in ids if "control" in r and r != a), next((r for r in ids if r != a), a))
+    return a, b
+
+
+def _side(root: str, col, side: str, default: str, ids: list[str]):
+    if f"cmp_run_{side}" not in st.session_state:
+        st.session_state[f"cmp_run_{side}"] = st.query_params.get(f"run_{side.lower()}", default)
+        if st.session_state[f"cmp_run_{side}"] not in ids:
+            st.session_state[f"cmp_run_{side}"] = default
+    run_id = col.selectbox(f"Run {side}", ids, key=f"cmp_run_{side}")
+    spikes = data.spikes(root, run_id)
+    options = [NO_SPIKE] + [int(s) for s in spikes["spike_id"]]
+    if st.session_state.get(f"cmp_spike_{side}") not in options:
+        st.session_state[f"cmp_spike_{side}"] = options[1] if len(options) > 1 else NO_SPIKE
+    sp = col.selectbox(f"Spike {side}", options, key=f"cmp_spike_{side}",
+                       format_func=lambda s: "whole run" if s == NO_SPIKE else
+                       f"spike {s} · onset {spikes[spikes['spike_id'] == s]['onset_step'].iloc[0]}")
+    st.query_params[f"run_{side.lower()}"] = run_id
+    row = None if sp == NO_SPIKE else spikes[spikes["spike_id"] == sp].iloc[0].to_dict()
+    return run_id, row
+
+
+def render(root: str) -> None:
+    st.title("Compare")
+    runs = data.runs(root)
+    if not len(runs):
+        ui.empty_folder_hint(root)
+        return
+    ids = list(runs["run_id"])
+    da, db = _defaults(ids)
+    ca, cb = st.columns(2)
+    a, spike_a = _side(root, ca, "A", da, ids)
+    b, spike_b = _side(root, cb, "B", db, ids)
+
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    metric = c1.selectbox("compare", METRICS, key="cmp_metric",
+                          format_func=lambda s: charts.SCALAR_LABELS.get(s, s))
+    log_y = c2.toggle("log scale", value=True, key="cmp_log")
+    frames = []
+    for side, run_id, sp in (("A", a, spike_a), ("B", b, spike_b)):
+        if sp is not None:
+            lo, hi = charts.window(sp)
+            d = data.steps(root, run_id, lo, hi)
+            d = d.assign(x=d["step"] - int(sp["onset_step"]),
+                         who=f"{side}: {run_id} · spike {sp['spike_id']}")
+        else:
+            d = data.steps(root, run_id)
+            d = d.assign(x=d["step"], who=f"{side}: {run_id}")
+        if metric in d:
+            frames.append(charts.thin(d[["x", "who", metric]], metric))
+    aligned = spike_a is not None or spike_b is not None
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        st.altair_chart(charts.overlay(df, x="x", y=metric, color="who", log_y=log_y,
+                                       x_title="steps from onset" if aligned else "step",
+                                       title=f"{charts.SCALAR_LABELS.get(metric, metric)}: A against B"),
+                        width="stretch")
+
+    left, right = st.columns(2, gap="large")
+    for col, run_id, sp in ((left, a, spike_a), (right, b, spike_b)):
+        with col:
+            info = runs[runs["run_id"] == run_id].iloc[0].to_dict()
+            if sp is not None:
+                spike_page.show_spike(root, info, sp, compact=True)
+            else:
+                _run_summary(root, info)
+
+
+def _run_summary(root: str, info: dict) -> None:
+    st.subheader(info["run_id"])
+    st.caption(f"{info.get('optimizer_name')}, lr {info.get('lr')}, β₂ {info.get('beta2')}, "
+               f"{info.get('num_steps')} steps, {info.get('num_spikes')} spike(s)")
+    steps = data.steps(root, info["run_id"])
+    spikes = data.spikes(root, info["run_id"])
+    if len(steps):
+        st.altair_chart(charts.run_overview(steps, spikes, scalars=("adam_ratio_median",)),
+                        width="stretch")
+    if not len(spikes):
+        st.success("no spikes", icon=":material/check_circle:")
