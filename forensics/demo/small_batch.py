@@ -28,7 +28,8 @@ def _train(name: str, out_dir, record: bool) -> list[float]:
         rec = None
         if record:
             task = {"mechanism": "catapult", "true_agop": "x1x2", "train_points": N,
-                    "batch_size": batch, "twin": "large_batch" if name == "small_batch" else "small_batch"}
+                    "batch_size": batch, "twin": "large_batch" if name == "small_batch" else "small_batch",
+                    "final_step": STEPS - 1}
             rec = recorder(model, opt, fresh_dir(out_dir, name),
                            factory="forensics.zoo.models:two_layer", kwargs=MODEL, loss="mse",
                            task=task, seed=SEED, probe={"x": x[:PROBE], "y": y[:PROBE]}, detector={"preset": "robust", "signal": "probe"}, probe_every=1,
