@@ -1,0 +1,140 @@
+"""Findings as a linter reports them: one header per spike with its verdict, one line per finding.
+
+`collect(catalog)` reads the catalog's views into plain, JSON-ready dicts (what
+`forensics report --format json` prints); `render_text` turns them into lines
+(`run:step  mechanism  status  message`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from forensics.analyze.mechanisms import MECHANISMS
+
+_STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
+
+
+def collect(catalog) -> list[dict]:
+    """Every spike of the catalog's runs, in run then onset order, each with its findings.
+
+    Keys: run, run_path, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss,
+    magnitude, source, analyzed, verdict, verdict_score, verdict_message, findings (each:
+    mechanism, status, score, primary, message, hint, reason, evidence, thresholds; the last
+    two parsed from JSON). Non-finite numbers become the strings "nan" / "inf" / "-inf",
+    as in the analyzer's evidence, so the result is strict JSON.
+    """
+    from forensics.catalog.views import query
+
+    order = {r.run_id: i for i, r in enumerate(catalog.runs)}
+    spikes = query(catalog, """
+        SELECT s.run_id, r.path, r.analyzed, s.spike_id, s.onset_step, s.peak_step, s.end_step,
+               s.peak_loss, s.baseline_loss, s.magnitude, s.source, s.verdict, s.verdict_score,
+               s.verdict_message
+        FROM spikes s JOIN runs r USING (run_id)""").to_pylist()
+    findings: dict[tuple[str, int], list[dict]] = {}
+    for f in query(catalog, 'SELECT run_id, spike_id, rule, status, score, "primary", message, '
+                            "hint, reason, evidence, thresholds FROM findings").to_pylist():
+        findings.setdefault((f["run_id"], f["spike_id"]), []).append({
+            "mechanism": f["rule"], "status": f["status"], "score": _num(f["score"]),
+            "primary": bool(f["primary"]), "message": f["message"] or "",
+            "hint": f["hint"] or "", "reason": f["reason"] or "",
+            "evidence": _parse(f["evidence"]), "thresholds": _parse(f["thresholds"]),
+        })
+    out = []
+    for s in sorted(spikes, key=lambda s: (order.get(s["run_id"], 0), s["onset_step"] or 0,
+                                           s["spike_id"] or 0)):
+        fs = findings.get((s["run_id"], s["spike_id"]), [])
+        fs.sort(key=_finding_order)
+        out.append({
+            "run": s["run_id"], "run_path": s["path"], "spike_id": s["spike_id"],
+            "onset_step": s["onset_step"], "peak_step": s["peak_step"], "end_step": s["end_step"],
+            "peak_loss": _num(s["peak_loss"]), "baseline_loss": _num(s["baseline_loss"]),
+            "magnitude": _num(s["magnitude"]), "source": s["source"],
+            "analyzed": bool(s["analyzed"]), "verdict": s["verdict"],
+            "verdict_score": _num(s["verdict_score"]), "verdict_message": s["verdict_message"],
+            "findings": fs,
+        })
+    return out
+
+
+def render_text(spikes: list[dict], runs=(), *, hints: bool = True) -> list[str]:
+    """Lines of the text report: per spike a header, then `run:step  mechanism  status  message`.
+
+    `runs` (the catalog's RunEntry list) adds a line for each run without spikes.
+    """
+    lines: list[str] = []
+    width = max([len(f["mechanism"]) for s in spikes for f in s["findings"]] + [len("mechanism")])
+    for s in spikes:
+        lines.append(_header(s))
+        for f in s["findings"]:
+            lines.append(f"  {s['run']}:{s['onset_step']}  {f['mechanism']:<{width}}  "
+                         f"{f['status']:<12}  {_flat(f['message'])}")
+            if hints and f["status"] == "fired" and f["hint"]:
+                lines.append(f"  {'':<{len(str(s['run'])) + len(str(s['onset_step'])) + 1}}  "
+                             f"{'':<{width}}  {'hint':<12}  {_flat(f['hint'])}")
+    with_spikes = {s["run"] for s in spikes}
+    for r in runs:
+        if r.run_id not in with_spikes:
+            lines.append(f"{r.run_id}: no spikes ({r.num_steps} steps)")
+    return lines
+
+
+def summary(spikes: list[dict], num_runs: int, num_skipped: int = 0) -> str:
+    """One closing line: how many runs and spikes, and the verdicts by count."""
+    counts: dict[str, int] = {}
+    for s in spikes:
+        key = s["verdict"] if s["analyzed"] and s["verdict"] else "not analyzed"
+        counts[key] = counts.get(key, 0) + 1
+    parts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    text = f"{num_runs} run{'s' * (num_runs != 1)}, {len(spikes)} spike{'s' * (len(spikes) != 1)}"
+    text += f" ({parts})" if parts else ""
+    if num_skipped:
+        text += f"; {num_skipped} run{'s' * (num_skipped != 1)} skipped (unreadable)"
+    return text
+
+
+def _header(s: dict) -> str:
+    end = s["end_step"] if s["end_step"] is not None else "open"
+    mag = s["magnitude"]
+    size = f", ×{mag:.3g}" if isinstance(mag, float) else (f", ×{mag}" if mag is not None else "")
+    where = f"{s['run']}:{s['onset_step']}  spike {s['spike_id']}  steps {s['onset_step']}..{end} " \
+            f"(peak {s['peak_step']}{size})"
+    if not s["analyzed"]:
+        return f"{where}  verdict: not analyzed (run `forensics analyze {s['run_path']}`)"
+    score = s["verdict_score"]
+    score_text = f" ({score:.2f})" if isinstance(score, float) else ""
+    message = f": {_flat(s['verdict_message'])}" if s["verdict_message"] else ""
+    return f"{where}  verdict: {s['verdict']}{score_text}{message}"
+
+
+def _finding_order(f: dict):
+    rank = MECHANISMS.index(f["mechanism"]) if f["mechanism"] in MECHANISMS else len(MECHANISMS)
+    return (not f["primary"], _STATUS_ORDER.get(f["status"], 3), rank, f["mechanism"])
+
+
+def _num(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _parse(text):
+    if text is None:
+        return {}
+    try:
+        return _clean(json.loads(text))
+    except (TypeError, ValueError):
+        return {"unparsed": str(text)}
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return _num(obj)
+
+
+def _flat(text) -> str:
+    return " ".join(str(text).split())
