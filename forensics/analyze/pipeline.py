@@ -21,7 +21,7 @@ import torch
 import forensics
 from forensics.analyze.evidence import Evidence, Finding, SpikeContext, inconclusive
 from forensics.analyze.measure import ENGINES, Scene, Skip
-from forensics.analyze.mechanisms import MECHANISMS, check_mechanisms
+from forensics.analyze.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms
 from forensics.analyze.replay import Replay, pick_device
 from forensics.analyze.rules import RULES
 from forensics.analyze.store import write_analysis
@@ -163,6 +163,8 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
                 findings.append(inconclusive(rule, f"rule failed: {type(exc).__name__}: {exc}"))
         verdict, score, message = choose_verdict(
             findings, stochastic=ev.at("batches_identical", ctx.onset) == 0.0)
+        if scene is None and verdict == UNEXPLAINED:
+            message = "no evidence to judge: " + next(iter(ev.skipped.values()), "no snapshots")
         results.append(SpikeResult(ctx, source, verdict, score, message, ev, findings))
 
     analysis = Analysis(run_id, results, settings, str(dev), notes)
