@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench browser clean-venv
+.PHONY: setup demo report test bench browser clean-venv
 
 setup: $(STAMP)
 
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 browser:
 	@bash scripts/install-browser.sh
 
-demo: setup
+# the main job: record the sample runs if absent, analyze them, print the report, open the app
+demo: report
+	$(VENV)/bin/forensics app sample_runs
+
+report: setup
 	$(VENV)/bin/forensics demo --if-missing sample_runs
-	$(VENV)/bin/forensics analyze sample_runs/* || true
-	$(VENV)/bin/forensics report sample_runs/* || true
+	$(VENV)/bin/forensics analyze sample_runs
+	-$(VENV)/bin/forensics report sample_runs
 
 test: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider
