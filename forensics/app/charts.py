@@ -26,6 +26,7 @@ SCALAR_LABELS = {
     "probe_loss": "probe loss",
 }
 MAX_POINTS = 5000
+STEP_AXIS = alt.Axis(format="d")
 
 
 def finite(df: pd.DataFrame, cols) -> pd.DataFrame:
@@ -47,6 +48,11 @@ def thin(df: pd.DataFrame, col: str, max_points: int = MAX_POINTS) -> pd.DataFra
     return df.loc[sorted(keep)]
 
 
+def _w(width) -> dict:
+    """Width property only when given in pixels: left out, st.altair_chart(width="stretch") fits it."""
+    return {"width": width} if isinstance(width, int) else {}
+
+
 def _y(field: str, title: str, log: bool, **kw) -> alt.Y:
     scale = alt.Scale(type="log" if log else "linear", zero=False)
     return alt.Y(f"{field}:Q", title=title, scale=scale, **kw)
@@ -56,16 +62,16 @@ def _y(field: str, title: str, log: bool, **kw) -> alt.Y:
 
 def run_overview(steps: pd.DataFrame, spikes: pd.DataFrame, *, log_scale: bool = True,
                  scalars=("lr", "grad_norm", "update_norm", "adam_ratio_median"),
-                 width=None) -> alt.VConcatChart:
+                 width: int = 820) -> alt.VConcatChart:
     """Loss curve with spikes marked and coloured by verdict, per-step scalars below on the same
-    x axis, and an overview strip at the bottom whose brush (`zoom`) zooms all of them."""
-    width = width or "container"
+    x axis, and an overview strip at the bottom whose brush (`zoom`) zooms all of them. `width`
+    in pixels: Vega-Lite cannot fit a concatenated chart to its container."""
     df = thin(finite(steps, ["loss", *SCALAR_LABELS]), "loss")
     bad = steps[~np.isfinite(pd.to_numeric(steps["loss"], errors="coerce"))][["step"]]
     if log_scale:
         df = df.assign(loss=df["loss"].where(df["loss"] > 0))
     zoom = alt.selection_interval(name="zoom", encodings=["x"])
-    x_zoom = alt.X("step:Q", title="step", scale=alt.Scale(domain=zoom, nice=False))
+    x_zoom = alt.X("step:Q", title=None, axis=STEP_AXIS, scale=alt.Scale(domain=zoom, nice=False))
 
     sp = spikes.copy()
     sp["end_or_peak"] = sp["end_step"].fillna(sp["peak_step"]).astype(float)
@@ -109,8 +115,8 @@ def run_overview(steps: pd.DataFrame, spikes: pd.DataFrame, *, log_scale: bool =
             tooltip=["step:Q", alt.Tooltip(f"{col}:Q", format=".4g")],
         ).properties(height=70, width=width))
 
-    overview = alt.Chart(df).mark_area(opacity=0.5, color="#1f77b4").encode(
-        x=alt.X("step:Q", title="drag here to zoom (double-click to reset)"),
+    overview = alt.Chart(df).mark_line(color="#1f77b4").encode(
+        x=alt.X("step:Q", title="step — drag on this strip to zoom, double-click to reset", axis=STEP_AXIS),
         y=_y("loss", "", log_scale, axis=None),
     ).add_params(zoom).properties(height=45, width=width)
     return alt.vconcat(detail, *panels, overview, spacing=6).resolve_scale(color="shared")
@@ -127,15 +133,18 @@ def window(spike: dict, pad: int | None = None) -> tuple[int, int]:
     return onset - pad, end + pad
 
 
-def _spike_layers(spike: dict, y_domain=None) -> list:
+def _spike_layers(spike: dict, domain=None) -> list:
     end = spike.get("end_step")
     end = spike["peak_step"] if end is None or pd.isna(end) else end
-    band = pd.DataFrame({"onset": [spike["onset_step"]], "end": [end]})
+    band = pd.DataFrame({"onset": [spike["onset_step"]], "end": [end], "what": ["spike (onset → end)"]})
+    scale = alt.Scale(domain=list(domain), nice=False) if domain else alt.Scale(nice=False, zero=False)
     rules = pd.DataFrame({"step": [spike["onset_step"], spike["peak_step"]],
                           "event": ["onset", "peak"]})
-    return [alt.Chart(band).mark_rect(opacity=0.08, color="#d62728").encode(x="onset:Q", x2="end:Q"),
+    return [alt.Chart(band).mark_rect(opacity=0.08, color="#d62728").encode(
+                x=alt.X("onset:Q", title="step", axis=STEP_AXIS, scale=scale), x2="end:Q",
+                tooltip=["what:N"]),
             alt.Chart(rules).mark_rule(strokeDash=[4, 3], color="#999").encode(
-                x="step:Q", tooltip=["event:N", "step:Q"])]
+                x=alt.X("step:Q", title="step", axis=STEP_AXIS, scale=scale), tooltip=["event:N", "step:Q"])]
 
 
 def loss_window(steps: pd.DataFrame, spike: dict, *, snapshot_steps=(), log_scale=False,
@@ -145,7 +154,7 @@ def loss_window(steps: pd.DataFrame, spike: dict, *, snapshot_steps=(), log_scal
     if log_scale:
         df = df.assign(loss=df["loss"].where(df["loss"] > 0))
     line = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=18), color="#1f77b4").encode(
-        x=alt.X("step:Q", scale=alt.Scale(nice=False, zero=False)),
+        x=alt.X("step:Q", title="step", axis=STEP_AXIS, scale=alt.Scale(nice=False, zero=False)),
         y=_y("loss", "loss", log_scale), tooltip=["step:Q", alt.Tooltip("loss:Q", format=".4g")])
     layers = _spike_layers(spike) + [line]
     snaps = pd.DataFrame({"step": [s for s in snapshot_steps if df["step"].min() <= s <= df["step"].max()]})
@@ -153,7 +162,7 @@ def loss_window(steps: pd.DataFrame, spike: dict, *, snapshot_steps=(), log_scal
         layers.append(alt.Chart(snaps.assign(what="snapshot")).mark_tick(
             color="#2ca02c", thickness=2, size=10).encode(
             x="step:Q", y=alt.value(250), tooltip=["what:N", "step:Q"]))
-    return alt.layer(*layers).properties(height=260, width=width or "container",
+    return alt.layer(*layers).properties(height=260, **_w(width),
                                          title="loss around the spike (green ticks: snapshots)")
 
 
@@ -181,8 +190,9 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
     ref = df[df["step"] < lo].sort_values("step").groupby("series").tail(1)
     df = df[(df["step"] >= lo) & (df["step"] <= hi)]
     x = alt.X("step:Q", scale=alt.Scale(domain=[lo, hi], nice=False))
-    color = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400))
-    layers = _spike_layers(spike)
+    color = alt.Color("series:N", title=None, scale=alt.Scale(scheme="category10"),
+                      legend=alt.Legend(orient="bottom", labelLimit=400))
+    layers = _spike_layers(spike, (lo, hi))
     layers.append(alt.Chart(df).mark_line(point=True, clip=True).encode(
         x=x, y=_y("value", y_title, log_y), color=color,
         tooltip=["series:N", "step:Q", alt.Tooltip("value:Q", format=".4g")]))
@@ -201,10 +211,10 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
         sm = pd.DataFrame({"mark": list(step_marks), "step": [float(v) for v in step_marks.values()]})
         sm = sm[np.isfinite(sm["step"])]
         layers.append(alt.Chart(sm).mark_rule(color="#2ca02c").encode(
-            x=alt.X("step:Q", scale=alt.Scale(domain=[lo, hi], nice=False)), tooltip=["mark:N", "step:Q"]))
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS, scale=alt.Scale(domain=[lo, hi], nice=False)), tooltip=["mark:N", "step:Q"]))
         layers.append(alt.Chart(sm).mark_text(angle=270, align="left", dx=4, dy=-4, color="#2ca02c").encode(
             x="step:Q", y=alt.value(height - 10), text="mark:N"))
-    return alt.layer(*layers).properties(title=title, height=height, width=width or "container")
+    return alt.layer(*layers).properties(title=title, height=height, **_w(width))
 
 
 def heatmap(matrix, *, title: str, width: int = 260) -> alt.Chart:
@@ -240,7 +250,7 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, limits: dict | None = 
             y="value:Q", tooltip=["limit:N", "value:Q"]))
         layers.append(alt.Chart(lim).mark_text(align="right", dy=-6, color="#d62728").encode(
             x=alt.value(width if isinstance(width, int) else 400), y="value:Q", text="limit:N"))
-    return alt.layer(*layers).properties(title=title, height=height, width=width or "container")
+    return alt.layer(*layers).properties(title=title, height=height, **_w(width))
 
 
 # --- compare and SQL -------------------------------------------------------------------------
@@ -253,9 +263,10 @@ def overlay(df: pd.DataFrame, *, x: str, y: str, color: str, log_y: bool = False
         d = d[d[y] > 0]
     return alt.Chart(d).mark_line(clip=True).encode(
         x=alt.X(f"{x}:Q", title=x_title or x), y=_y(y, y, log_y),
-        color=alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400)),
+        color=alt.Color(f"{color}:N", title=None, scale=alt.Scale(scheme="category10"),
+                        legend=alt.Legend(orient="bottom", labelLimit=400)),
         tooltip=[f"{color}:N", f"{x}:Q", alt.Tooltip(f"{y}:Q", format=".4g")],
-    ).properties(title=title, height=height, width=width or "container")
+    ).properties(title=title, height=height, **_w(width))
 
 
 def sql_chart(df: pd.DataFrame, *, log_y: bool = False) -> alt.Chart | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from forensics.app import charts, data
+from forensics.app import charts, data, ui
 
 
 @dataclass
@@ -38,7 +38,7 @@ class SpikeContext:
 
 
 def _show(chart) -> None:
-    st.altair_chart(chart, width="stretch")
+    ui.show_chart(chart)
 
 
 def sharpness(ctx: SpikeContext) -> bool:

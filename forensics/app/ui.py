@@ -96,3 +96,13 @@ def empty_folder_hint(root: str) -> None:
         "forensics analyze sample_runs\nforensics app sample_runs\n```\n\n"
         "or record your own training with `forensics.record.recorder.Recorder` and start the app on its "
         "folder: `forensics app RUN_DIR`.")
+
+
+def show_chart(chart, **kwargs):
+    """st.altair_chart at the container's width and the chart's own height: Streamlit's
+    "content" height squeezes a stretched single or layered chart, so the frame is given
+    explicitly (plot height + room for title, axis and a bottom legend)."""
+    h = getattr(chart, "height", None)
+    if isinstance(h, int) and not hasattr(chart, "vconcat") and not hasattr(chart, "hconcat"):
+        kwargs.setdefault("height", h + 140)
+    return st.altair_chart(chart, width="stretch", **kwargs)

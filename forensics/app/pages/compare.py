@@ -72,10 +72,9 @@ def render(root: str) -> None:
     aligned = spike_a is not None or spike_b is not None
     if frames:
         df = pd.concat(frames, ignore_index=True)
-        st.altair_chart(charts.overlay(df, x="x", y=metric, color="who", log_y=log_y,
+        ui.show_chart(charts.overlay(df, x="x", y=metric, color="who", log_y=log_y,
                                        x_title="steps from onset" if aligned else "step",
-                                       title=f"{charts.SCALAR_LABELS.get(metric, metric)}: A against B"),
-                        width="stretch")
+                                       title=f"{charts.SCALAR_LABELS.get(metric, metric)}: A against B"))
 
     left, right = st.columns(2, gap="large")
     for col, run_id, sp in ((left, a, spike_a), (right, b, spike_b)):
@@ -94,7 +93,7 @@ def _run_summary(root: str, info: dict) -> None:
     steps = data.steps(root, info["run_id"])
     spikes = data.spikes(root, info["run_id"])
     if len(steps):
-        st.altair_chart(charts.run_overview(steps, spikes, scalars=("adam_ratio_median",)),
+        st.altair_chart(charts.run_overview(steps, spikes, scalars=("adam_ratio_median",), width=520),
                         width="stretch")
     if not len(spikes):
         st.success("no spikes", icon=":material/check_circle:")

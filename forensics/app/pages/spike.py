@@ -24,7 +24,7 @@ def render(root: str) -> None:
     if wanted is not None and wanted not in set(runs["run_id"]):
         st.error(f"No run `{wanted}` under `{root}`.")
     ui.init_from_param("spike_run", "run", with_spikes)
-    c1, c2 = st.columns(2)
+    c1 = c2 = st.sidebar
     run_id = c1.selectbox("Run", with_spikes, key="spike_run")
     spikes = data.spikes(root, run_id)
     ids = [int(s) for s in spikes["spike_id"]]
@@ -40,9 +40,13 @@ def render(root: str) -> None:
         st.success("This run has no spikes.", icon=":material/check_circle:")
         return
     spike_id = c2.selectbox("Spike", ids, key="spike_sel",
-                            format_func=lambda s: f"spike {s} · onset {_row(spikes, s)['onset_step']}")
+                            format_func=lambda s: _label(_row(spikes, s)))
     st.query_params.update({"page": "spike", "run": run_id, "spike": str(spike_id)})
     show_spike(root, runs[runs["run_id"] == run_id].iloc[0].to_dict(), _row(spikes, spike_id))
+
+
+def _label(row: dict) -> str:
+    return f"spike {row['spike_id']} · onset {row['onset_step']} · {row['verdict']}"
 
 
 def _row(spikes: pd.DataFrame, spike_id: int) -> dict:
@@ -78,7 +82,7 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
     lo, hi = charts.window(spike)
     win = ctx.steps[(ctx.steps["step"] >= lo) & (ctx.steps["step"] <= hi)]
     if len(win):
-        st.altair_chart(charts.loss_window(win, spike, snapshot_steps=snap_steps), width="stretch")
+        ui.show_chart(charts.loss_window(win, spike, snapshot_steps=snap_steps))
 
     found = data.findings(root, run["run_id"], spike["spike_id"])
     if not len(found):

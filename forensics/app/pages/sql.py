@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from forensics.app import charts, data
+from forensics.app import charts, data, ui
 from forensics.catalog.schema import VIEWS
 
 EXAMPLE = """SELECT run_id, spike_id, rule, status, round(score, 2) AS score, message
@@ -43,4 +43,4 @@ def render(root: str) -> None:
     st.dataframe(result, hide_index=True, width="stretch")
     chart = charts.sql_chart(result, log_y=log_y)
     if chart is not None:
-        st.altair_chart(chart, width="stretch")
+        ui.show_chart(chart)
