@@ -48,7 +48,8 @@ def make_run(root: Path, name: str, *, optimizer: str = "adam", lr: float = 0.01
         write_chunk(path, i, {"step": list(ts), "wall_time": [0.01 * t for t in ts],
                               "loss": [loss[t] for t in ts], "lr": [lr] * len(ts),
                               "grad_norm": [1.0] * len(ts), "param_norm": [2.0] * len(ts),
-                              "optimizer_step": list(ts), "spike_id": [spike_of[t] for t in ts]})
+                              "optimizer_step": list(ts), "spike_id": [spike_of[t] for t in ts],
+                              "adam_ratio_median": [0.05 if optimizer == "adam" else None] * len(ts)})
 
     log = EventLog(path, fsync=False)
     for k, (onset, peak, end) in enumerate(spikes):
@@ -62,6 +63,7 @@ def make_run(root: Path, name: str, *, optimizer: str = "adam", lr: float = 0.01
                    baseline=base, magnitude=loss[peak] / base, signal="loss", nonfinite=False)
     log.append("snapshot", step=0, role="baseline", spike_id=None,
                file="snapshots/step-00000000.safetensors", bytes=1000)
+    log.append("warning", step=num_steps // 2, message="snapshot budget exhausted: capture stopped")
     log.append("close", step=num_steps - 1, wall_time=0.01 * num_steps)
 
     if analyzed:
@@ -80,24 +82,41 @@ def _analysis(run_id, spikes, loss, lr, verdicts):
             "verdict_score": 0.0 if verdict == "unexplained" else 0.8,
             "verdict_message": f"{verdict} explains it"})
         for step in (onset - 4, onset - 1, onset, peak):
-            lam = 150.0 + 30.0 * (step >= onset)
+            lam = 150.0 + 30.0 * (step >= onset)  # η·λ_max = lr·lam: past 2 at onset when lr = 0.012
             for engine, metric, value in (("curvature", "lambda_max", lam),
                                           ("curvature", "eta_lambda_max", lr * lam),
                                           ("adam", "eta_pre_lambda_max", 2.5),
                                           ("adam", "ratio_median", 0.05)):
                 rows["measurements"].append({"run_id": run_id, "spike_id": k, "step": step,
                                              "engine": engine, "metric": metric, "value": value})
-        for rule, status, score in (("sharpness", "not_fired", 0.1),
-                                    ("adam_beta2_lag", "fired", 0.8),
-                                    ("catapult", "inconclusive", 0.0)):
-            if verdict == "unexplained" and status == "fired":
-                status = "not_fired"
+        for rule in ("sharpness", "adam_beta2_lag", "catapult"):
+            status = "fired" if rule == verdict else ("inconclusive" if rule == "catapult" else "not_fired")
             rows["findings"].append({
-                "run_id": run_id, "spike_id": k, "rule": rule, "status": status, "score": score,
+                "run_id": run_id, "spike_id": k, "rule": rule, "status": status,
+                "score": 0.8 if status == "fired" else 0.1,
                 "message": f"{rule} {status} at step {onset}",
-                "hint": "lower β₂" if rule == "adam_beta2_lag" else "lower the peak lr",
+                "hint": HINTS[rule] if status == "fired" else "",
                 "reason": "no NTK measurements" if status == "inconclusive" else "",
-                "evidence": json.dumps({"at_step": onset, "eta_pre_lambda_max": 2.5}),
-                "thresholds": json.dumps({"limit_seed": 2.0}),
+                "evidence": json.dumps({"at_step": onset, "eta_pre_lambda_max": 2.5,
+                                        "eta_lambda_max": lr * 180.0}),
+                "thresholds": json.dumps({"limit_seed": 2.0, "limit_gd": 2.0}),
                 "primary": rule == verdict})
     return rows
+
+
+HINTS = {"sharpness": "lower the peak learning rate or add warmup",
+         "adam_beta2_lag": "lower β₂ (e.g. 0.95) or raise ε", "catapult": "warmup"}
+
+
+def make_catalog_runs(root: Path) -> Path:
+    """The three runs the docs/sql.md examples and the CLI tests use; returns `root`.
+
+    adam-a: Adam, 2 spikes, analyzed, both adam_beta2_lag. sgd-b: SGD at lr 0.012, 2 spikes,
+    analyzed: sharpness (η·λ_max = 2.16 at onset) and unexplained. sgd-c: never analyzed.
+    """
+    make_run(root, "adam-a", optimizer="adam", lr=0.001, spikes=((100, 104, 120), (200, 202, 215)),
+             verdicts=["adam_beta2_lag", "adam_beta2_lag"])
+    make_run(root, "sgd-b", optimizer="sgd", lr=0.012, spikes=((60, 63, 80), (150, 151, 170)),
+             verdicts=["sharpness", "unexplained"])
+    make_run(root, "sgd-c", optimizer="sgd", lr=0.05, spikes=((120, 121, 140),), analyzed=False)
+    return Path(root)

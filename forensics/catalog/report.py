@@ -65,18 +65,28 @@ def render_text(spikes: list[dict], runs=(), *, hints: bool = True) -> list[str]
     """
     lines: list[str] = []
     width = max([len(f["mechanism"]) for s in spikes for f in s["findings"]] + [len("mechanism")])
+    by_run: dict[str, list[dict]] = {}
     for s in spikes:
-        lines.append(_header(s))
-        for f in s["findings"]:
-            lines.append(f"  {s['run']}:{s['onset_step']}  {f['mechanism']:<{width}}  "
-                         f"{f['status']:<12}  {_flat(f['message'])}")
-            if hints and f["status"] == "fired" and f["hint"]:
-                lines.append(f"  {'':<{len(str(s['run'])) + len(str(s['onset_step'])) + 1}}  "
-                             f"{'':<{width}}  {'hint':<12}  {_flat(f['hint'])}")
-    with_spikes = {s["run"] for s in spikes}
-    for r in runs:
-        if r.run_id not in with_spikes:
-            lines.append(f"{r.run_id}: no spikes ({r.num_steps} steps)")
+        by_run.setdefault(s["run"], []).append(s)
+    order = [r.run_id for r in runs] + [r for r in by_run if r not in {x.run_id for x in runs}]
+    steps = {r.run_id: r.num_steps for r in runs}
+    for run in order:
+        if run not in by_run:
+            lines.append(f"{run}: no spikes ({steps.get(run, 0)} steps)")
+            continue
+        for s in by_run[run]:
+            lines.append(_header(s))
+            lines.extend(_finding_lines(s, width, hints))
+    return lines
+
+
+def _finding_lines(s: dict, width: int, hints: bool) -> list[str]:
+    lines = []
+    where = f"{s['run']}:{s['onset_step']}"
+    for f in s["findings"]:
+        lines.append(f"  {where}  {f['mechanism']:<{width}}  {f['status']:<12}  {_flat(f['message'])}")
+        if hints and f["status"] == "fired" and f["hint"]:
+            lines.append(f"  {'':<{len(where)}}  {'':<{width}}  {'hint':<12}  {_flat(f['hint'])}")
     return lines
 
 

@@ -105,7 +105,7 @@ def query(catalog: Catalog, sql: str, params=None):
     con = catalog.con if isinstance(catalog, Catalog) else catalog
     statement = guard.check_read_only(con, sql)
     try:
-        rel = con.execute(statement, params) if params is not None else con.sql(statement)
+        rel = con.sql(statement, params=params) if params is not None else con.sql(statement)
         if rel is None:  # a statement without a result
             import pyarrow as pa
             return pa.table({})
