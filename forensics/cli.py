@@ -37,8 +37,9 @@ def _fail(message: str, code: int = EXIT_USAGE):
     raise typer.Exit(code)
 
 
-def _open(runs: List[Path]):
-    """A catalog over `runs`; exit 2 naming any path that holds no run; notes go to stderr."""
+def _open(runs: List[Path], *, notes: bool = True):
+    """A catalog over `runs`; exit 2 naming any path that holds no run. Skipped runs go to
+    stderr as errors, the other notes (missing files, never analyzed) only with `notes`."""
     from forensics.catalog.views import connect
 
     catalog = connect([str(p) for p in runs])
@@ -46,8 +47,10 @@ def _open(runs: List[Path]):
         catalog.close()
         _fail("; ".join(catalog.not_runs))
     for note in catalog.notes:
-        prefix = "error" if note.startswith("skipped run") else "note"
-        typer.echo(f"{prefix}: {note}", err=True)
+        if note.startswith("skipped run"):
+            typer.echo(f"error: {note}", err=True)
+        elif notes:
+            typer.echo(f"note: {note}", err=True)
     return catalog
 
 
@@ -164,11 +167,18 @@ def sql(
 
     Exit codes: 0 = done; 2 = usage error (a path that holds no run, SQL that fails or writes); 3 = some run could not be read (named on stderr; the query ran over the others).
     """
+    import duckdb
+
+    from forensics.catalog.guard import check_read_only
     from forensics.catalog.views import query
 
     if format not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, got {format!r}")
-    with _open(runs) as catalog:
+    try:  # refuse a write before touching any run
+        check_read_only(duckdb.connect(":memory:"), statement)
+    except ValueError as e:
+        _fail(str(e))
+    with _open(runs, notes=False) as catalog:
         try:
             table = query(catalog, statement)
         except ValueError as e:
