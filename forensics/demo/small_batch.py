@@ -27,12 +27,14 @@ def _train(name: str, out_dir, record: bool) -> list[float]:
         batch = BATCH[name]
         rec = None
         if record:
-            task = {"mechanism": "catapult", "true_agop": "x1x2", "train_points": N,
-                    "batch_size": batch, "twin": "large_batch" if name == "small_batch" else "small_batch",
+            task = {"mechanism": "catapult" if name == "small_batch" else None,
+                    "true_agop": "x1x2", "train_points": N, "batch_size": batch,
+                    "twin": "large_batch" if name == "small_batch" else "small_batch",
                     "final_step": STEPS - 1}
             rec = recorder(model, opt, fresh_dir(out_dir, name),
                            factory="forensics.zoo.models:two_layer", kwargs=MODEL, loss="mse",
-                           task=task, seed=SEED, probe={"x": x[:PROBE], "y": y[:PROBE]}, detector={"preset": "robust", "signal": "probe"}, probe_every=1,
+                           task=task, seed=SEED, probe={"x": x[:PROBE], "y": y[:PROBE]},
+                           detector={"preset": "robust", "signal": "probe"}, probe_every=1,
                            ring_size=3, tail=2, baseline_every=4000, max_spikes=2, steps_chunk=1024)
         losses = []
         for _ in range(STEPS):
