@@ -30,11 +30,14 @@ class RunEntry:
     manifest: dict
     step_files: list[Path] = field(default_factory=list)
     step_columns: list[str] = field(default_factory=list)  # union over chunks, in order
+    step_types: dict[str, str] = field(default_factory=dict)  # column -> DuckDB type, when plain
+    steps_uniform: bool = True  # every chunk has the same columns (no union_by_name needed)
     num_steps: int = 0
     has_events: bool = False
     analyzed: bool = False
     analyzed_at: str | None = None
     analysis_columns: dict[str, list[str]] = field(default_factory=dict)  # table -> columns
+    analysis_types: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -72,7 +75,8 @@ def inspect_run(con, path: Path) -> RunEntry:
 
     entry.step_files = chunk_files(path)
     if entry.step_files:
-        entry.num_steps, entry.step_columns = _parquet_facts(con, entry.step_files)
+        facts = _parquet_facts(con, entry.step_files)
+        entry.num_steps, entry.step_columns, entry.step_types, entry.steps_uniform = facts
     else:
         entry.notes.append("no steps/*.parquet: its steps are empty")
 
@@ -109,19 +113,21 @@ def _inspect_analysis(con, entry: RunEntry) -> None:
     for table in ANALYSIS_TABLES:
         file = folder / f"{table}.parquet"
         if file.is_file():
-            _, entry.analysis_columns[table] = _parquet_facts(con, [file])
+            _, entry.analysis_columns[table], entry.analysis_types[table], _ = _parquet_facts(con, [file])
         else:
             entry.notes.append(f"analysis/{table}.parquet missing: its {table} are empty")
 
 
-def _parquet_facts(con, files: list[Path]) -> tuple[int, list[str]]:
-    """Total rows and the union of top-level column names of Parquet `files` (footers only)."""
+def _parquet_facts(con, files: list[Path]) -> tuple[int, list[str], dict[str, str], bool]:
+    """From the footers of Parquet `files`: total rows, the union of top-level column names
+    in order, their DuckDB types where plain and the same in every file, and whether every
+    file has the same columns."""
     names = [str(f) for f in files]
     try:
         rows = con.execute("SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata(?)",
                            [names]).fetchall()[0][0]
-        schema = con.execute("SELECT file_name, name, num_children FROM parquet_schema(?)",
-                             [names]).fetchall()
+        schema = con.execute("SELECT file_name, name, num_children, type, converted_type, "
+                             "logical_type FROM parquet_schema(?)", [names]).fetchall()
     except Exception:  # find the culprit to name it
         for f in files:
             try:
@@ -130,27 +136,50 @@ def _parquet_facts(con, files: list[Path]) -> tuple[int, list[str]]:
                 raise CorruptFileError(f, f"cannot read Parquet footer ({_first_line(e)})") from None
         raise
     columns: list[str] = []
-    by_file: dict[str, list[tuple[str, int]]] = {}
-    for file_name, name, num_children in schema:
-        by_file.setdefault(file_name, []).append((name, int(num_children or 0)))
+    types: dict[str, str | None] = {}
+    by_file: dict[str, list[tuple]] = {}
+    for file_name, name, num_children, ptype, converted, logical in schema:
+        by_file.setdefault(file_name, []).append(
+            (name, int(num_children or 0), _plain_type(ptype, converted, logical)))
+    column_sets = set()
     for elements in by_file.values():
-        for name in _top_level(elements):
+        top = _top_level(elements)
+        column_sets.add(tuple(name for name, _ in top))
+        for name, sqltype in top:
             if name not in columns:
                 columns.append(name)
-    return int(rows), columns
+                types[name] = sqltype
+            elif types[name] != sqltype:
+                types[name] = None
+    plain = {c: t for c, t in types.items() if t is not None}
+    return int(rows), columns, plain, len(column_sets) <= 1
 
 
-def _top_level(elements: list[tuple[str, int]]) -> list[str]:
-    """Top-level column names from a depth-first Parquet schema list (root element first)."""
-    names, i = [], 1
+_PLAIN = {"INT64": "BIGINT", "INT32": "INTEGER", "DOUBLE": "DOUBLE", "FLOAT": "FLOAT",
+          "BOOLEAN": "BOOLEAN"}
+
+
+def _plain_type(ptype, converted, logical) -> str | None:
+    """The DuckDB type of a Parquet leaf with no (or a string) annotation, else None."""
+    if ptype == "BYTE_ARRAY" and (converted == "UTF8" or "String" in str(logical or "")):
+        return "VARCHAR"
+    if converted is None and logical is None:
+        return _PLAIN.get(ptype)
+    return None
+
+
+def _top_level(elements: list[tuple]) -> list[tuple[str, str | None]]:
+    """Top-level (name, plain type) from a depth-first Parquet schema list (root first);
+    a nested column has no plain type."""
+    out, i = [], 1
     for _ in range(elements[0][1] if elements else 0):
-        name, _children = elements[i]
-        names.append(name)
+        name, children, sqltype = elements[i]
+        out.append((name, None if children else sqltype))
         i = _skip(elements, i)
-    return names
+    return out
 
 
-def _skip(elements: list[tuple[str, int]], i: int) -> int:
+def _skip(elements: list[tuple], i: int) -> int:
     """Index just past element i and all its descendants."""
     children = elements[i][1]
     i += 1

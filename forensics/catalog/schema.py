@@ -114,12 +114,22 @@ def empty_select(view: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def projection(view: str, present, *, skip: tuple[str, ...] = ("run_id",)) -> str:
-    """Select-list casting each documented column of `view` (NULL when the file lacks it),
-    then the file's other columns in their order. TRY_CAST: a bad value reads as NULL."""
+def projection(view: str, present, types: dict[str, str] | None = None, *,
+               skip: tuple[str, ...] = ("run_id",)) -> str:
+    """Select-list of the documented columns of `view`, then the file's other columns in
+    their order. A column the file lacks reads as NULL; one whose file type (`types`) is
+    not the documented type is converted with TRY_CAST (a bad value reads as NULL)."""
     known = [c for c, _, _ in VIEWS[view]]
-    have = set(present)
-    parts = [f'TRY_CAST("{c}" AS {t}) AS "{c}"' if c in have else f'CAST(NULL AS {t}) AS "{c}"'
-             for c, t, _ in VIEWS[view] if c not in skip]
+    have, types = set(present), types or {}
+    parts = []
+    for c, t, _ in VIEWS[view]:
+        if c in skip:
+            continue
+        if c not in have:
+            parts.append(f'CAST(NULL AS {t}) AS "{c}"')
+        elif types.get(c) == t:
+            parts.append(f'"{c}"')
+        else:
+            parts.append(f'TRY_CAST("{c}" AS {t}) AS "{c}"')
     parts += [f'"{c}"' for c in present if c not in known]
     return ", ".join(parts)

@@ -143,13 +143,14 @@ def _union(view: str, branches: list[str]) -> str:
 def _create_views(con, runs: list[RunEntry]) -> None:
     _create_run_table(con, runs)
 
-    steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns)} "
-             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files)}, "
-             f"union_by_name = true)" for r in runs if r.step_files]
+    steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns, r.step_types)} "
+             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files)}"
+             f"{'' if r.steps_uniform else ', union_by_name = true'})" for r in runs if r.step_files]
     con.execute(f"CREATE VIEW steps AS {_union('steps', steps)}")
 
     for table in ("measurements", "findings"):
-        branches = [f"SELECT {_lit(r.run_id)} AS run_id, {projection(table, r.analysis_columns[table])} "
+        branches = [f"SELECT {_lit(r.run_id)} AS run_id, "
+                    f"{projection(table, r.analysis_columns[table], r.analysis_types[table])} "
                     f"FROM read_parquet({_lit(r.path / ANALYSIS_DIR / f'{table}.parquet')})"
                     for r in runs if table in r.analysis_columns]
         con.execute(f"CREATE VIEW {table} AS {_union(table, branches)}")
@@ -167,7 +168,8 @@ def _create_views(con, runs: list[RunEntry]) -> None:
         FROM ({raw_sql})""")
 
     con.execute(f"CREATE VIEW _online_spikes AS {_ONLINE_SPIKES}")
-    analyzed = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('spikes', r.analysis_columns['spikes'])} "
+    analyzed = [f"SELECT {_lit(r.run_id)} AS run_id, "
+                f"{projection('spikes', r.analysis_columns['spikes'], r.analysis_types['spikes'])} "
                 f"FROM read_parquet({_lit(r.path / ANALYSIS_DIR / 'spikes.parquet')})"
                 for r in runs if r.analyzed and "spikes" in r.analysis_columns]
     online = ("SELECT * FROM _online_spikes WHERE run_id IN "
@@ -202,21 +204,16 @@ _SPIKE_TAIL = ("'online' AS source, CAST(NULL AS VARCHAR) AS verdict, "
 # (a `spike_open` without its `spike`: peak = onset, end NULL), as forensics.rundir.reader does.
 _ONLINE_SPIKES = f"""
     SELECT run_id, spike_id,
-           TRY_CAST(event->>'onset' AS BIGINT) AS onset_step,
-           TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,
-           TRY_CAST(event->>'end' AS BIGINT) AS end_step,
-           TRY_CAST(event->>'peak_loss' AS DOUBLE) AS peak_loss,
+           CASE WHEN closed THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS onset_step,
+           CASE WHEN closed THEN TRY_CAST(event->>'peak' AS BIGINT) ELSE step END AS peak_step,
+           CASE WHEN closed THEN TRY_CAST(event->>'end' AS BIGINT) END AS end_step,
+           TRY_CAST(event->>(CASE WHEN closed THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE) AS peak_loss,
            TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
-           TRY_CAST(event->>'magnitude' AS DOUBLE) AS magnitude, {_SPIKE_TAIL}
-    FROM events WHERE type = 'spike'
-    UNION ALL
-    SELECT o.run_id, o.spike_id, o.step, o.step, CAST(NULL AS BIGINT),
-           TRY_CAST(o.event->>'loss' AS DOUBLE), TRY_CAST(o.event->>'baseline' AS DOUBLE),
-           TRY_CAST(o.event->>'loss' AS DOUBLE) / TRY_CAST(o.event->>'baseline' AS DOUBLE),
-           {_SPIKE_TAIL}
-    FROM events o WHERE o.type = 'spike_open' AND NOT EXISTS (
-        SELECT 1 FROM events c WHERE c.type = 'spike' AND c.run_id = o.run_id
-                                 AND c.spike_id = o.spike_id)"""
+           CASE WHEN closed THEN TRY_CAST(event->>'magnitude' AS DOUBLE)
+                ELSE TRY_CAST(event->>'loss' AS DOUBLE) / TRY_CAST(event->>'baseline' AS DOUBLE)
+           END AS magnitude, {_SPIKE_TAIL}
+    FROM (SELECT *, type = 'spike' AS closed FROM events WHERE type IN ('spike', 'spike_open'))
+    QUALIFY row_number() OVER (PARTITION BY run_id, spike_id ORDER BY closed DESC) = 1"""
 
 
 def _create_run_table(con, runs: list[RunEntry]) -> None:
