@@ -61,6 +61,17 @@ def test_spike_budget_one_warning_scalars_continue(tmp_path):
     assert _all_snapshots_load(run) == len(run.snapshots) == 7 + 1 + 2
 
 
+def test_spike_budget_keeps_the_sparse_baselines(tmp_path):
+    model, opt = _setup()
+    with pytest.warns(RecorderWarning, match="spike budget exhausted"):
+        with Recorder(model, opt, tmp_path / "run", max_spikes=1, tail=2, baseline_every=50) as rec:
+            _train(model, opt, rec, 200, spike_at={60, 120, 170})
+    run = open_run(tmp_path / "run")
+    baselines = [s.step for s in run.snapshots if s.role == "baseline"]
+    assert baselines == [0, 50, 100, 150]  # after the budget ended spike capture at step 120
+    assert {s.spike_id for s in run.snapshots if s.role != "baseline"} == {0}
+
+
 def test_byte_budget_one_warning_earlier_files_intact(tmp_path):
     model, opt = _setup()
     per_snapshot = 4 * 4 * sum(p.numel() for p in model.parameters()) + 8 * 4 * 4 + 4096

@@ -400,8 +400,9 @@ class Recorder:
             if not self._capture:
                 return
             if self._spikes_captured >= self.max_spikes:
-                self._exhaust(f"spike budget exhausted (max_spikes={self.max_spikes}): no more snapshots; "
-                              "per-step scalars and spike events continue")
+                # only spike capture ends: sparse baselines go on (max_bytes still bounds them)
+                self._warn("budget", f"spike budget exhausted (max_spikes={self.max_spikes}): no more spike "
+                           "snapshots; baselines, per-step scalars and spike events continue")
                 return
             self._spikes_captured += 1
             sid = ev["spike_id"]
