@@ -14,7 +14,7 @@ from forensics.catalog.schema import VIEWS
 from forensics.catalog.views import VIEW_NAMES, connect, query
 from forensics.rundir.format import RunFormatError
 from forensics.rundir.steps import write_chunk
-from test_catalog_fixtures import make_catalog_runs, make_run
+from test_catalog_fixtures import make_catalog_runs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forensics.catalog import guard
-from forensics.catalog.discover import ANALYSIS_TABLES, RunEntry, check_run, find_runs
+from forensics.catalog.discover import RunEntry, check_run, find_runs
 from forensics.catalog.schema import VIEWS, empty_select, projection
-from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, STEPS_DIR, RunFormatError
+from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, STEPS_DIR
 
 VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots", "events")
 
