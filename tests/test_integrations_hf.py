@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from forensics import open_run  # noqa: E402
+from forensics import Recorder, open_run  # noqa: E402
 from forensics.integrations.huggingface import (  # noqa: E402
     SpikeForensicsTrainerCallback, causal_lm_loss, model_from_config,
 )
@@ -130,7 +130,10 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
                          "forensics.integrations.huggingface:causal_lm_loss_label_count")
     assert m["batch_keys"] == {"input": "input_ids", "target": "labels"}
     assert m["tied"] == {"lm_head.weight": "transformer.wte.weight"}
-    assert {"steps", "model", "params", "optimizer", "detector", "recorder"} <= set(m) | {"steps"}
+    plain = tmp_path / "plain"  # a plain-loop recording, for the shape of run.json
+    tiny = torch.nn.Linear(2, 1)
+    Recorder(tiny, torch.optim.Adam(tiny.parameters()), plain).close()
+    assert set(m) == set(open_run(plain).manifest)
     assert run.steps.column("step").to_pylist() == list(range(46))
     assert {"loss", "lr", "grad_norm", "update_norm", "adam_ratio_median", "spike_id"} <= set(run.steps.column_names)
 
@@ -146,8 +149,10 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
     assert [s.context.onset for s in result.spikes] == [onset]
     findings = {f.rule: f for f in result.spikes[0].findings}
     assert set(findings) == {"numerical", "sharpness", "data"}
-    assert findings["sharpness"].status != "inconclusive" or "model" not in findings["sharpness"].reason
     assert not any("model not rebuilt" in n for n in result.notes)
+    ev = result.spikes[0].evidence
+    assert "curvature" not in ev.skipped and any(e == "curvature" for _, e, _, _ in ev.rows)  # Lanczos ran
+    assert findings["data"].status == "fired" and result.spikes[0].verdict == "data"  # a poisoned batch
 
 
 def test_hf_gradient_accumulation_records_the_whole_step(tmp_path):
@@ -173,3 +178,20 @@ def test_model_from_config_rebuilds_without_download():
     torch.testing.assert_close(causal_lm_loss(out.logits, ids), out.loss)
     with pytest.raises(ValueError):
         model_from_config(cfg, "os")
+
+
+def test_only_world_process_zero_records(tmp_path):
+    cb = SpikeForensicsTrainerCallback(tmp_path / "rank1")
+    model = _model()
+    state = transformers.TrainerState(is_world_process_zero=False)
+    cb.on_train_begin(None, state, None, model=model, optimizer=torch.optim.Adam(model.parameters()))
+    assert cb.recorder is None and not (tmp_path / "rank1").exists()
+
+
+def test_integrations_package_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, forensics.integrations; "
+            "assert not {'lightning', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

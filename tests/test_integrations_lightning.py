@@ -135,6 +135,8 @@ def test_lightning_run_has_the_plain_loop_shape_and_finds_the_spike(tmp_path):
     result = analyze(tmp_path / "pl", mechanisms=["numerical", "sharpness", "data"])
     assert [s.context.onset for s in result.spikes] == [onset]
     assert {f.rule for f in result.spikes[0].findings} == {"numerical", "sharpness", "data"}
+    assert "curvature" not in result.spikes[0].evidence.skipped
+    assert result.spikes[0].verdict == "data"  # the poisoned batch
 
 
 def test_clipping_and_accumulation_record_the_grad_the_optimizer_used(tmp_path):
@@ -182,3 +184,15 @@ def test_resume_from_a_checkpoint_keeps_the_detector_statistics(tmp_path):
     fresh = SpikeForensicsCallback(tmp_path / "fresh", **FACTORY, **REC)
     _fit(Regressor(poison_steps={3}), _batches(24, seed=7), fresh, max_steps=10)
     assert open_run(tmp_path / "fresh").spikes == []
+
+
+def test_only_global_rank_zero_records(tmp_path):
+    class Rank1:
+        is_global_zero = False
+        optimizers = [torch.optim.Adam(mlp(SIZES).parameters())]
+
+    cb = SpikeForensicsCallback(tmp_path / "rank1", **FACTORY)
+    cb.on_fit_start(Rank1(), Regressor())
+    assert cb.recorder is None and not (tmp_path / "rank1").exists()
+    cb.on_before_backward(Rank1(), None, torch.tensor(1.0))  # other hooks do nothing either
+    assert cb.state_dict() == {}
