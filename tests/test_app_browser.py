@@ -1,7 +1,10 @@
 """The app in a real headless Chromium: a spike opened by deep link shows its verdict and its charts.
 
-Starts `streamlit run app.py -- RUN_DIR` on a free localhost port and drives Debian's chromium
-with Playwright; saves docs/screenshot-spike.png.
+Starts `streamlit run app.py -- RUN_DIR` on a free localhost port over a copy of the shipped
+Adam β₂-lag sample run, analyzed here, and drives Debian's chromium with Playwright. The
+screenshot goes to the test's temp folder, or to $FORENSICS_SCREENSHOT when set (that is how
+docs/screenshot-spike.png is made: `FORENSICS_SCREENSHOT=docs/screenshot-spike.png pytest
+tests/test_app_browser.py`).
 """
 
 from __future__ import annotations
@@ -36,11 +39,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from tests.test_app_fixtures import make_folder
+RUN = "adam_beta2_lag"
 
-    root = make_folder(tmp_path_factory.mktemp("browser_runs"))
+
+@pytest.fixture(scope="module")
+def analyzed_root(tmp_path_factory):
+    """A folder with a fresh copy of the Adam sample run, analyzed; returns (folder, spike row)."""
+    import shutil
+
+    from forensics.analyze.pipeline import analyze
+
+    root = tmp_path_factory.mktemp("browser_runs")
+    shutil.copytree(REPO / "sample_runs" / RUN, root / RUN, ignore=shutil.ignore_patterns("analysis"))
+    result = analyze(root / RUN)
+    return root, result.spikes[0]
+
+
+@pytest.fixture(scope="module")
+def server(analyzed_root):
+    root, _ = analyzed_root
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "FORENSICS_APP_ROOT"}
     proc = subprocess.Popen(
@@ -69,8 +86,11 @@ def server(tmp_path_factory):
         proc.kill()
 
 
-def test_spike_deep_link_renders_verdict_and_charts(server):
+def test_spike_deep_link_renders_verdict_and_charts(server, analyzed_root, tmp_path):
     from playwright.sync_api import sync_playwright
+
+    _, spike = analyzed_root
+    shot = Path(os.environ.get("FORENSICS_SCREENSHOT") or tmp_path / "screenshot-spike.png")
 
     with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
         ctx = p.chromium.launch_persistent_context(
@@ -78,9 +98,12 @@ def test_spike_deep_link_renders_verdict_and_charts(server):
             viewport={"width": 1400, "height": 2400})
         try:
             page = ctx.new_page()
-            page.goto(f"{server}/?run=adam_run&spike=0", wait_until="domcontentloaded")
-            page.get_by_text("VERDICT-0: adam_beta2_lag explains the ascent").first.wait_for(timeout=30_000)
-            page.get_by_role("heading", name="adam_run · spike 0").wait_for(timeout=10_000)
+            page.goto(f"{server}/?run={RUN}&spike={spike.context.spike_id}",
+                      wait_until="domcontentloaded")
+            assert spike.verdict == "adam_beta2_lag"
+            page.get_by_text(spike.verdict_message[:60]).first.wait_for(timeout=30_000)
+            page.get_by_role("heading", name=f"{RUN} · spike {spike.context.spike_id}").wait_for(
+                timeout=10_000)
             svg = page.locator('[data-testid="stVegaLiteChart"] svg')
             svg.nth(4).wait_for(timeout=30_000)
             assert svg.count() >= 5
@@ -88,6 +111,7 @@ def test_spike_deep_link_renders_verdict_and_charts(server):
             # the preconditioned-sharpness chart drew its two limits
             page.get_by_text("38 (Cohen)").first.wait_for(timeout=10_000)
             time.sleep(1.0)  # let Vega finish its last layout pass
-            page.screenshot(path=str(REPO / "docs" / "screenshot-spike.png"), full_page=True)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
         finally:
             ctx.close()
