@@ -10,26 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forensics.rundir.atomic import atomic_path
-from forensics.rundir.format import ANALYSIS_DIR
+from forensics.rundir.format import ANALYSIS_DIR, ANALYSIS_TABLES
 
-SPIKES_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("spike_id", pa.int32()), ("onset_step", pa.int64()),
-    ("peak_step", pa.int64()), ("end_step", pa.int64()), ("peak_loss", pa.float64()),
-    ("baseline_loss", pa.float64()), ("magnitude", pa.float64()), ("source", pa.string()),
-    ("verdict", pa.string()), ("verdict_score", pa.float64()), ("verdict_message", pa.string()),
-])
-MEASUREMENTS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("spike_id", pa.int32()), ("step", pa.int64()),
-    ("engine", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-])
-FINDINGS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("spike_id", pa.int32()), ("rule", pa.string()),
-    ("status", pa.string()), ("score", pa.float64()), ("message", pa.string()),
-    ("hint", pa.string()), ("reason", pa.string()), ("evidence", pa.string()),
-    ("thresholds", pa.string()), ("primary", pa.bool_()),
-])
-TABLES = {"spikes": SPIKES_SCHEMA, "measurements": MEASUREMENTS_SCHEMA,
-          "findings": FINDINGS_SCHEMA}
+_ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "INTEGER": pa.int32(),
+          "BIGINT": pa.int64(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
+TABLES = {name: pa.schema([(col, _ARROW[kind]) for col, kind, _ in columns])
+          for name, columns in ANALYSIS_TABLES.items()}
 
 
 def write_analysis(run_dir: Path | str, tables: dict[str, Iterable[dict[str, Any]]],

@@ -46,6 +46,49 @@ STEP_COLUMNS = (
 )
 
 
+# Columns of the analyzer's tables, analysis/<table>.parquet: (name, DuckDB type, meaning).
+# The analyzer writes them (forensics.analyze.store) and the catalog serves them
+# (forensics.catalog.schema): this is the one definition. JSON columns are stored as strings.
+ANALYSIS_TABLES: dict[str, list[tuple[str, str, str]]] = {
+    "spikes": [
+        ("run_id", "VARCHAR", "the run"),
+        ("spike_id", "INTEGER", "spike id within the run"),
+        ("onset_step", "BIGINT", "first step of the spike"),
+        ("peak_step", "BIGINT", "step of the highest loss"),
+        ("end_step", "BIGINT", "first step back to normal (NULL while open)"),
+        ("peak_loss", "DOUBLE", "loss at the peak"),
+        ("baseline_loss", "DOUBLE", "the loss level the detector compared against"),
+        ("magnitude", "DOUBLE", "peak_loss / baseline_loss"),
+        ("source", "VARCHAR", "'online' (recorder) or 'offline' (re-detected by the analyzer)"),
+        ("verdict", "VARCHAR", "primary mechanism or 'unexplained'; NULL if never analyzed"),
+        ("verdict_score", "DOUBLE", "score of the primary finding in [0, 1]"),
+        ("verdict_message", "VARCHAR", "one-line message of the primary finding"),
+    ],
+    "measurements": [
+        ("run_id", "VARCHAR", "the run"),
+        ("spike_id", "INTEGER", "the spike the measurement belongs to"),
+        ("step", "BIGINT", "snapshot step it was measured at"),
+        ("engine", "VARCHAR", "curvature, ntk, adam, frequency, condensation, data, numerical"),
+        ("metric", "VARCHAR", "metric name (docs/analysis.md), e.g. eta_lambda_max"),
+        ("value", "DOUBLE", "its value"),
+    ],
+    "findings": [
+        ("run_id", "VARCHAR", "the run"),
+        ("spike_id", "INTEGER", "the spike"),
+        ("rule", "VARCHAR", "mechanism: numerical, sharpness, catapult, adam_beta2_lag, "
+                            "low_frequency, condensation, data"),
+        ("status", "VARCHAR", "fired, not_fired or inconclusive"),
+        ("score", "DOUBLE", "confidence in [0, 1]"),
+        ("message", "VARCHAR", "one-line message"),
+        ("hint", "VARCHAR", "mitigation the literature supports"),
+        ("reason", "VARCHAR", "why inconclusive, else empty"),
+        ("evidence", "JSON", "the numbers behind the call"),
+        ("thresholds", "JSON", "the thresholds used"),
+        ("primary", "BOOLEAN", "this finding is the spike's verdict (quote it: \"primary\")"),
+    ],
+}
+
+
 def snapshot_name(step: int) -> str:
     """File name of the snapshot of `step`, e.g. `step-00000042.safetensors`."""
     return f"step-{int(step):08d}.safetensors"
