@@ -56,7 +56,7 @@ class Settings:
 
     max_snapshots: int = 12
     lanczos_tol: float = 1e-3
-    top_k: int = 2
+    top_k: int = 1
     max_samples: int = 1024
     ntk_max_n: int = 512
     ntk_top_s: int = 5
