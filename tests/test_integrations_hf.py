@@ -118,8 +118,8 @@ def _check_grads(run, onset, max_norm):
 
 
 def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
-    onset = 40
-    _train(tmp_path, tmp_path / "hf", steps=46, poison={onset})
+    onset, steps = 40, 46
+    _train(tmp_path, tmp_path / "hf", steps=steps, poison={onset})
     run = open_run(tmp_path / "hf")
     m = run.manifest
     assert m["hf_config"] == "hf_config.json" and (tmp_path / "hf" / "hf_config.json").is_file()
@@ -134,7 +134,7 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
     tiny = torch.nn.Linear(2, 1)
     Recorder(tiny, torch.optim.Adam(tiny.parameters()), plain).close()
     assert set(m) == set(open_run(plain).manifest)
-    assert run.steps.column("step").to_pylist() == list(range(46))
+    assert run.steps.column("step").to_pylist() == list(range(steps))
     assert {"loss", "lr", "grad_norm", "update_norm", "adam_ratio_median", "spike_id"} <= set(run.steps.column_names)
 
     assert [s.onset for s in run.spikes] == [onset]
@@ -143,9 +143,10 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
     assert set(snap.batch) == {"input_ids", "labels", "attention_mask"} and snap.batch["input_ids"].shape == (BS, T)
     assert set(snap.exp_avg) == set(snap.exp_avg_sq) == set(snap.params)
 
-    from forensics.analyze.pipeline import analyze
+    from forensics.analyze.pipeline import Settings, analyze
 
-    result = analyze(tmp_path / "hf", allow_import=True, mechanisms=["numerical", "sharpness", "data"])
+    result = analyze(tmp_path / "hf", allow_import=True, mechanisms=["numerical", "sharpness", "data"],
+                     settings=Settings(max_snapshots=4))
     assert [s.context.onset for s in result.spikes] == [onset]
     findings = {f.rule: f for f in result.spikes[0].findings}
     assert set(findings) == {"numerical", "sharpness", "data"}
