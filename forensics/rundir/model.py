@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-TRUSTED_PREFIXES = ("forensics.zoo",)
+# factories that may be imported without allow_import: the project's own model zoo, and the
+# Hugging Face rebuild (it instantiates only transformers.PreTrainedModel classes from a config)
+TRUSTED_PREFIXES = ("forensics.zoo", "forensics.integrations.huggingface")
 
 
 def import_callable(path: str, *, allow_import: bool, what: str = "factory") -> Callable:
