@@ -77,15 +77,16 @@ def _train(tmp_path, run_dir, steps, poison, accumulate=1, max_grad_norm=1.0):
 
 
 def _replay_grad(run, snap):
-    """Loss and gradient of the recorded batch at the recorded weights, on the model rebuilt from run.json."""
-    model = build_model(run.manifest, allow_import=True)
+    """Loss and gradient of the recorded batch at the recorded weights, on the model rebuilt from run.json
+    (without allow_import: the Hugging Face rebuild is a trusted factory)."""
+    model = build_model(run.manifest)
     names = [p["name"] for p in run.manifest["params"]]
     with torch.no_grad():
         params = dict(model.named_parameters())
         for n in names:
             params[n].copy_(snap.params[n])
     model.train()
-    loss_fn = resolve_loss(run.manifest["loss"], allow_import=True)
+    loss_fn = resolve_loss(run.manifest["loss"])
     loss = loss_fn(model(snap.batch["input_ids"]), snap.batch["labels"])
     grads = torch.autograd.grad(loss, [params[n] for n in names])
     return float(loss), dict(zip(names, grads)), names
