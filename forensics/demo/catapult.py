@@ -46,8 +46,7 @@ def train(out_dir, *, record: bool = True) -> list[float]:
         if record:
             rec = recorder(model, opt, fresh_dir(out_dir, NAME),
                            factory="forensics.zoo.models:two_layer", kwargs=MODEL, loss="mse",
-                           task=task, seed=SEED, ring_size=8, tail=8,
-                           detector={"preset": "robust", "window": 16, "min_history": 16})
+                           task=task, seed=SEED, ring_size=8, tail=8)
         losses = []
         for step in range(STEPS):
             if step == SWITCH:

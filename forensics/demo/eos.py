@@ -28,8 +28,7 @@ def train(out_dir, *, record: bool = True) -> list[float]:
             rec = recorder(model, opt, fresh_dir(out_dir, NAME), factory="forensics.zoo.models:mlp",
                            kwargs=MODEL, loss="mse", seed=SEED,
                            task={"mechanism": "sharpness", "full_batch": True, "stability_limit": 2 / LR},
-                           baseline_every=50, ring_size=8,
-                           detector={"preset": "robust", "window": 16, "min_history": 16})
+                           baseline_every=50, ring_size=8)
         losses = [mse_step(model, opt, rec, x, y) for _ in range(STEPS)]
         if rec is not None:
             rec.close()
