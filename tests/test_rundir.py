@@ -156,8 +156,10 @@ def test_build_model_from_zoo_and_failing_factory():
         build_model({"model": {"factory": "forensics.zoo.models:mlp", "kwargs": {"sizes": [2]}}})
     with pytest.raises(ValueError, match="no model factory"):
         build_model({"model": None})
-    with pytest.raises(ValueError, match="has no"):
+    with pytest.raises(PermissionError, match="not one of the project's own trusted"):
         build_model({"model": {"factory": "forensics.zoo.models:nope", "kwargs": {}}})
+    with pytest.raises(ValueError, match="has no"):
+        build_model({"model": {"factory": "forensics.zoo.models:nope", "kwargs": {}}}, allow_import=True)
 
 
 def test_resolve_loss():

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from forensics.integrations._common import MicroBatches, grad_norm, unwrap_optimizer
+from forensics.rundir.model import trusted
 
 CONFIG_FILE = "hf_config.json"
 _FACTORY = "forensics.integrations.huggingface:model_from_config"
@@ -44,6 +45,7 @@ _CAUSAL_LOSS_LABEL_COUNT = "forensics.integrations.huggingface:causal_lm_loss_la
 _NOT_BATCH = {"num_items_in_batch", "return_dict", "use_cache", "output_attentions", "output_hidden_states"}
 
 
+@trusted
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, mean over the shifted labels that are not -100 (HF's `ForCausalLMLoss`).
 
@@ -54,6 +56,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
+@trusted
 def causal_lm_loss_label_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """`causal_lm_loss`'s sum divided by the count of *unshifted* labels that are not -100.
 
@@ -68,8 +71,11 @@ def causal_lm_loss_label_count(logits: torch.Tensor, labels: torch.Tensor) -> to
     return total / labels.ne(-100).sum().clamp_min(1)
 
 
-def model_from_config(config, architecture: str, output: str = "logits") -> torch.nn.Module:
-    """Rebuild a randomly initialised `transformers.<architecture>` from its config (dict or JSON path).
+@trusted
+def model_from_config(config: dict, architecture: str, output: str = "logits") -> torch.nn.Module:
+    """Rebuild a randomly initialised `transformers.<architecture>` from its config.
+
+    `config` is the config dict (from run.json; Python callers may also pass a path to a JSON file).
 
     No download: the config is all it needs. The model's `forward(input_ids)` returns
     `output.<output>` (the logits), which is what the analyzer's replay evaluates, and attention
@@ -78,6 +84,8 @@ def model_from_config(config, architecture: str, output: str = "logits") -> torc
     """
     import transformers
 
+    if not (isinstance(output, str) and output.isidentifier() and not output.startswith("_")):
+        raise ValueError(f"output must name a field of the model's output, got {output!r}")
     cls = getattr(transformers, str(architecture), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ValueError(f"{architecture!r} is not a transformers model class")

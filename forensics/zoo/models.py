@@ -5,10 +5,13 @@ import math
 import torch
 from torch import nn
 
+from forensics.rundir.model import trusted
+
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
-def mlp(sizes, activation: str = "tanh", bias: bool = True) -> nn.Sequential:
+@trusted
+def mlp(sizes: list[int], activation: str = "tanh", bias: bool = True) -> nn.Sequential:
     """A plain fully connected net, e.g. ``mlp([1, 32, 32, 1])``; PyTorch's default init.
 
     Parameter names are those of ``nn.Sequential`` (``0.weight``, ``0.bias``, ``2.weight`` ...).
@@ -47,6 +50,7 @@ class TwoLayer(nn.Module):
         return h @ self.head.T / math.sqrt(self.width)                     # (n, out)
 
 
+@trusted
 def two_layer(width: int, d: int, activation: str = "relu", out: int = 1) -> TwoLayer:
     """Factory for :class:`TwoLayer` (``forensics.zoo.models:two_layer``)."""
     return TwoLayer(width, d, activation=activation, out=out)
