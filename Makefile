@@ -1,18 +1,30 @@
 # spike forensics - `make demo` sets up and runs the main job, `make test` sets up and runs the suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+APP := $(VENV)/.installed-app
+DEV := $(VENV)/.installed-dev
 
-.PHONY: setup demo report test bench browser clean-venv
+.PHONY: setup setup-app demo report test bench browser clean-venv
 
-setup: $(STAMP)
-
-$(STAMP): pyproject.toml
+# the demo needs the core and the app; the suite also needs the dev extras (pytest, Lightning,
+# transformers, Playwright). torch goes first, from its own wheel, so no CUDA build is pulled in.
+$(BASE):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	touch $(BASE)
+
+$(APP): $(BASE) pyproject.toml
+	$(PY) -m pip install -q -e '.[app]'
+	touch $(APP)
+
+$(DEV): $(BASE) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,app]'
-	touch $(STAMP)
+	touch $(DEV)
+
+setup-app: $(APP)
+setup: $(DEV)
 
 browser:
 	@bash scripts/install-browser.sh
@@ -21,7 +33,7 @@ browser:
 demo: report
 	$(VENV)/bin/forensics app sample_runs
 
-report: setup
+report: setup-app
 	$(VENV)/bin/forensics demo --if-missing sample_runs
 	$(VENV)/bin/forensics analyze sample_runs
 	-$(VENV)/bin/forensics report sample_runs
