@@ -31,7 +31,7 @@ class QueryTimeoutError(ValueError):
         self.timeout_s = timeout_s
         super().__init__(f"query exceeded the time limit ({timeout_s:g} s) and was stopped; "
                          f"narrow it (WHERE run_id = …, LIMIT) or raise the limit "
-                         f"(--timeout, ${TIMEOUT_ENV})")
+                         f"(--timeout or --sql-timeout, ${TIMEOUT_ENV})")
 
 
 @dataclass

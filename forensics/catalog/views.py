@@ -37,7 +37,9 @@ VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots"
 class Catalog:
     """An open catalog: `.con` (DuckDB connection with the views), `.notes` (what was missing
     or skipped, one sentence each), `.runs` (the runs it opened), `.skipped` (path -> why),
-    `.not_runs` (given paths that hold no run). Unpacks as `con, notes = connect(...)`."""
+    `.not_runs` (given paths that hold no run), `.temp_directory` (DuckDB's private spill
+    folder). Unpacks as `con, notes = connect(...)`. Thread-safe: `query` gives each
+    statement a cursor of its own."""
 
     con: object
     notes: list[str] = field(default_factory=list)
@@ -45,7 +47,7 @@ class Catalog:
     skipped: dict[str, str] = field(default_factory=dict)
     not_runs: list[str] = field(default_factory=list)
     temp_directory: str | None = None  # DuckDB's private spill folder (removed with the connection)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __iter__(self):
         return iter((self.con, self.notes))
@@ -80,6 +82,8 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
     and the others still open. With `strict=True` the first broken run or path that holds no
     run raises instead (`RunFormatError` / `ValueError`). With `sandbox=True` (default) the
     connection can afterwards read only the runs' folders and its settings are locked.
+    DuckDB spills to a private folder made here (mode 0700, outside the runs and the working
+    directory), removed by `close()` or when the connection is garbage-collected.
 
     Example:
         >>> cat = connect("sample_runs")                                  # doctest: +SKIP
