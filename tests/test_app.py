@@ -231,9 +231,11 @@ def test_compare_page_puts_two_runs_side_by_side(run_app):
 
 def test_sql_page_runs_selects_and_charts_step_columns(run_app):
     at = run_app(page="sql")
+    at.button(key="sql_run").click().run()  # nothing runs before a click
     assert at.dataframe[0].value["rule"].tolist()  # the example query over findings
     at.text_area(key="sql_text").set_value(
-        "SELECT run_id, step, loss FROM steps WHERE run_id = 'adam_run' ORDER BY step").run()
+        "SELECT run_id, step, loss FROM steps WHERE run_id = 'adam_run' ORDER BY step")
+    at.button(key="sql_run").click().run()
     assert len(at.dataframe[0].value) == 300
     _, data = chart(at, "result against step")
     assert set(next(d for d in data if "series" in d.columns)["series"]) == {"adam_run · loss"}
@@ -243,11 +245,13 @@ def test_sql_page_refuses_writes(run_app):
     at = run_app(page="sql")
     for sql in ("DROP VIEW steps", "INSERT INTO findings SELECT * FROM findings",
                 "COPY steps TO '/tmp/x.csv'", "SELECT 1; DROP VIEW runs"):
-        at.text_area(key="sql_text").set_value(sql).run()
+        at.text_area(key="sql_text").set_value(sql)
+        at.button(key="sql_run").click().run()
         assert at.error and at.error[0].value.startswith("Refused:"), sql
         assert "read-only" in at.error[0].value or "one statement" in at.error[0].value
         assert not at.dataframe
-    at.text_area(key="sql_text").set_value("SELECT count(*) AS n FROM steps").run()
+    at.text_area(key="sql_text").set_value("SELECT count(*) AS n FROM steps")
+    at.button(key="sql_run").click().run()
     assert at.dataframe[0].value["n"][0] == 700  # the views are still there
 
 

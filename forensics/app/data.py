@@ -5,23 +5,30 @@ mtimes of run.json, steps chunks, events.jsonl and analysis/), so a run still be
 freshly analyzed shows its new rows on the next rerun, and nothing is re-read otherwise.
 The one exception to "only through the catalog" is the condensation matrix, which needs the
 first-layer weights of two snapshots (`condensation_matrices`, via forensics.rundir.reader).
+
+One catalog per folder state is shared by every session (`st.cache_resource`: it is
+thread-safe, each query runs on a DuckDB cursor of its own, so a slow query in one session
+never makes another wait). Every query has a time limit ($FORENSICS_SQL_TIMEOUT, default
+10 s) and the SQL page's results a row limit ($FORENSICS_SQL_MAX_ROWS, default 10,000);
+results are cached with `st.cache_data` (errors are never cached). One bad run never takes
+the folder down: the catalog skips it with a note (`skipped`), and should opening the folder
+fail all the same, each run is opened alone to find and leave out the one that fails.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from forensics.catalog.views import connect
+from forensics.catalog import limits
+from forensics.catalog.views import connect, run_query
 
 DEFAULT_ROOT = "sample_runs"
 ROOT_ENV = "FORENSICS_APP_ROOT"
-_LOCK = threading.Lock()  # one DuckDB connection is shared by the app's script threads
 
 
 def root_from_argv(argv=None) -> str:
@@ -66,7 +73,26 @@ def signature(root: str) -> tuple:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _catalog(root: str, sig: tuple):
-    return connect(root)
+    return open_catalog(root)
+
+
+def open_catalog(root: str):
+    """connect(root); if that fails as a whole (a run the catalog does not skip by itself),
+    each run is opened alone and the ones that fail are left out, named in `skipped`."""
+    try:
+        return connect(root)
+    except Exception:  # one bad run must not take the folder down
+        runs = _run_dirs(Path(root))
+    bad = {}
+    for run in runs:
+        try:
+            connect(run).close()
+        except Exception as e:  # named on the page; the others are still shown
+            bad[str(run.resolve())] = f"skipped run {run}: {type(e).__name__}: {e}"
+    cat = connect([r for r in runs if str(r.resolve()) not in bad])
+    cat.skipped.update(bad)
+    cat.notes[:0] = list(bad.values())
+    return cat
 
 
 def catalog(root: str):
@@ -75,20 +101,35 @@ def catalog(root: str):
 
 
 def run_sql(root: str, sql: str, params=None) -> pd.DataFrame:
-    """One read-only statement through the catalog (ValueError for writes and bad SQL)."""
-    return _query(root, signature(root), sql, tuple(params) if params is not None else None)
+    """One read-only statement through the catalog, within the time limit (ValueError for
+    writes, bad SQL and a query past its limit)."""
+    df, _ = _query(root, signature(root), sql, tuple(params) if params is not None else None,
+                   limits.timeout_from_env(), None)
+    return df
+
+
+def run_user_sql(root: str, sql: str) -> tuple[pd.DataFrame, int | None]:
+    """A statement typed on the SQL page: (rows, the row limit when it cut them, else None).
+    At most $FORENSICS_SQL_MAX_ROWS rows (default 10,000) are fetched and cached."""
+    max_rows = limits.max_rows_from_env()
+    df, truncated = _query(root, signature(root), sql, None, limits.timeout_from_env(), max_rows)
+    return df, (max_rows if truncated else None)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _query(root: str, sig: tuple, sql: str, params) -> pd.DataFrame:
-    cat = _catalog(root, sig)
-    with _LOCK:
-        table = cat.sql(sql, list(params) if params is not None else None)
-    return table.to_pandas()
+def _query(root: str, sig: tuple, sql: str, params, timeout_s, max_rows) -> tuple[pd.DataFrame, bool]:
+    result = run_query(_catalog(root, sig), sql, list(params) if params is not None else None,
+                       timeout_s=timeout_s, max_rows=max_rows)
+    return result.table.to_pandas(), result.truncated
 
 
 def notes(root: str) -> list[str]:
     return list(catalog(root).notes)
+
+
+def skipped(root: str) -> list[str]:
+    """One sentence per run of the folder that could not be read (naming the file and why)."""
+    return list(catalog(root).skipped.values())
 
 
 # --- the queries the pages use ---------------------------------------------------------------
@@ -128,13 +169,25 @@ def steps(root: str, run_id: str, lo: int | None = None, hi: int | None = None) 
                    params)
 
 
+SPIKE_OK = "spike_id IS NOT NULL AND onset_step IS NOT NULL"
+
+
 def spikes(root: str, run_id: str | None = None) -> pd.DataFrame:
+    """The spikes the pages can show: those with a spike_id and an onset step (see `bad_spikes`)."""
     sql = ("SELECT run_id, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss, "
            "magnitude, source, coalesce(verdict, 'not analyzed') AS verdict, verdict_score, "
-           "verdict_message FROM spikes")
+           f"verdict_message FROM spikes WHERE {SPIKE_OK}")
     if run_id is None:
         return run_sql(root, sql + " ORDER BY run_id, onset_step")
-    return run_sql(root, sql + " WHERE run_id = ? ORDER BY onset_step", [run_id])
+    return run_sql(root, sql + " AND run_id = ? ORDER BY onset_step", [run_id])
+
+
+def bad_spikes(root: str, run_id: str) -> int:
+    """How many spike records of a run lack a usable spike_id or onset step (e.g. `"spike_id":
+    "abc"` in events.jsonl): the pages leave them out and say so."""
+    df = run_sql(root, f"SELECT count(*) AS n FROM spikes WHERE run_id = ? AND NOT ({SPIKE_OK})",
+                 [run_id])
+    return int(df["n"].iloc[0])
 
 
 def spike(root: str, run_id: str, spike_id: int) -> dict:

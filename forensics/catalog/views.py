@@ -7,15 +7,26 @@ truth: the views read them at query time over absolute paths, in an in-memory da
 made per connection (DuckDB's `read_parquet` / `read_json_objects`; one branch per run with
 its run_id as a constant, joined by `UNION ALL BY NAME`, so a filter on run_id prunes whole
 runs and columns a newer writer added survive).
+
+Queries run each on a cursor of their own (forensics.catalog.limits), with an optional time
+limit (DuckDB's interrupt) and row limit, so one slow query never holds up another.
+DuckDB's temporary files go to a private directory made for the catalog (`tempfile.mkdtemp`,
+mode 0700, removed when the connection goes), never to `.tmp` under the working directory.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forensics.catalog import guard
+from forensics.catalog.limits import QueryResult, run_statement
 from forensics.catalog.discover import RunEntry, check_run, find_runs
+from forensics.catalog.facts import check_facts, create_run_table
 from forensics.catalog.schema import VIEWS, empty_select, projection
 from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, STEPS_DIR
 
@@ -26,23 +37,34 @@ VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots"
 class Catalog:
     """An open catalog: `.con` (DuckDB connection with the views), `.notes` (what was missing
     or skipped, one sentence each), `.runs` (the runs it opened), `.skipped` (path -> why),
-    `.not_runs` (given paths that hold no run). Unpacks as `con, notes = connect(...)`."""
+    `.not_runs` (given paths that hold no run), `.temp_directory` (DuckDB's private spill
+    folder). Unpacks as `con, notes = connect(...)`. Thread-safe: `query` gives each
+    statement a cursor of its own."""
 
     con: object
     notes: list[str] = field(default_factory=list)
     runs: list[RunEntry] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     not_runs: list[str] = field(default_factory=list)
+    temp_directory: str | None = None  # DuckDB's private spill folder (removed with the connection)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __iter__(self):
         return iter((self.con, self.notes))
 
-    def sql(self, sql: str, params=None):
-        """`query(self, sql, params)`: one read-only statement, result as a pyarrow Table."""
-        return query(self, sql, params)
+    def cursor(self):
+        """A new DuckDB cursor on the catalog's database: an independent connection with the
+        same views and sandbox, for one query or one thread (close it when done)."""
+        with self._lock:  # only the creation is serialised, never the queries
+            return self.con.cursor()
+
+    def sql(self, sql: str, params=None, **limits):
+        """`query(self, sql, params, **limits)`: one read-only statement, as a pyarrow Table."""
+        return query(self, sql, params, **limits)
 
     def close(self) -> None:
         self.con.close()
+        _remove_temp_directory(self.temp_directory)
 
     def __enter__(self) -> "Catalog":
         return self
@@ -60,6 +82,8 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
     and the others still open. With `strict=True` the first broken run or path that holds no
     run raises instead (`RunFormatError` / `ValueError`). With `sandbox=True` (default) the
     connection can afterwards read only the runs' folders and its settings are locked.
+    DuckDB spills to a private folder made here (mode 0700, outside the runs and the working
+    directory), removed by `close()` or when the connection is garbage-collected.
 
     Example:
         >>> cat = connect("sample_runs")                                  # doctest: +SKIP
@@ -70,11 +94,18 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
     run_dirs, problems = find_runs(paths)
     if strict and problems:
         raise ValueError(problems[0])
-    con = duckdb.connect(":memory:")
-    catalog = Catalog(con=con, notes=list(problems), not_runs=list(problems))
+    temp = tempfile.mkdtemp(prefix="forensics-duckdb-")  # 0700, outside the runs and the cwd
+    con = duckdb.connect(":memory:", config={"temp_directory": temp,
+                                             "autoinstall_known_extensions": False,
+                                             "allow_community_extensions": False})
+    weakref.finalize(con, _remove_temp_directory, temp)
+    catalog = Catalog(con=con, notes=list(problems), not_runs=list(problems), temp_directory=temp)
     ids: dict[str, Path] = {}
     for path in run_dirs:
         entry, error = check_run(con, path)
+        if entry is not None:
+            error = check_facts(entry)
+            entry = None if error else entry
         if entry is None:
             if strict:
                 raise error
@@ -96,29 +127,39 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
     return catalog
 
 
-def query(catalog: Catalog, sql: str, params=None):
+def query(catalog: Catalog, sql: str, params=None, *, timeout_s: float | None = None,
+          max_rows: int | None = None):
     """Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) and
-    return a pyarrow Table. Anything else (INSERT, CREATE, COPY, ATTACH, SET, PRAGMA, …), or
-    several statements, raises ValueError saying so; so does SQL that fails."""
+    return a pyarrow Table. Anything else (INSERT, CREATE, COPY, ATTACH, SET, PRAGMA, …, a
+    function that reads files), or several statements, raises ValueError saying so; so does
+    SQL that fails, and a statement still running after `timeout_s` seconds
+    (QueryTimeoutError, a ValueError). At most `max_rows` rows are returned; use
+    `run_query` to learn whether rows were cut."""
+    return run_query(catalog, sql, params, timeout_s=timeout_s, max_rows=max_rows).table
+
+
+def run_query(catalog: Catalog, sql: str, params=None, *, timeout_s: float | None = None,
+              max_rows: int | None = None) -> QueryResult:
+    """`query`, returning a QueryResult (`.table`, `.truncated`). On a Catalog the statement
+    runs on a cursor of its own, so other threads' queries do not wait for it; on a bare
+    DuckDB connection it runs on that connection."""
     import duckdb
 
-    con = catalog.con if isinstance(catalog, Catalog) else catalog
-    statement = guard.check_read_only(con, sql)
+    own = isinstance(catalog, Catalog)
+    cur = catalog.cursor() if own else catalog
     try:
-        rel = con.sql(statement, params=params) if params is not None else con.sql(statement)
-        if rel is None:  # a statement without a result
-            import pyarrow as pa
-            return pa.table({})
-        return _arrow(rel)
+        statement = guard.check_read_only(cur, sql)
+        return run_statement(cur, statement, params, timeout_s=timeout_s, max_rows=max_rows)
     except duckdb.Error as e:
         raise ValueError(f"SQL failed: {guard.one_line(e)}") from e
+    finally:
+        if own:
+            cur.close()
 
 
-def _arrow(rel):
-    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
-        if hasattr(rel, name):
-            return getattr(rel, name)()
-    raise AssertionError("this duckdb has no arrow export")
+def _remove_temp_directory(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- the views -----------------------------------------------------------------------------
@@ -141,7 +182,7 @@ def _union(view: str, branches: list[str]) -> str:
 
 
 def _create_views(con, runs: list[RunEntry]) -> None:
-    _create_run_table(con, runs)
+    create_run_table(con, runs)
 
     steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns, r.step_types)} "
              f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files)}"
@@ -214,50 +255,6 @@ _ONLINE_SPIKES = f"""
            END AS magnitude, {_SPIKE_TAIL}
     FROM (SELECT *, type = 'spike' AS closed FROM events WHERE type IN ('spike', 'spike_open'))
     QUALIFY row_number() OVER (PARTITION BY run_id, spike_id ORDER BY closed DESC) = 1"""
-
-
-def _create_run_table(con, runs: list[RunEntry]) -> None:
-    stored = [(c, t) for c, t, _ in VIEWS["runs"] if c not in ("num_spikes", "num_snapshots")]
-    con.execute("CREATE TABLE _catalog_runs (" + ", ".join(f'"{c}" {t}' for c, t in stored) + ")")
-    if runs:
-        marks = ", ".join("?" for _ in stored)
-        con.executemany(f"INSERT INTO _catalog_runs VALUES ({marks})",
-                        [[_run_facts(r)[c] for c, _ in stored] for r in runs])
-
-
-def _run_facts(r: RunEntry) -> dict:
-    import json
-
-    m = r.manifest
-    opt = m.get("optimizer") or {}
-    group = (opt.get("param_groups") or [{}])[0] or {}
-    betas = group.get("betas") if isinstance(group.get("betas"), (list, tuple)) else None
-    model = m.get("model") if isinstance(m.get("model"), dict) else {}
-    params = m.get("params") if isinstance(m.get("params"), list) else []
-    cls = opt.get("class")
-    return {
-        "run_id": r.run_id, "path": str(r.path), "format_version": m.get("format_version"),
-        "created": m.get("created"), "optimizer": cls,
-        "optimizer_name": cls.rsplit(".", 1)[-1] if isinstance(cls, str) else None,
-        "lr": _float(group.get("lr")), "momentum": _float(group.get("momentum")),
-        "beta1": _float(betas[0]) if betas else None, "beta2": _float(betas[1]) if betas else None,
-        "eps": _float(group.get("eps")), "weight_decay": _float(group.get("weight_decay")),
-        "loss": m.get("loss"), "model_factory": model.get("factory"),
-        "model_kwargs": json.dumps(model.get("kwargs") or {}),
-        "num_params": sum(int(p.get("numel", 0)) for p in params if isinstance(p, dict)),
-        "device": m.get("device"), "torch_version": m.get("torch_version"),
-        "seed": m.get("seed") if isinstance(m.get("seed"), int) else None,
-        "task": json.dumps(m.get("task") or {}), "detector": json.dumps(m.get("detector") or {}),
-        "num_steps": r.num_steps, "analyzed": r.analyzed, "analyzed_at": r.analyzed_at,
-        "notes": list(r.notes),
-    }
-
-
-def _float(value):
-    try:
-        return float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _lock(con, runs: list[RunEntry]) -> None:

@@ -13,6 +13,9 @@ SCALARS = ("lr", "grad_norm", "update_norm", "param_norm", "adam_ratio_median",
 
 def render(root: str) -> None:
     st.title("Runs")
+    for problem in data.skipped(root):  # a bad run is named, the others are still shown
+        st.warning(f"{problem} — this run is left out; the others are shown.",
+                   icon=":material/report:")
     runs = data.runs(root)
     if not len(runs):
         ui.empty_folder_hint(root)
@@ -28,13 +31,20 @@ def render(root: str) -> None:
     run_id = st.selectbox("Run", ids, key="runs_run")
     st.query_params["run"] = run_id
     info = runs[runs["run_id"] == run_id].iloc[0].to_dict()
-    _render_run(root, info)
+    try:
+        _render_run(root, info)
+    except ValueError as e:  # e.g. a query past the time limit: name the run, keep the page
+        st.error(f"Run `{run_id}` could not be shown: {e}", icon=":material/error:")
 
 
 def _render_run(root: str, info: dict) -> None:
     run_id = info["run_id"]
     steps = data.steps(root, run_id)
     spikes = data.spikes(root, run_id)
+    bad = data.bad_spikes(root, run_id)
+    if bad:
+        st.warning(f"Run `{run_id}`: {bad} spike record(s) in events.jsonl have no valid spike_id "
+                   "or onset step and are left out.", icon=":material/report:")
     opt = info.get("optimizer_name") or "?"
     st.subheader(run_id)
     st.caption(f"{opt}, lr {info.get('lr')}, {len(steps)} steps, {len(spikes)} spike(s)"
