@@ -89,10 +89,9 @@ def test_loss_and_batch_attach_to_their_step_in_either_order(tmp_path, order, ki
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
     theta0 = [p.detach().clone() for p in model.parameters()]
     batches = _batches(6)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), Recorder(model, opt, tmp_path / "run", baseline_every=1) as rec:
         warnings.simplefilter("error", RecorderWarning)  # a supported order warns about nothing
-        with Recorder(model, opt, tmp_path / "run", baseline_every=1) as rec:
-            _train(model, opt, sched, rec, batches, order)
+        _train(model, opt, sched, rec, batches, order)
     run = open_run(tmp_path / "run")
     names = [n for n, _ in model.named_parameters()]
     hand = _hand_steps(kind, theta0, batches, lr0)
@@ -116,9 +115,9 @@ def test_a_step_without_observe_never_shifts_the_others(tmp_path, order):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
     batches = _batches(5)
-    with pytest.warns(RecorderWarning, match="without rec.observe") as record:
-        with Recorder(model, opt, tmp_path / "run", baseline_every=1) as rec:
-            _train(model, opt, sched, rec, batches, order, skip={2})
+    with pytest.warns(RecorderWarning, match="without rec.observe") as record, \
+            Recorder(model, opt, tmp_path / "run", baseline_every=1) as rec:
+        _train(model, opt, sched, rec, batches, order, skip={2})
     assert len([w for w in record if issubclass(w.category, RecorderWarning)]) == 1
     run = open_run(tmp_path / "run")
     losses = run.steps.column("loss").to_pylist()
@@ -186,7 +185,7 @@ def test_compiled_model_is_recorded_under_its_own_parameter_names(tmp_path):
     torch.manual_seed(0)
     model = mlp([3, 8, 1])
     compiled = torch.compile(model, backend="eager")  # a real OptimizedModule; no C++ toolchain needed
-    assert [n for n, _ in compiled.named_parameters()][0].startswith("_orig_mod.")
+    assert next(iter(compiled.named_parameters()))[0].startswith("_orig_mod.")
     opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
     with Recorder(compiled, opt, tmp_path / "run", model_factory="forensics.zoo.models:mlp",
                   model_kwargs={"sizes": [3, 8, 1]}, baseline_every=1) as rec:

@@ -71,7 +71,7 @@ def test_exit_without_close_keeps_every_row(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(_NO_CLOSE)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
-                         timeout=120, env=_env())
+                         timeout=120, env=_env(), check=False)
     assert out.returncode == 0, out.stderr
     steps = open_run(tmp_path / "run").steps.column("step").to_pylist()
     assert steps == list(range(200))
@@ -93,9 +93,7 @@ class _Outage:
     """Make the run-directory write functions raise `err` while `down` is set."""
 
     def __init__(self, monkeypatch, err):
-        import forensics.rundir.events as events
-        import forensics.rundir.snapshots as snapshots
-        import forensics.rundir.steps as steps
+        from forensics.rundir import events, snapshots, steps
 
         self.down, self.err, self.failed = False, err, {"chunk": 0, "snapshot": 0, "event": 0}
         real_chunk, real_snap, real_append = steps.write_chunk, snapshots.save_snapshot, events.EventLog.append
@@ -174,8 +172,7 @@ def test_outage_for_good_reports_the_loss_and_training_is_unharmed(tmp_path, mon
 
 
 def test_step_chunks_are_written_before_queued_snapshots(tmp_path, monkeypatch):
-    import forensics.rundir.snapshots as snapshots
-    import forensics.rundir.steps as steps
+    from forensics.rundir import snapshots, steps
 
     order, release = [], threading.Event()
     real_chunk, real_snap = steps.write_chunk, snapshots.save_snapshot

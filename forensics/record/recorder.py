@@ -195,7 +195,7 @@ class Recorder:
         if (status.rows_lost or status.events_lost) and not status.stopped:  # snapshot losses warned as they happened
             self._warn("lost", f"at close, {status.loss_summary()}; see Recorder.status")
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, *exc) -> None:

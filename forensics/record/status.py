@@ -50,7 +50,7 @@ def finish_unclosed(sink) -> None:
             message = f"spike forensics: run {sink.run_dir} was not closed; at exit {st.loss_summary()}"
             log.warning(message)
             warnings.warn(message, RecorderWarning, stacklevel=2)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("spike forensics: flushing an unclosed recorder failed")
 
 

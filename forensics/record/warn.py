@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("forensics.record")
 
@@ -39,7 +39,7 @@ class WarnOnce:
         if self.on_first is not None:
             try:
                 self.on_first(message)
-            except Exception:  # noqa: BLE001 - a warning must never become an error
+            except Exception:  # a warning must never become an error
                 log.exception("spike forensics: could not log a warning event")
         return True
 

@@ -13,7 +13,7 @@ import itertools
 import logging
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("forensics.record")
 
@@ -76,11 +76,11 @@ class BackgroundWriter:
                     return
                 try:
                     job()
-                except BaseException as e:  # noqa: BLE001 - the training must never see it
+                except BaseException as e:  # the training must never see it
                     log.exception("spike forensics: writing %s failed", name)
                     try:
                         self._on_error(e, name)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("spike forensics: error handler failed")
             finally:
                 self._queue.task_done()
