@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
+
+from forensics.record.inputs import flatten_batch
+from forensics.record.warn import WarnOnce
 
 
 class MicroBatches:
@@ -20,13 +22,19 @@ class MicroBatches:
     def __init__(self):
         self.losses: list[float] = []
         self.batches: list[dict] = []
-        self._warned = False
+        self._warn = WarnOnce()
 
     def add_loss(self, loss) -> None:
         self.losses.append(float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss))
 
-    def add_batch(self, batch: dict) -> None:
-        self.batches.append({k: v.detach() for k, v in batch.items() if isinstance(v, torch.Tensor)})
+    def add_batch(self, batch) -> None:
+        """Keep a micro-batch: any nesting of dicts, lists and tuples of tensors, arrays and numbers
+        (flattened as `Recorder.observe` does); entries that cannot be stored are named in one warning."""
+        flat, dropped = flatten_batch(batch)
+        if dropped:
+            self._warn(f"dropped:{dropped}", "batch entries that are not tensors, arrays or numbers are not "
+                       f"recorded: {', '.join(dropped)}", stacklevel=4)
+        self.batches.append({k: v.detach() for k, v in flat.items()})
 
     def clear(self) -> None:
         self.losses, self.batches = [], []
@@ -52,10 +60,8 @@ class MicroBatches:
         try:
             return {k: torch.cat([b[k] for b in batches], dim=0) for k in keys}
         except RuntimeError as e:  # micro-batches of different shapes (e.g. padding)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"spike forensics: micro-batches of one optimizer step do not concatenate ({e}); "
-                              "recording the last micro-batch only", stacklevel=3)
+            self._warn("concat", f"micro-batches of one optimizer step do not concatenate ({e}); "
+                       "recording the last micro-batch only", stacklevel=4)
             return batches[-1]
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from forensics.integrations._common import MicroBatches, grad_norm, unwrap_optimizer
+from forensics.record.warn import WarnOnce
 from forensics.rundir.model import trusted
 
 CONFIG_FILE = "hf_config.json"
@@ -142,7 +142,7 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         self._summed = False
         self._num_items: float | None = None
         self._loss_checked = self.loss is not None  # only a default loss is adjusted to the Trainer's count
-        self._warned: set[str] = set()
+        self._warn = WarnOnce()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -153,9 +153,10 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         if model is None or optimizer is None:
             self._warn("no-model", "the Trainer passed no model/optimizer to on_train_begin; nothing is recorded")
             return
-        from forensics.record.recorder import Recorder
+        from forensics.record.recorder import Recorder, unwrap_model
         from forensics.rundir.manifest import write_manifest
 
+        model = unwrap_model(model)  # torch.compile: the names, config and class of the model inside
         factory, factory_kwargs = self.model_factory, self.model_kwargs
         config = getattr(model, "config", None)
         if factory is None and config is not None:
@@ -246,11 +247,6 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             return False
         # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6): a clipped gradient has norm just below max_norm
         return grad_norm(self._model.parameters()) >= max_norm * (1 - 1e-4)
-
-    def _warn(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(f"spike forensics: {message}", stacklevel=3)
 
     def _close(self) -> None:
         if self._handle is not None:

@@ -162,13 +162,13 @@ class SpikeForensicsCallback(pl.Callback):
                 raise ValueError(f"batch_keys callable must return a dict of tensors, got {type(out).__name__}")
             return out
         if isinstance(batch, dict):
-            return {str(k): v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            return batch  # nested entries, arrays and numbers are flattened by MicroBatches.add_batch
         if isinstance(batch, torch.Tensor):
             return {self._keys[0]: batch}
         if isinstance(batch, (tuple, list)):
             names = list(self._keys) + [str(i) for i in range(2, len(batch))]
-            return {n: v for n, v in zip(names, batch) if isinstance(v, torch.Tensor)}
-        return {}
+            return dict(zip(names, batch))
+        return {"0": batch}
 
     def _will_clip(self, trainer) -> bool:
         """Whether Lightning's gradient clipping (applied right after this hook) changes this gradient."""

@@ -45,6 +45,13 @@ def discover_state_kinds(optimizer, params: list[torch.Tensor]) -> list[str]:
     return found
 
 
+def state_tensors(optimizer, params: list[torch.Tensor], kinds) -> dict:
+    """`{kind: [the optimizer's state tensor of kind for each param, or None]}` for the kinds other than
+    param and grad."""
+    return {kind: [optimizer.state.get(p, {}).get(kind) for p in params] for kind in kinds
+            if kind not in ("param", "grad")}
+
+
 def optimizer_step(optimizer, first_param, fallback: int) -> int:
     """The optimizer's own count of updates done (Adam's state["step"]), else `fallback`."""
     st = optimizer.state.get(first_param) if first_param is not None else None
@@ -77,5 +84,5 @@ def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
     return meta
 
 
-__all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "discover_state_kinds", "optimizer_step",
+__all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "state_tensors", "discover_state_kinds", "optimizer_step",
            "group_hparams", "snapshot_hparams"]

@@ -123,6 +123,12 @@ class Ring:
         self.head = k
         return k
 
+    def attach(self, slot: int, batch: dict, **meta) -> None:
+        """Fill in the batch and metadata of a slot captured before its loss was known."""
+        self._fill_batch(slot, batch)
+        self.info[slot].batch_keys = list(batch)
+        self.info[slot].meta.update(meta)
+
     def _fill_batch(self, k: int, batch: dict) -> None:
         slot = self.batches[k]
         for key, t in batch.items():
