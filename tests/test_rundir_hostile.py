@@ -192,6 +192,8 @@ def test_parquet_chunk_with_wrong_types_is_named_and_skipped(two):
     got = query(cat, "SELECT count(*) AS n, count(loss) AS losses FROM steps").to_pylist()
     assert got == [{"n": 301, "losses": 301}]
     assert any(str(bad) in n for n in cat.notes) and cat.runs
+    r = CliRunner().invoke(cli.app, ["report", str(two / "a")])
+    assert "a: no spikes (301 steps; 1 unreadable file(s) skipped" in r.stdout and str(bad) in r.stderr
 
 
 def test_garbage_and_fifo_snapshots_are_named_and_skipped(two):

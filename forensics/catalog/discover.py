@@ -18,7 +18,7 @@ from forensics.rundir.format import (
 )
 from forensics.rundir.paths import folder_inside
 from forensics.rundir.reader import open_run
-from forensics.rundir.steps import check_chunks
+from forensics.rundir.steps import check_chunks, skip_note
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunEntry:
     step_types: dict[str, str] = field(default_factory=dict)  # column -> DuckDB type, when plain
     steps_uniform: bool = True  # every chunk has the same columns (no union_by_name needed)
     steps_complete: bool = True  # no chunk was skipped (a view may glob steps/*.parquet)
+    skipped_files: list[Path] = field(default_factory=list)  # unreadable files left out (named in notes)
     num_steps: int = 0
     has_events: bool = False
     analyzed: bool = False
@@ -79,7 +80,8 @@ def inspect_run(con, path: Path) -> RunEntry:
     entry = RunEntry(run_id=str(run.run_id), path=path, manifest=run.manifest)
 
     entry.step_files, skipped = check_chunks(path)
-    entry.notes.extend(skipped)
+    entry.notes.extend(skip_note(p, why) for p, why in skipped.items())
+    entry.skipped_files = list(skipped)
     entry.steps_complete = not skipped
     if entry.step_files:
         entry.num_steps, entry.step_columns, entry.step_types, entry.steps_uniform = \

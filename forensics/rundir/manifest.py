@@ -25,7 +25,7 @@ from forensics.rundir.format import (
     FORMAT, FORMAT_VERSION, MANIFEST_FILE, CorruptFileError, MissingFileError,
     UnsupportedVersionError,
 )
-from forensics.rundir.paths import inside
+from forensics.rundir.paths import inside, is_regular_file
 
 _HPARAMS = ("lr", "eps", "weight_decay", "momentum", "dampening")
 
@@ -246,9 +246,11 @@ def _read_json(run_dir: Path | str) -> Any:
     path = Path(run_dir) / MANIFEST_FILE
     if not Path(run_dir).is_dir():
         raise MissingFileError(run_dir, "not a run directory (folder does not exist)")
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(path, "missing: not a run directory (no run.json)")
     inside(run_dir, MANIFEST_FILE)
+    if not is_regular_file(path):
+        raise CorruptFileError(path, "not a regular file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

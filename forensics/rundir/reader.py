@@ -8,6 +8,7 @@ file is skipped and named in `Run.notes`; the rest of the run still reads.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,14 +84,17 @@ class Run:
         append) are included too, with role read from their metadata. A file that is not a
         regular file or has a broken header is skipped with a note naming it."""
         folder = folder_inside(self.path, SNAPSHOTS_DIR)
-        listed = [(e["step"], e, inside(self.path, e["file"], what="snapshot file"))
-                  for e in self.events if e.get("type") == "snapshot"]
+        last = {e["step"]: e for e in self.events if e.get("type") == "snapshot"}  # a rewrite wins
+        listed = [(step, e, inside(self.path, e["file"], what="snapshot file")) for step, e in last.items()]
         on_disk = [(_step_of(p), None, inside(self.path, Path(SNAPSHOTS_DIR) / p.name, what="snapshot file"))
                    for p in (sorted(folder.glob("step-*.safetensors")) if folder is not None else ())]
         infos: dict[int, SnapshotInfo] = {}
         metas: dict[Path, dict | None] = {}
         for step, event, p in listed + on_disk:
-            if step is None or step in infos or not p.exists():
+            if step is None or step in infos:
+                continue
+            if not os.path.lexists(p):
+                self.notes.append(f"{p}: listed in events.jsonl but missing")
                 continue
             if p not in metas:
                 metas[p] = _header(p, self.notes)

@@ -92,20 +92,25 @@ def chunk_problem(path: Path | str) -> str | None:
     return None
 
 
-def check_chunks(run_dir: Path | str) -> tuple[list[Path], list[str]]:
-    """(chunks that read as steps, one note per chunk skipped naming it and why).
+def check_chunks(run_dir: Path | str) -> tuple[list[Path], dict[Path, str]]:
+    """(chunks that read as steps, {chunk skipped: why}); see `chunk_problem`.
 
     Raises:
         OutsideRunError: `steps/` or a chunk is a link leaving the run directory.
     """
-    good, notes = [], []
+    good, skipped = [], {}
     for path in chunk_files(run_dir):
         problem = chunk_problem(path)
         if problem is None:
             good.append(path)
         else:
-            notes.append(f"{path}: skipped ({problem}); the other steps chunks are read")
-    return good, notes
+            skipped[path] = problem
+    return good, skipped
+
+
+def skip_note(path: Path, why: str) -> str:
+    """The note for a steps chunk left out: names it and says why."""
+    return f"{path}: skipped ({why}); the other steps chunks are read"
 
 
 def read_steps(run_dir: Path | str, *, notes: list | None = None):
@@ -132,8 +137,8 @@ def read_steps(run_dir: Path | str, *, notes: list | None = None):
             fields = [contract.field(f.name) if f.name in STEP_COLUMNS else f for f in table.schema]
             tables.append(table.cast(pa.schema(fields)))
         except (pa.ArrowException, OSError) as e:
-            skipped.append(f"{path}: skipped ({_first_line(e)}); the other steps chunks are read")
-    for text in skipped:
+            skipped[path] = _first_line(e)
+    for text in (skip_note(p, why) for p, why in skipped.items()):
         if notes is None:
             warnings.warn(text, RunFormatWarning, stacklevel=2)
         else:
