@@ -60,14 +60,14 @@ def test_snapshot_entry_outside_the_run_is_refused(two, where):
     _append_event(two / "a", {"type": "snapshot", "step": 0, "role": "baseline", "spike_id": None,
                               "file": entry, "bytes": 1})
     with pytest.raises(RunFormatError, match=r"events\.jsonl.*outside the run"):
-        open_run(two / "a").snapshots
+        _ = open_run(two / "a").snapshots
 
 
 def test_snapshots_folder_linked_to_another_run_is_refused(two):
     shutil.rmtree(two / "a" / "snapshots")
     (two / "a" / "snapshots").symlink_to(two / "b" / "snapshots")
     with pytest.raises(RunFormatError, match=r"a/(events\.jsonl|snapshots).*outside the run"):
-        open_run(two / "a").snapshots
+        _ = open_run(two / "a").snapshots
     cat = connect(two)
     assert [r.run_id for r in cat.runs] == ["b"]
     assert any(str(two / "a") in n and "outside the run" in n for n in cat.notes)
@@ -78,7 +78,7 @@ def test_steps_chunk_linked_outside_the_run_is_refused(two):
     chunk.unlink()
     chunk.symlink_to(two / "b" / "steps" / "chunk-00000000.parquet")
     with pytest.raises(RunFormatError, match="chunk-00000000.parquet.*outside the run"):
-        open_run(two / "a").steps
+        _ = open_run(two / "a").steps
     assert [r.run_id for r in connect(two).runs] == ["b"]
 
 
@@ -131,7 +131,7 @@ def test_bad_manifest_fields_are_refused_naming_run_json(two, change):
 def test_bad_event_is_refused_naming_the_file_and_line(two, event):
     _append_event(two / "a", event)
     with pytest.raises(RunFormatError, match=r"a/events\.jsonl: line 6"):
-        open_run(two / "a").events
+        _ = open_run(two / "a").events
 
 
 def test_catalog_and_report_skip_one_bad_run_and_say_so(two):
@@ -152,10 +152,10 @@ def test_catalog_and_report_skip_one_bad_run_and_say_so(two):
 def test_events_replaced_by_garbage_are_unreadable_not_clean(two):
     (two / "a" / "events.jsonl").write_bytes(bytes(range(256)) * 40)
     with pytest.raises(CorruptFileError, match="events.jsonl"):
-        open_run(two / "a").events
+        _ = open_run(two / "a").events
     (two / "b" / "events.jsonl").write_bytes(b"\x8f\x01garbage without a newline")
     with pytest.raises(CorruptFileError, match="events.jsonl"):
-        open_run(two / "b").events
+        _ = open_run(two / "b").events
     r = CliRunner().invoke(cli.app, ["report", str(two)])
     assert r.exit_code == 3 and "no spikes" not in r.stdout, r.output
 

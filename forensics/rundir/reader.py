@@ -60,6 +60,7 @@ class Run:
 
     @property
     def run_id(self) -> str:
+        """run.json's run_id, or the folder's name when it has none."""
         return self.info.run_id or self.path.name
 
     @cached_property

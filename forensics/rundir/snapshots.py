@@ -95,10 +95,12 @@ class Snapshot:
 
     @property
     def exp_avg(self) -> dict:
+        """Adam's m_{t-1} by parameter name ({} for other optimizers)."""
         return self.state.get("exp_avg", {})
 
     @property
     def exp_avg_sq(self) -> dict:
+        """Adam's v_{t-1} by parameter name ({} for other optimizers)."""
         return self.state.get("exp_avg_sq", {})
 
 
