@@ -79,13 +79,14 @@ def inspect_run(con, path: Path) -> RunEntry:
     run = open_run(path)
     entry = RunEntry(run_id=str(run.run_id), path=path, manifest=run.manifest)
 
-    entry.step_files, skipped = check_chunks(path)
+    footers, skipped = check_chunks(path)
+    entry.step_files = list(footers)
     entry.notes.extend(skip_note(p, why) for p, why in skipped.items())
     entry.skipped_files = list(skipped)
     entry.steps_complete = not skipped
     if entry.step_files:
         entry.num_steps, entry.step_columns, entry.step_types, entry.steps_uniform = \
-            _parquet_facts(entry.step_files)
+            _parquet_facts(entry.step_files, footers)
     elif not skipped:
         entry.notes.append("no steps/*.parquet: its steps are empty")
 
@@ -118,10 +119,11 @@ def _inspect_analysis(entry: RunEntry) -> None:
             entry.notes.append(f"analysis/{table}.parquet missing: its {table} are empty")
 
 
-def _parquet_facts(files: list[Path]) -> tuple[int, list[str], dict[str, str], bool]:
-    """From the footers of Parquet `files`: total rows, the union of top-level column names
-    in order, their DuckDB types where plain and the same in every file, and whether every
-    file has the same columns.
+def _parquet_facts(files: list[Path], footers: dict | None = None
+                   ) -> tuple[int, list[str], dict[str, str], bool]:
+    """From the footers of Parquet `files` (read here unless given in `footers`): total rows,
+    the union of top-level column names in order, their DuckDB types where plain and the same
+    in every file, and whether every file has the same columns.
 
     Raises:
         CorruptFileError: naming the first file whose footer cannot be read.
@@ -133,7 +135,7 @@ def _parquet_facts(files: list[Path]) -> tuple[int, list[str], dict[str, str], b
     types: dict[str, str | None] = {}
     for f in files:
         try:
-            meta = pq.read_metadata(f)
+            meta = (footers or {}).get(f) or pq.read_metadata(f)
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as e:
             raise CorruptFileError(f, f"cannot read Parquet footer ({_first_line(e)})") from None

@@ -86,9 +86,12 @@ class Run:
         regular file or has a broken header is skipped with a note naming it."""
         folder = folder_inside(self.path, SNAPSHOTS_DIR)
         last = {e["step"]: e for e in self.events if e.get("type") == "snapshot"}  # a rewrite wins
-        listed = [(step, e, inside(self.path, e["file"], what="snapshot file")) for step, e in last.items()]
-        on_disk = [(_step_of(p), None, inside(self.path, Path(SNAPSHOTS_DIR) / p.name, what="snapshot file"))
+        listed = [(step, e, self.path / e["file"]) for step, e in last.items()]  # read_events checked them
+        on_disk = [(_step_of(p), None, p)
                    for p in (sorted(folder.glob("step-*.safetensors")) if folder is not None else ())]
+        for _, _, p in on_disk:
+            if p.is_symlink():  # the folder is inside; only a link can lead out
+                inside(self.path, Path(SNAPSHOTS_DIR) / p.name, what="snapshot file")
         infos: dict[int, SnapshotInfo] = {}
         metas: dict[Path, dict | None] = {}
         for step, event, p in listed + on_disk:

@@ -58,12 +58,13 @@ def chunk_files(run_dir: Path | str) -> list[Path]:
         return []
     files = sorted(p for p in folder.glob("*.parquet") if not is_temp(p))
     for p in files:
-        inside(run_dir, Path(STEPS_DIR) / p.name, what="steps chunk")
+        if p.is_symlink():  # the folder is inside; only a link can lead out
+            inside(run_dir, Path(STEPS_DIR) / p.name, what="steps chunk")
     return files
 
 
-def chunk_problem(path: Path | str) -> str | None:
-    """Why the Parquet chunk at `path` cannot be read as steps, or None when it can.
+def chunk_footer(path: Path | str):
+    """(the Parquet footer of a chunk, None) when it reads as steps, else (None, why).
 
     Reads only the footer. A documented column (docs/format.md) must hold integers where the
     contract says int, numbers where it says float64 (or nulls); `step` must be present.
@@ -73,13 +74,14 @@ def chunk_problem(path: Path | str) -> str | None:
     import pyarrow.parquet as pq
 
     if not is_regular_file(path):
-        return "not a regular file"
+        return None, "not a regular file"
     try:
-        schema = pq.read_schema(path)
+        footer = pq.read_metadata(path)
+        schema = footer.schema.to_arrow_schema()
     except (pa.ArrowException, OSError) as e:
-        return f"cannot read Parquet footer ({_first_line(e)})"
+        return None, f"cannot read Parquet footer ({_first_line(e)})"
     if "step" not in schema.names:
-        return "no step column"
+        return None, "no step column"
     contract = _schema()
     for name in STEP_COLUMNS:
         if name not in schema.names:
@@ -88,21 +90,22 @@ def chunk_problem(path: Path | str) -> str | None:
         ok = pa.types.is_null(have) or pa.types.is_integer(have) or (
             pa.types.is_floating(have) and pa.types.is_floating(want))
         if not ok:
-            return f"column {name!r} is {have}, the contract says {want}"
-    return None
+            return None, f"column {name!r} is {have}, the contract says {want}"
+    return footer, None
 
 
-def check_chunks(run_dir: Path | str) -> tuple[list[Path], dict[Path, str]]:
-    """(chunks that read as steps, {chunk skipped: why}); see `chunk_problem`.
+def check_chunks(run_dir: Path | str) -> tuple[dict, dict[Path, str]]:
+    """({chunk that reads as steps: its Parquet footer}, {chunk skipped: why}), in step order;
+    see `chunk_footer`.
 
     Raises:
         OutsideRunError: `steps/` or a chunk is a link leaving the run directory.
     """
-    good, skipped = [], {}
+    good, skipped = {}, {}
     for path in chunk_files(run_dir):
-        problem = chunk_problem(path)
+        footer, problem = chunk_footer(path)
         if problem is None:
-            good.append(path)
+            good[path] = footer
         else:
             skipped[path] = problem
     return good, skipped
@@ -117,7 +120,7 @@ def read_steps(run_dir: Path | str, *, notes: list | None = None):
     """All readable chunks as one pyarrow Table sorted by `step`, documented columns in the
     contract's types (an empty table with the schema if none).
 
-    A chunk that cannot be read as steps (see `chunk_problem`, or data that does not convert)
+    A chunk that cannot be read as steps (see `chunk_footer`, or data that does not convert)
     is skipped; its note, naming it, goes to `notes`, or to a `RunFormatWarning` when `notes`
     is None. Never a silent NULL.
 
