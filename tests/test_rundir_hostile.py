@@ -166,7 +166,10 @@ def test_one_torn_last_line_is_tolerated_with_a_note(two):
     run = open_run(two / "a")
     assert [e["type"] for e in run.events][-1] == "close"
     assert any("torn last line" in n for n in run.notes)
-    (two / "a" / "events.jsonl").write_bytes((two / "b" / "events.jsonl").read_bytes() + b"{garbage}\n")
+    whole = (two / "b" / "events.jsonl").read_bytes()
+    (two / "a" / "events.jsonl").write_bytes(whole.rstrip(b"\n"))  # a whole last event, no newline: kept
+    assert len(read_events(two / "a")) == 5
+    (two / "a" / "events.jsonl").write_bytes(whole + b"{garbage}\n")
     with pytest.raises(CorruptFileError, match="line 6"):  # complete (newline-ended) lines must parse
         read_events(two / "a")
 

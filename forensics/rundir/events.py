@@ -108,8 +108,8 @@ def read_events(run_dir: Path | str, *, notes: list | None = None) -> list[dict]
     checked to lie inside the run. [] when the file does not exist.
 
     Every line ending in a newline must be a valid event. Only the last line, when it lacks
-    its newline and looks like an interrupted append (see `_torn`), is dropped: with a note
-    appended to `notes`, or a `RunFormatWarning` when `notes` is None.
+    its newline, is not a JSON object and looks like an interrupted append (see `_torn`), is
+    dropped: with a note appended to `notes`, or a `RunFormatWarning` when `notes` is None.
 
     Raises:
         CorruptFileError: a complete line is not JSON or not a valid event; the message
@@ -125,8 +125,8 @@ def read_events(run_dir: Path | str, *, notes: list | None = None) -> list[dict]
     raw = path.read_bytes()
     lines = raw.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
-    if tail.strip() and not _torn(tail):
-        lines.append(tail)  # garbage, not a torn append: it must parse like any line
+    if tail.strip() and (_is_object(tail) or not _torn(tail)):
+        lines.append(tail)  # a whole event lacking only its newline, or garbage: checked like any line
     elif tail.strip():
         _note(notes, f"{path}: torn last line ({len(tail)} bytes, an interrupted write) ignored")
     events = []
@@ -145,6 +145,13 @@ def read_events(run_dir: Path | str, *, notes: list | None = None) -> list[dict]
             raise CorruptFileError(path, f"line {i}: {what}") from None
         events.append(event)
     return events
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
 
 
 def _note(notes: list | None, text: str) -> None:
