@@ -119,6 +119,29 @@ def test_bad_manifest_fields_are_refused_naming_run_json(two, change):
         open_run(two / "a")
 
 
+def test_manifest_round_trips_and_decides_the_optimizer_family_once(tmp_path):
+    from forensics.rundir.manifest import build_manifest, load_manifest, write_manifest
+
+    class Tuned(torch.optim.Adam):  # a subclass: "adam" by its class hierarchy, not its name
+        pass
+
+    model = torch.nn.Linear(2, 1)
+    cases = [(Tuned, "adam"), (torch.optim.AdamW, "adam"), (torch.optim.SGD, "sgd"),
+             (torch.optim.Adagrad, "other")]
+    for cls, family in cases:
+        run = tmp_path / cls.__name__
+        run.mkdir()
+        manifest = build_manifest(model, cls(model.parameters(), lr=0.1), run_id=cls.__name__,
+                                  model_factory=None, model_kwargs=None, loss="mse", batch_keys={},
+                                  detector={}, recorder={}, task={"grid": [1, 2]}, seed=3)
+        write_manifest(run, manifest)
+        typed = load_manifest(run)
+        assert typed.optimizer.family == family and typed.seed == 3
+        assert typed.to_dict() == manifest == open_run(run).manifest
+    old = json.loads((SAMPLE / "eos" / "run.json").read_text())
+    assert "family" not in old["optimizer"] and load_manifest(SAMPLE / "eos").optimizer.family == "sgd"
+
+
 @pytest.mark.parametrize("event", [
     {"type": "spike_open", "spike_id": "abc", "step": 5, "loss": 1.0, "baseline": 0.5},
     {"type": "spike", "spike_id": 0, "onset": "x", "peak": 6, "end": None, "peak_loss": 1.0,

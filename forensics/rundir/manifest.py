@@ -58,8 +58,8 @@ class Manifest:
     """The contents of `run.json` (docs/format.md), checked. Keys this version does not know
     are kept in `extra` and written back unchanged (additive changes need no new version)."""
 
-    run_id: str | None = None  # None: the folder's name
     format_version: int = FORMAT_VERSION
+    run_id: str | None = None  # None: the folder's name
     created: str | None = None  # ISO-8601 UTC
     torch_version: str | None = None
     forensics_version: str | None = None
