@@ -5,11 +5,13 @@ small batch. For each size we time, interleaved and repeated:
 
 - raw write: the same tensor bytes written to one file in the same folder, then fsync (the
   physical limit of a durable write here);
-- ``save_snapshot``: what the recorder calls (safetensors ``save_file`` to a temp file, fsync,
-  rename, i.e. atomic);
+- ``save_snapshot``: what the recorder calls (safetensors ``save_file`` to a temp file, its
+  SHA-256 digest sealed into the header, fsync, rename, i.e. atomic), and the same without the
+  digest (``digest=False``, the plain write): their time ratio is the digest's cost;
 - reads, cold (the file's pages evicted with ``posix_fadvise(DONTNEED)`` — per file, no root,
   nobody else's cache touched) and warm: a raw ``readinto`` of the whole file vs
-  ``load_snapshot`` (every tensor), and ``safe_open`` + ``get_tensor`` of one parameter.
+  ``load_snapshot`` (every tensor, the digest verified first), the same with ``verify=False``
+  (warm, for the verification's cost), and ``safe_open`` + ``get_tensor`` of one parameter.
 
 Run: .venv/bin/python bench/snapshot_io.py [--repeats 5]
 """
@@ -78,13 +80,18 @@ def raw_read(path) -> int:
         return f.readinto(buf)
 
 
-def load_all(path) -> None:
+def load_all(path, verify: bool = True) -> None:
     """load_snapshot, then touch every tensor: its get_tensor maps the file lazily, so without the
     touch nothing would be read from disk."""
-    snap = load_snapshot(path)
+    snap = load_snapshot(path, verify=verify)
     for group in (snap.params, snap.grads, snap.batch, *snap.state.values()):
         for t in group.values():
             t.sum()
+
+
+def save_plain(path, tensors, meta) -> None:
+    """save_snapshot without the digest: temp file, fsync, rename (the write before digests)."""
+    save_snapshot(path, tensors, meta, digest=False)
 
 
 def save_file_only(path, tensors, meta) -> None:
@@ -115,10 +122,13 @@ def measure(label, num_params, folder, repeats):
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     one = next(k for k in tensors if k.startswith("param/"))
     plain_path = os.path.join(folder, "plain.safetensors")
-    t = {k: [] for k in ("raw_w", "snap_w", "plain_w", "raw_rc", "snap_rc", "raw_rw", "snap_rw",
-                         "lazy_c", "one_c", "one_w")}
+    nodig_path = os.path.join(folder, "nodigest.safetensors")
+    t = {k: [] for k in ("raw_w", "snap_w", "nodig_w", "plain_w", "raw_rc", "snap_rc", "raw_rw", "snap_rw",
+                         "noverify_rw", "lazy_c", "one_c", "one_w")}
     for r in range(repeats):
-        writes = [("raw_w", raw_write, raw_path, tensors), ("snap_w", save_snapshot, snap_path, tensors, META),
+        writes = [("raw_w", raw_write, raw_path, tensors),
+                  ("snap_w", save_snapshot, snap_path, tensors, META),
+                  ("nodig_w", save_plain, nodig_path, tensors, META),
                   ("plain_w", save_file_only, plain_path, tensors, META)]
         for key, fn, *a in (writes if r % 2 == 0 else writes[::-1]):
             t[key].append(timed(fn, *a))
@@ -131,6 +141,7 @@ def measure(label, num_params, folder, repeats):
             evict(path)
             t[key + "_rc"].append(timed(fn, path))
             t[key + "_rw"].append(timed(fn, path))
+        t["noverify_rw"].append(timed(load_all, snap_path, False))
         evict(snap_path)
         t["lazy_c"].append(timed(load_snapshot, snap_path))
         evict(snap_path)
@@ -142,6 +153,9 @@ def measure(label, num_params, folder, repeats):
     return {"snapshot": label, "tensors": len(tensors), "file MB": mb,
             "raw write+fsync MB/s": nbytes / 1e6 / med["raw_w"],
             "save_snapshot MB/s": mb / med["snap_w"], "save_file, no fsync MB/s": mb / med["plain_w"],
+            "no digest MB/s": mb / med["nodig_w"], "digest write ratio": med["snap_w"] / med["nodig_w"],
+            "verify ms": 1e3 * (med["snap_rw"] - med["noverify_rw"]),
+            "verify load ratio warm": med["snap_rw"] / med["noverify_rw"],
             "write % of raw": 100 * (mb / med["snap_w"]) /
             (nbytes / 1e6 / med["raw_w"]),
             "load_snapshot lazy cold ms": 1e3 * med["lazy_c"],
@@ -167,6 +181,9 @@ def main():
         shutil.rmtree(folder, ignore_errors=True)
     for r in rows:
         print(r)
+    for r in rows:
+        print(f"digest cost, {r['snapshot']}: write {r['digest write ratio']:.2f}x the plain write "
+              f"(save_snapshot without digest), warm load {r['verify load ratio warm']:.2f}x")
     intro = [
         f"- folder: a temp dir under the repo's gitignored `tmp/` (same filesystem as the repo: "
         f"{dev_same}; {df.free / 1e9:.0f} GB free); {args.repeats} repeats, raw and safetensors "
@@ -177,13 +194,18 @@ def main():
         "- `load_snapshot` maps the file lazily (its own cost is the 'lazy' column); the MB/s columns "
         "time `load_snapshot` + a sum over every tensor, so every byte is read; one tensor = safe_open + "
         "get_tensor + sum of the first parameter",
+        "- digest: `save_snapshot` seals the file's SHA-256 into its header (hashing the file it just "
+        "wrote, from the page cache) on the recorder's writer thread; 'digest write ratio' = its time / "
+        "the same write with `digest=False` (the plain write); 'verify' = warm `load_snapshot` (every "
+        "tensor touched) minus the same with `verify=False`; hashlib releases the GIL while hashing",
         "- MB = 10^6 bytes",
     ]
-    w_cols = ["snapshot", "tensors", "file MB", "raw write+fsync MB/s", "save_snapshot MB/s", "write % of raw",
-              "save_file, no fsync MB/s"]
-    r_cols = ["snapshot", "load_snapshot lazy cold ms", "raw read cold MB/s", "load_snapshot cold MB/s", "read cold % of raw",
+    w_cols = ["snapshot", "tensors", "file MB", "raw write+fsync MB/s", "save_snapshot MB/s",
+              "write % of raw", "no digest MB/s", "digest write ratio", "save_file, no fsync MB/s"]
+    r_cols = ["snapshot", "load_snapshot lazy cold ms", "raw read cold MB/s", "load_snapshot cold MB/s",
+              "read cold % of raw",
               "raw read warm MB/s", "load_snapshot warm MB/s", "one tensor MB", "one tensor cold ms",
-              "one tensor warm ms"]
+              "one tensor warm ms", "verify ms", "verify load ratio warm"]
     C.write_result("snapshot_io", "Snapshot I/O: recorder writes and lazy reads vs raw file I/O", intro,
                    [("Writes", C.table(rows, w_cols)), ("Reads", C.table(rows, r_cols))],
                    libs=("safetensors", "numpy"))

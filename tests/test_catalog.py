@@ -111,11 +111,13 @@ def test_corrupt_runs_are_skipped_and_named_others_open(copy):
     chunk = copy / "sgd-c" / "steps" / "chunk-00000001.parquet"
     chunk.write_bytes(chunk.read_bytes()[:100])
     cat = connect(copy)
-    assert [r.run_id for r in cat.runs] == ["adam-a"]
+    assert [r.run_id for r in cat.runs] == ["adam-a", "sgd-c"]  # one bad chunk skips only itself
     notes = " ".join(cat.notes)
     assert str(copy / "sgd-b" / "run.json") in notes
     assert str(chunk) in notes
-    assert rows(cat, "SELECT DISTINCT run_id FROM steps") == [{"run_id": "adam-a"}]
+    assert rows(cat, "SELECT DISTINCT run_id FROM steps ORDER BY 1") == [{"run_id": "adam-a"}, {"run_id": "sgd-c"}]
+    assert rows(cat, "SELECT count(*) AS n, count(*) FILTER (step BETWEEN 128 AND 255) AS hole "
+                     "FROM steps WHERE run_id = 'sgd-c'") == [{"n": 300 - 128, "hole": 0}]  # chunk 1 left out
     with pytest.raises(RunFormatError, match="run.json"):
         connect(copy / "sgd-b", strict=True)
 

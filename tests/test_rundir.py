@@ -77,7 +77,8 @@ def test_missing_or_unparseable_manifest(tmp_path):
 
 
 def test_newer_format_version_is_refused(tmp_path):
-    d = _run(tmp_path, {**MANIFEST, "format_version": 2})
+    d = _run(tmp_path)
+    (d / "run.json").write_text(json.dumps({**MANIFEST, "format_version": 2}))  # a newer writer
     with pytest.raises(UnsupportedVersionError, match=r"run\.json.*format_version 2.*\(1\)"):
         open_run(d)
 

@@ -167,6 +167,7 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
             message = "no evidence to judge: " + next(iter(ev.skipped.values()), "no snapshots")
         results.append(SpikeResult(ctx, source, verdict, score, message, ev, findings))
 
+    notes.extend(run.notes)  # files the reader skipped or tolerated, each named
     analysis = Analysis(run_id, results, settings, str(dev), notes)
     if write:
         analysis.path = write_analysis(run.path, _tables(analysis), _meta(analysis, rules))

@@ -2,23 +2,23 @@
 
 A path holding `run.json` is a run; any other folder stands for its direct subfolders that
 hold one. Checking reads only JSON and Parquet footers, so it is cheap; what it finds missing
-becomes a note, what it finds broken makes the run skipped with the file named.
+becomes a note; one unreadable steps chunk is left out with a note naming it; a broken
+run.json, events.jsonl or analysis file, or a file outside the run, makes the run skipped
+with the file named.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forensics.rundir.events import read_events
+from forensics.rundir.analysis import analysis_files
 from forensics.rundir.format import (
-    ANALYSIS_DIR, EVENTS_FILE, MANIFEST_FILE, CorruptFileError, RunFormatError,
+    ANALYSIS_TABLES, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_DIR, CorruptFileError, RunFormatError,
 )
-from forensics.rundir.manifest import read_manifest
-from forensics.rundir.steps import chunk_files
-
-ANALYSIS_TABLES = ("spikes", "measurements", "findings")
+from forensics.rundir.paths import folder_inside
+from forensics.rundir.reader import open_run
+from forensics.rundir.steps import check_chunks, skip_note
 
 
 @dataclass
@@ -32,6 +32,8 @@ class RunEntry:
     step_columns: list[str] = field(default_factory=list)  # union over chunks, in order
     step_types: dict[str, str] = field(default_factory=dict)  # column -> DuckDB type, when plain
     steps_uniform: bool = True  # every chunk has the same columns (no union_by_name needed)
+    steps_complete: bool = True  # no chunk was skipped (a view may glob steps/*.parquet)
+    skipped_files: list[Path] = field(default_factory=list)  # unreadable files left out (named in notes)
     num_steps: int = 0
     has_events: bool = False
     analyzed: bool = False
@@ -68,124 +70,98 @@ def find_runs(paths) -> tuple[list[Path], list[str]]:
 
 
 def inspect_run(con, path: Path) -> RunEntry:
-    """Read the manifest and check every Parquet footer of one run; raise RunFormatError if broken."""
-    manifest = read_manifest(path)
-    run_id = str(manifest.get("run_id") or path.name)
-    entry = RunEntry(run_id=run_id, path=path, manifest=manifest)
+    """Check one run as the run-directory reader does (run.json and events.jsonl validated,
+    every file inside the run) and read its Parquet footers; raise RunFormatError if broken.
 
-    entry.step_files = chunk_files(path)
+    A steps chunk that cannot be read as steps is left out with a note naming it (the view then
+    lists the remaining chunks explicitly). `con` is unused (kept for callers).
+    """
+    run = open_run(path)
+    entry = RunEntry(run_id=str(run.run_id), path=path, manifest=run.manifest)
+
+    footers, skipped = check_chunks(path)
+    entry.step_files = list(footers)
+    entry.notes.extend(skip_note(p, why) for p, why in skipped.items())
+    entry.skipped_files = list(skipped)
+    entry.steps_complete = not skipped
     if entry.step_files:
-        facts = _parquet_facts(con, entry.step_files)
-        entry.num_steps, entry.step_columns, entry.step_types, entry.steps_uniform = facts
-    else:
+        entry.num_steps, entry.step_columns, entry.step_types, entry.steps_uniform = \
+            _parquet_facts(entry.step_files, footers)
+    elif not skipped:
         entry.notes.append("no steps/*.parquet: its steps are empty")
 
-    events = path / EVENTS_FILE
-    entry.has_events = events.is_file()
+    folder_inside(path, SNAPSHOTS_DIR)  # a snapshots/ linked out of the run refuses the run
+    entry.has_events = (path / EVENTS_FILE).is_file()
     if not entry.has_events:
         entry.notes.append("no events.jsonl: its online spikes, snapshots and events are empty")
     else:
-        try:
-            read_events(path)
-        except CorruptFileError as e:
-            entry.notes.append(f"{e}; unparseable lines are ignored")
+        run.events  # noqa: B018  (checks every line; a bad one refuses the run, naming it)
+    entry.notes.extend(run.notes)
 
-    _inspect_analysis(con, entry)
+    _inspect_analysis(entry)
     return entry
 
 
-def _inspect_analysis(con, entry: RunEntry) -> None:
-    folder = entry.path / ANALYSIS_DIR
-    meta = folder / "meta.json"
-    if not meta.is_file():
-        partial = folder.is_dir() and any((folder / f"{t}.parquet").is_file() for t in ANALYSIS_TABLES)
+def _inspect_analysis(entry: RunEntry) -> None:
+    meta, files = analysis_files(entry.path)
+    if meta is None:
         entry.notes.append(
-            ("analysis incomplete (no analysis/meta.json)" if partial else "never analyzed")
+            ("analysis incomplete (no analysis/meta.json)" if files else "never analyzed")
             + ": spikes are the online detector's, measurements and findings are empty "
               f"(run `forensics analyze {entry.path}`)")
         return
-    try:
-        info = json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFileError(meta, f"cannot parse as JSON ({e})") from None
     entry.analyzed = True
-    entry.analyzed_at = str(info.get("created")) if isinstance(info, dict) and info.get("created") else None
+    entry.analyzed_at = str(meta["created"]) if meta.get("created") else None
     for table in ANALYSIS_TABLES:
-        file = folder / f"{table}.parquet"
-        if file.is_file():
-            _, entry.analysis_columns[table], entry.analysis_types[table], _ = _parquet_facts(con, [file])
+        if table in files:
+            _, entry.analysis_columns[table], entry.analysis_types[table], _ = _parquet_facts([files[table]])
         else:
             entry.notes.append(f"analysis/{table}.parquet missing: its {table} are empty")
 
 
-def _parquet_facts(con, files: list[Path]) -> tuple[int, list[str], dict[str, str], bool]:
-    """From the footers of Parquet `files`: total rows, the union of top-level column names
-    in order, their DuckDB types where plain and the same in every file, and whether every
-    file has the same columns."""
-    names = [str(f) for f in files]
-    try:
-        rows = con.execute("SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata(?)",
-                           [names]).fetchall()[0][0]
-        schema = con.execute("SELECT file_name, name, num_children, type, converted_type, "
-                             "logical_type FROM parquet_schema(?)", [names]).fetchall()
-    except Exception:  # find the culprit to name it
-        for f in files:
-            try:
-                con.execute("SELECT 1 FROM parquet_file_metadata(?)", [str(f)]).fetchall()
-            except Exception as e:
-                raise CorruptFileError(f, f"cannot read Parquet footer ({_first_line(e)})") from None
-        raise
-    columns: list[str] = []
+def _parquet_facts(files: list[Path], footers: dict | None = None
+                   ) -> tuple[int, list[str], dict[str, str], bool]:
+    """From the footers of Parquet `files` (read here unless given in `footers`): total rows,
+    the union of top-level column names in order, their DuckDB types where plain and the same
+    in every file, and whether every file has the same columns.
+
+    Raises:
+        CorruptFileError: naming the first file whose footer cannot be read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, columns, column_sets = 0, [], set()
     types: dict[str, str | None] = {}
-    by_file: dict[str, list[tuple]] = {}
-    for file_name, name, num_children, ptype, converted, logical in schema:
-        by_file.setdefault(file_name, []).append(
-            (name, int(num_children or 0), _plain_type(ptype, converted, logical)))
-    column_sets = set()
-    for elements in by_file.values():
-        top = _top_level(elements)
-        column_sets.add(tuple(name for name, _ in top))
-        for name, sqltype in top:
-            if name not in columns:
-                columns.append(name)
-                types[name] = sqltype
-            elif types[name] != sqltype:
-                types[name] = None
+    for f in files:
+        try:
+            meta = (footers or {}).get(f) or pq.read_metadata(f)
+            schema = meta.schema.to_arrow_schema()
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptFileError(f, f"cannot read Parquet footer ({_first_line(e)})") from None
+        rows += meta.num_rows
+        column_sets.add(tuple(schema.names))
+        for field_ in schema:
+            sqltype = _plain_type(field_.type)
+            if field_.name not in types:
+                columns.append(field_.name)
+                types[field_.name] = sqltype
+            elif types[field_.name] != sqltype:
+                types[field_.name] = None
     plain = {c: t for c, t in types.items() if t is not None}
     return int(rows), columns, plain, len(column_sets) <= 1
 
 
-_PLAIN = {"INT64": "BIGINT", "INT32": "INTEGER", "DOUBLE": "DOUBLE", "FLOAT": "FLOAT",
-          "BOOLEAN": "BOOLEAN"}
+def _plain_type(arrow_type) -> str | None:
+    """The DuckDB type of a plain Arrow column type (ints, floats, bool, string), else None."""
+    import pyarrow as pa
 
-
-def _plain_type(ptype, converted, logical) -> str | None:
-    """The DuckDB type of a Parquet leaf with no (or a string) annotation, else None."""
-    if ptype == "BYTE_ARRAY" and (converted == "UTF8" or "String" in str(logical or "")):
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return "VARCHAR"
-    if converted is None and logical is None:
-        return _PLAIN.get(ptype)
-    return None
-
-
-def _top_level(elements: list[tuple]) -> list[tuple[str, str | None]]:
-    """Top-level (name, plain type) from a depth-first Parquet schema list (root first);
-    a nested column has no plain type."""
-    out, i = [], 1
-    for _ in range(elements[0][1] if elements else 0):
-        name, children, sqltype = elements[i]
-        out.append((name, None if children else sqltype))
-        i = _skip(elements, i)
-    return out
-
-
-def _skip(elements: list[tuple], i: int) -> int:
-    """Index just past element i and all its descendants."""
-    children = elements[i][1]
-    i += 1
-    for _ in range(children):
-        i = _skip(elements, i)
-    return i
+    return {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
+            pa.float32(): "FLOAT", pa.bool_(): "BOOLEAN"}.get(arrow_type)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -70,9 +70,11 @@ def render_text(spikes: list[dict], runs=(), *, hints: bool = True) -> list[str]
         by_run.setdefault(s["run"], []).append(s)
     order = [r.run_id for r in runs] + [r for r in by_run if r not in {x.run_id for x in runs}]
     steps = {r.run_id: r.num_steps for r in runs}
+    skipped = {r.run_id: len(r.skipped_files) for r in runs}
     for run in order:
         if run not in by_run:
-            lines.append(f"{run}: no spikes ({steps.get(run, 0)} steps)")
+            gap = f"; {skipped[run]} unreadable file(s) skipped, see the notes" if skipped.get(run) else ""
+            lines.append(f"{run}: no spikes ({steps.get(run, 0)} steps{gap})")
             continue
         for s in by_run[run]:
             lines.append(_header(s))

@@ -168,10 +168,10 @@ def _lit(text) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def _files(folder: Path, pattern: str, files: list[Path]) -> str:
+def _files(folder: Path, pattern: str, files: list[Path], *, glob: bool = True) -> str:
     """A glob over `folder` (new chunks of a live run appear), or the explicit list when the
-    folder's name holds glob characters."""
-    if any(ch in str(folder) for ch in "*?[]{}"):
+    folder's name holds glob characters or some file was left out (`glob=False`)."""
+    if not glob or any(ch in str(folder) for ch in "*?[]{}"):
         return "[" + ", ".join(_lit(f) for f in files) + "]"
     return _lit(f"{folder}/{pattern}")
 
@@ -185,7 +185,7 @@ def _create_views(con, runs: list[RunEntry]) -> None:
     create_run_table(con, runs)
 
     steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns, r.step_types)} "
-             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files)}"
+             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files, glob=r.steps_complete)}"
              f"{'' if r.steps_uniform else ', union_by_name = true'})" for r in runs if r.step_files]
     con.execute(f"CREATE VIEW steps AS {_union('steps', steps)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -78,3 +79,50 @@ def write_with(final: Path | str, writer: Callable[[Path], None], *, fsync: bool
 def write_json(final: Path | str, obj, *, fsync: bool = True) -> None:
     """Write `obj` as indented JSON to `final` atomically."""
     write_bytes(final, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=fsync)
+
+
+_TEMP_TAIL = re.compile(re.escape(TMP_MARK) + r"(\d+)-\d+$")
+
+
+def clean_stale_temps(run_dir: Path | str) -> list[Path]:
+    """Delete the temp files interrupted writers left in a run (`<name>.tmp-<pid>-<n>` in the
+    run folder, steps/, snapshots/, analysis/); return the paths removed.
+
+    A temp file is stale when no process with its pid is alive (a writer killed with SIGKILL
+    leaves one behind; readers ignore them, but they hold disk). Temp files of live processes,
+    this one included, are kept: they may be writes in progress. Only regular files directly
+    in those folders are touched, and only in folders that lie inside the run (links out are
+    not followed). Call it when a run is opened for writing and when it is closed.
+    """
+    from forensics.rundir.format import ANALYSIS_DIR, SNAPSHOTS_DIR, STEPS_DIR
+    from forensics.rundir.paths import is_regular_file, root_of
+
+    root = root_of(run_dir)
+    removed = []
+    for name in ("", STEPS_DIR, SNAPSHOTS_DIR, ANALYSIS_DIR):
+        folder = Path(run_dir) / name
+        if not folder.is_dir() or (folder.resolve() != root and root not in folder.resolve().parents):
+            continue
+        for path in folder.iterdir():
+            m = _TEMP_TAIL.search(path.name)
+            if m is None or path.is_symlink() or not is_regular_file(path) or _alive(int(m.group(1))):
+                continue
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:  # another cleaner got it first
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is not ours, or cannot tell: keep its files
+    return True

@@ -1,13 +1,16 @@
-"""`events.jsonl`: an append-only log of spikes, snapshots and warnings; torn last line tolerated."""
+"""`events.jsonl`: an append-only log of spikes, snapshots and warnings; its writer and its checked reader."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
-from forensics.rundir.format import EVENTS_FILE, CorruptFileError
+from forensics.rundir.checks import Invalid, need, need_int, need_number, need_type, short
+from forensics.rundir.format import EVENTS_FILE, CorruptFileError, OutsideRunError, RunFormatWarning
+from forensics.rundir.paths import inside, is_regular_file
 
 
 def _clean(value):
@@ -60,25 +63,99 @@ class EventLog:
         return event
 
 
-def read_events(run_dir: Path | str) -> list[dict]:
-    """All events in order; a torn or unparseable *last* line is ignored, earlier ones raise."""
+# What each event type must hold (docs/format.md): key -> (check, required). Unknown event
+# types and unknown keys are kept unchecked: a newer writer may add them.
+_INT, _INT_OR_NULL, _NUM, _STR, _BOOL = "int", "int|null", "number", "str", "bool"
+_EVENT_FIELDS = {
+    "spike_open": {"spike_id": (_INT, True), "step": (_INT, True), "loss": (_NUM, False),
+                   "baseline": (_NUM, False), "score": (_NUM, False), "signal": (_STR, False)},
+    "spike": {"spike_id": (_INT, True), "onset": (_INT, True), "peak": (_INT, True),
+              "end": (_INT_OR_NULL, False), "peak_loss": (_NUM, True), "baseline": (_NUM, True),
+              "magnitude": (_NUM, True), "signal": (_STR, False), "nonfinite": (_BOOL, False)},
+    "snapshot": {"step": (_INT, True), "role": (_STR, False), "spike_id": (_INT_OR_NULL, False),
+                 "file": (_STR, True), "bytes": (_INT, False)},
+    "warning": {"step": (_INT_OR_NULL, False), "message": (_STR, False)},
+    "close": {"step": (_INT, False), "wall_time": (_NUM, False)},
+}
+# What a killed append can leave: a prefix of `{"type": "` or of one line written by EventLog.
+_LINE_START = b'{"type": "'
+
+
+def check_event(event) -> None:
+    """Raise `Invalid` (from forensics.rundir.checks) naming the key of `event` that is wrong."""
+    if not isinstance(event, dict):
+        raise Invalid(f"not a JSON object: {short(event)}")
+    need(isinstance(event.get("type"), str), "type", event.get("type"), "a string")
+    for key, (kind, required) in _EVENT_FIELDS.get(event["type"], {}).items():
+        if kind == _INT or kind == _INT_OR_NULL:
+            need_int(event, key, optional=not required, nullable=kind == _INT_OR_NULL,
+                     minimum=0 if key == "bytes" else None)
+        elif kind == _NUM:
+            need_number(event, key, optional=not required, nullable=True)
+        else:
+            need_type(event, key, str if kind == _STR else bool, f"a {kind}", optional=not required)
+
+
+def _torn(tail: bytes) -> bool:
+    """A last line without its newline that a killed append can leave (a start of an event
+    line), or zeros a lost write can leave; anything else is garbage."""
+    return (tail.startswith(_LINE_START) or _LINE_START.startswith(tail)
+            or not tail.strip(b"\x00"))
+
+
+def read_events(run_dir: Path | str, *, notes: list | None = None) -> list[dict]:
+    """Every event of `events.jsonl`, in order, each checked (`check_event`), snapshot files
+    checked to lie inside the run. [] when the file does not exist.
+
+    Every line ending in a newline must be a valid event. Only the last line, when it lacks
+    its newline, is not a JSON object and looks like an interrupted append (see `_torn`), is
+    dropped: with a note appended to `notes`, or a `RunFormatWarning` when `notes` is None.
+
+    Raises:
+        CorruptFileError: a complete line is not JSON or not a valid event; the message
+            names the file, the line and the key.
+        OutsideRunError: a `snapshot` event's `file` resolves outside the run directory.
+    """
     path = Path(run_dir) / EVENTS_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
+    inside(run_dir, EVENTS_FILE)
+    if not is_regular_file(path):
+        raise CorruptFileError(path, "not a regular file")
     raw = path.read_bytes()
     lines = raw.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    if tail.strip() and (_is_object(tail) or not _torn(tail)):
+        lines.append(tail)  # a whole event lacking only its newline, or garbage: checked like any line
+    elif tail.strip():
+        _note(notes, f"{path}: torn last line ({len(tail)} bytes, an interrupted write) ignored")
     events = []
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        last = all(not rest.strip() for rest in lines[i + 1:])
         try:
             event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError) as e:
-            if last:
-                break
-            raise CorruptFileError(path, f"line {i + 1} is not a JSON object ({e})") from None
+            check_event(event)
+            if event["type"] == "snapshot":
+                inside(run_dir, event["file"], what="snapshot file")
+        except OutsideRunError as e:
+            raise OutsideRunError(path, f"line {i}: {e.reason}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            what = str(e) if isinstance(e, Invalid) else f"not JSON ({e})"
+            raise CorruptFileError(path, f"line {i}: {what}") from None
         events.append(event)
     return events
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+def _note(notes: list | None, text: str) -> None:
+    if notes is None:
+        warnings.warn(text, RunFormatWarning, stacklevel=3)
+    else:
+        notes.append(text)

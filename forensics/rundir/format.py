@@ -14,30 +14,11 @@ SNAPSHOTS_DIR = "snapshots"
 ANALYSIS_DIR = "analysis"
 TMP_MARK = ".tmp-"
 
-# Tensor-name prefixes inside a snapshot file.
-PARAM = "param/"
-GRAD = "grad/"
-BATCH = "batch/"
-STATE = "state/"  # generic optimizer state: state/<key>/<name>
-KNOWN_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+# Tensor-name prefix of generic optimizer state inside a snapshot file: state/<key>/<name>.
+STATE = "state/"
 
-ROLES = ("pre", "onset", "during", "post", "baseline")
-
-# Snapshot metadata keys (all values are strings).
-META_FORMAT_VERSION = "format_version"
-META_RUN_ID = "run_id"
-META_STEP = "step"
-META_LOSS = "loss"
-META_ROLE = "role"
-META_SPIKE_ID = "spike_id"
-META_OPTIMIZER = "optimizer"
-META_OPTIMIZER_STEP = "optimizer_step"
-META_BETAS = "betas"
-META_DECOUPLED = "decoupled_weight_decay"
-META_PARAM_GROUPS = "param_groups"
-META_GRAD_CLIPPED = "grad_clipped"
-META_BATCH_KEYS = "batch_keys"
-META_SCALAR_HPARAMS = ("lr", "eps", "weight_decay", "momentum", "dampening")
+# Snapshot metadata key holding the file's own SHA-256 digest (docs/format.md, "Integrity").
+DIGEST_KEY = "sha256"
 
 # Columns of steps/*.parquet, in order.
 STEP_COLUMNS = (
@@ -109,6 +90,7 @@ class RunFormatError(ValueError):
 
     def __init__(self, path: Path | str, message: str):
         self.path = Path(path)
+        self.reason = message
         super().__init__(f"{self.path}: {message}")
 
 
@@ -122,3 +104,12 @@ class CorruptFileError(RunFormatError):
 
 class UnsupportedVersionError(RunFormatError):
     """The run was written by a newer format version than this reader supports."""
+
+
+class OutsideRunError(RunFormatError):
+    """A file the run names (an events.jsonl entry, a linked folder or file) resolves outside
+    the run directory: it is never opened."""
+
+
+class RunFormatWarning(UserWarning):
+    """One file of a run was skipped (named in the message); the rest of the run was read."""

@@ -1,52 +1,27 @@
 """Read a run directory: `open_run(path) -> Run` with manifest, steps, spikes, snapshots, events.
 
-Reading executes no code from the run: JSON, Parquet and safetensors only.
+Reading executes no code from the run: JSON, Parquet and safetensors only. Every file read
+lies inside the run directory (forensics.rundir.paths). run.json and events.jsonl are checked
+once, here: a wrong one raises `RunFormatError` naming it. One bad steps chunk or snapshot
+file is skipped and named in `Run.notes`; the rest of the run still reads.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from forensics.rundir.events import read_events
-from forensics.rundir.format import SNAPSHOTS_DIR, MissingFileError, is_temp
-from forensics.rundir.manifest import read_manifest
-from forensics.rundir.snapshots import Snapshot, load_snapshot
+from forensics.rundir.format import DIGEST_KEY, SNAPSHOTS_DIR, MissingFileError, RunFormatError, is_temp
+from forensics.rundir.manifest import Manifest, load_manifest
+from forensics.rundir.paths import folder_inside, inside
+from forensics.rundir.snapshots import Snapshot, load_snapshot, read_meta
+from forensics.rundir.spikes import Spike, spikes_from_events
 from forensics.rundir.steps import read_steps
 
-
-def _num(value):
-    """Event numbers may be stored as "nan"/"inf" strings (JSON has no NaN)."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-@dataclass(frozen=True)
-class Spike:
-    """One spike as seen by the online detector (`spike` event) or `detect_offline`."""
-
-    spike_id: int
-    onset: int
-    peak: int
-    end: int | None
-    peak_loss: float
-    baseline: float
-    magnitude: float
-    signal: str = "loss"
-    nonfinite: bool = False
-
-    @classmethod
-    def from_event(cls, e: dict) -> "Spike":
-        return cls(spike_id=int(e["spike_id"]), onset=int(e["onset"]), peak=int(e["peak"]),
-                   end=None if e.get("end") is None else int(e["end"]),
-                   peak_loss=float(_num(e["peak_loss"])), baseline=float(_num(e["baseline"])),
-                   magnitude=float(_num(e["magnitude"])), signal=e.get("signal", "loss"),
-                   nonfinite=bool(e.get("nonfinite", False)))
+__all__ = ["Run", "SnapshotInfo", "Spike", "open_run"]
 
 
 @dataclass(frozen=True)
@@ -60,81 +35,83 @@ class SnapshotInfo:
     bytes: int
 
     def load(self, device: str = "cpu", *, include=None) -> Snapshot:
-        """Read the tensors (optionally only `include` kinds: param, grad, state, batch)."""
+        """Read the tensors (optionally only `include` kinds: param, grad, state, batch),
+        after checking the file's digest (`Snapshot.verified`; CorruptFileError on mismatch)."""
         return load_snapshot(self.path, device=device, include=include)
 
 
 class Run:
-    """A run directory opened for reading; everything is read lazily and cached."""
+    """A run directory opened for reading; run.json is read and checked at once, everything
+    else lazily (and cached). `notes` collects what was skipped or tolerated, one sentence
+    each naming the file, as the parts are read."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        self.info: Manifest = load_manifest(self.path)
+        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, run_id={self.run_id!r})"
 
+    @cached_property
+    def manifest(self) -> dict:
+        """run.json as a JSON object (checked; `info` is the same, typed)."""
+        return self.info.to_dict()
+
     @property
     def run_id(self) -> str:
-        return self.manifest.get("run_id", self.path.name)
+        """run.json's run_id, or the folder's name when it has none."""
+        return self.info.run_id or self.path.name
 
     @cached_property
     def events(self) -> list[dict]:
-        """Every event of `events.jsonl`, in order (a torn last line ignored)."""
-        return read_events(self.path)
+        """Every event of `events.jsonl`, in order, checked (a torn last line dropped, noted)."""
+        return read_events(self.path, notes=self.notes)
 
     @cached_property
     def steps(self):
-        """All per-step scalars as one pyarrow Table, sorted by step."""
-        return read_steps(self.path)
+        """All per-step scalars as one pyarrow Table, sorted by step (bad chunks skipped, noted)."""
+        return read_steps(self.path, notes=self.notes)
 
     @cached_property
     def spikes(self) -> list[Spike]:
         """Closed spikes, plus spikes still open when the run ended (end=None)."""
-        closed = {e["spike_id"]: Spike.from_event(e) for e in self.events if e.get("type") == "spike"}
-        for e in self.events:
-            if e.get("type") == "spike_open" and e["spike_id"] not in closed:
-                loss = float(_num(e.get("loss", float("nan"))))
-                base = float(_num(e.get("baseline", float("nan"))))
-                closed[e["spike_id"]] = Spike(
-                    spike_id=int(e["spike_id"]), onset=int(e["step"]), peak=int(e["step"]),
-                    end=None, peak_loss=loss, baseline=base,
-                    magnitude=loss / base if base else float("nan"),
-                    signal=e.get("signal", "loss"), nonfinite=loss != loss or abs(loss) == float("inf"))
-        return sorted(closed.values(), key=lambda s: s.onset)
+        return spikes_from_events(self.events)
 
     @cached_property
     def snapshots(self) -> list[SnapshotInfo]:
-        """Snapshots recorded in events whose file exists, sorted by step.
-
-        Files present on disk but missing from the log (a crash between rename and append)
-        are included too, with role read from their metadata.
-        """
-        folder = self.path / SNAPSHOTS_DIR
+        """Snapshots recorded in events whose file is there and has a readable header, sorted
+        by step. Files present on disk but missing from the log (a crash between rename and
+        append) are included too, with role read from their metadata. A file that is not a
+        regular file or has a broken header is skipped with a note naming it."""
+        folder = folder_inside(self.path, SNAPSHOTS_DIR)
+        last = {e["step"]: e for e in self.events if e.get("type") == "snapshot"}  # a rewrite wins
+        listed = [(step, e, self.path / e["file"]) for step, e in last.items()]  # read_events checked them
+        on_disk = [(_step_of(p), None, p)
+                   for p in (sorted(folder.glob("step-*.safetensors")) if folder is not None else ())]
+        for _, _, p in on_disk:
+            if p.is_symlink():  # the folder is inside; only a link can lead out
+                inside(self.path, Path(SNAPSHOTS_DIR) / p.name, what="snapshot file")
         infos: dict[int, SnapshotInfo] = {}
-        for e in self.events:
-            if e.get("type") != "snapshot":
+        metas: dict[Path, dict | None] = {}
+        for step, event, p in listed + on_disk:
+            if step is None or step in infos:
                 continue
-            p = self.path / e["file"]
-            if p.is_file():
-                infos[int(e["step"])] = SnapshotInfo(
-                    step=int(e["step"]), role=e.get("role", ""), spike_id=e.get("spike_id"),
-                    path=p, bytes=int(e.get("bytes", p.stat().st_size)))
-        if folder.is_dir():
-            from forensics.rundir.snapshots import read_meta
-
-            for p in folder.glob("step-*.safetensors"):
-                if is_temp(p):
-                    continue
-                try:
-                    step = int(p.stem.split("-")[1])
-                except (IndexError, ValueError):
-                    continue
-                if step not in infos:
-                    meta = read_meta(p)
-                    infos[step] = SnapshotInfo(step=step, role=str(meta.get("role", "")),
-                                               spike_id=meta.get("spike_id"), path=p,
-                                               bytes=p.stat().st_size)
+            if not os.path.lexists(p):
+                self.notes.append(f"{p}: listed in events.jsonl but missing")
+                continue
+            if p not in metas:
+                metas[p] = _header(p, self.notes)
+            meta = metas[p]
+            if meta is None:
+                continue
+            event = event or {"role": str(meta.get("role", "")), "spike_id": meta.get("spike_id")}
+            infos[step] = SnapshotInfo(step=step, role=event.get("role", ""), spike_id=event.get("spike_id"),
+                                       path=p, bytes=event.get("bytes", p.stat().st_size))
+        unverified = sum(1 for s in infos.values() if DIGEST_KEY not in metas[s.path])
+        if unverified:
+            self.notes.append(f"{unverified} of {len(infos)} snapshots record no digest (written before "
+                              "digests): they load unverified")
         return sorted(infos.values(), key=lambda s: s.step)
 
     def snapshot(self, step: int) -> SnapshotInfo:
@@ -147,9 +124,29 @@ class Run:
                        f"{'...' if len(steps) > 20 else ''})")
 
 
+def _step_of(path: Path) -> int | None:
+    if is_temp(path):
+        return None
+    try:
+        return int(path.stem.split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _header(path: Path, notes: list[str]) -> dict | None:
+    """The decoded metadata of a snapshot file, or None (with a note naming it) when it is not
+    a regular file or its header is unreadable."""
+    try:
+        return read_meta(path)
+    except RunFormatError as e:
+        notes.append(f"{path}: skipped ({e.reason}); the other snapshots are read")
+        return None
+
+
 def open_run(path: Path | str) -> Run:
     """Open a run directory for reading. Raises `RunFormatError` (a ValueError) naming the file
-    when run.json is missing, unparseable, or from a newer format version.
+    when run.json is missing, unparseable, has a key of the wrong type, or is from a newer
+    format version. Later reads raise it for events.jsonl and for files outside the run.
 
     Example:
         >>> run = open_run("runs/my-run")          # doctest: +SKIP

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from forensics.rundir import atomic
+from forensics.rundir.digest import PLACEHOLDER, seal, verify_digest
 from forensics.rundir.format import (
-    STATE, CorruptFileError, MissingFileError,
+    DIGEST_KEY, STATE, CorruptFileError, MissingFileError,
 )
+from forensics.rundir.paths import is_regular_file
 
-_STRING_META = {"run_id", "role", "optimizer"}
+_STRING_META = {"run_id", "role", "optimizer", DIGEST_KEY}
 
 
 def encode_meta(meta: dict[str, Any]) -> dict[str, str]:
@@ -57,13 +59,25 @@ def decode_meta(meta: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def save_snapshot(path: Path | str, tensors: dict, meta: dict[str, Any]) -> int:
-    """Save `{name: tensor}` (CPU, contiguous) with metadata atomically; return the file size."""
+def save_snapshot(path: Path | str, tensors: dict, meta: dict[str, Any], *, digest: bool = True) -> int:
+    """Save `{name: tensor}` (CPU, contiguous) with metadata atomically; return the file size.
+
+    With `digest` (default) the file carries its own SHA-256 in the metadata key `sha256`
+    (see `forensics.rundir.digest`), computed here, on the caller's (writer) thread, over the
+    bytes written; `load_snapshot` verifies it.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=encode_meta(meta)))
+    meta = {**meta, DIGEST_KEY: PLACEHOLDER} if digest else meta
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=encode_meta(meta))
+        if digest:
+            seal(tmp)
+
+    atomic.write_with(path, write)
     return path.stat().st_size
 
 
@@ -77,13 +91,16 @@ class Snapshot:
     grads: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # state name -> {param name: tensor}
     batch: dict = field(default_factory=dict)
+    verified: bool | None = None  # True: digest checked; False: none recorded; None: not checked
 
     @property
     def exp_avg(self) -> dict:
+        """Adam's m_{t-1} by parameter name ({} for other optimizers)."""
         return self.state.get("exp_avg", {})
 
     @property
     def exp_avg_sq(self) -> dict:
+        """Adam's v_{t-1} by parameter name ({} for other optimizers)."""
         return self.state.get("exp_avg_sq", {})
 
 
@@ -99,7 +116,11 @@ def _split(name: str) -> tuple[str, str | None, str]:
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
-    """Decoded metadata of a snapshot file, without reading tensor data."""
+    """Decoded metadata of a snapshot file, without reading tensor data.
+
+    Raises:
+        MissingFileError / CorruptFileError: naming the file.
+    """
     return decode_meta(_open(path, "cpu").metadata())
 
 
@@ -107,20 +128,31 @@ def _open(path: Path | str, device: str):
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(path, "snapshot file is missing")
+    if not is_regular_file(path):
+        raise CorruptFileError(path, "not a regular file (a FIFO, device or folder): not opened")
     try:
         return safe_open(str(path), framework="pt", device=device)
     except Exception as e:  # safetensors raises its own error types for bad headers/sizes
         raise CorruptFileError(path, f"truncated or corrupt snapshot ({e})") from None
 
 
-def load_snapshot(path: Path | str, *, device: str = "cpu", include=None) -> Snapshot:
-    """Load a snapshot; `include` limits kinds read (subset of param, grad, state, batch)."""
+def load_snapshot(path: Path | str, *, device: str = "cpu", include=None, verify: bool = True) -> Snapshot:
+    """Load a snapshot; `include` limits kinds read (subset of param, grad, state, batch).
+
+    With `verify` (default) the file's recorded SHA-256 is checked first (`verified` is True);
+    a file recorded before digests loads with `verified` False.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        CorruptFileError: not a regular file, unreadable, or its bytes do not match its digest.
+    """
     path = Path(path)
     f = _open(path, device)
+    verified = verify_digest(path) if verify else None
     meta = decode_meta(f.metadata())
-    snap = Snapshot(step=int(meta.get("step", -1)), meta=meta)
+    snap = Snapshot(step=int(meta.get("step", -1)), meta=meta, verified=verified)
     try:
         for name in f.keys():
             kind, key, rest = _split(name)
@@ -140,4 +172,3 @@ def load_snapshot(path: Path | str, *, device: str = "cpu", include=None) -> Sna
     except Exception as e:
         raise CorruptFileError(path, f"truncated or corrupt snapshot ({e})") from None
     return snap
-

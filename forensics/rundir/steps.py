@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from forensics.rundir import atomic
-from forensics.rundir.format import STEPS_DIR, STEP_COLUMNS, CorruptFileError, chunk_name, is_temp
+from forensics.rundir.format import (
+    STEP_COLUMNS, STEPS_DIR, CorruptFileError, RunFormatWarning, chunk_name, is_temp,
+)
+from forensics.rundir.paths import folder_inside, inside, is_regular_file
 
 
 def _schema():
@@ -43,25 +47,115 @@ def write_chunk(run_dir: Path | str, index: int, rows: dict[str, list]) -> Path:
 
 
 def chunk_files(run_dir: Path | str) -> list[Path]:
-    """The complete chunk files of a run, in step order (temp files ignored)."""
-    folder = Path(run_dir) / STEPS_DIR
-    if not folder.is_dir():
+    """The chunk files of a run, in step order (temp files ignored), each checked to lie inside
+    the run; not checked for content (see `check_chunks`).
+
+    Raises:
+        OutsideRunError: `steps/` or a chunk is a link leaving the run directory.
+    """
+    folder = folder_inside(run_dir, STEPS_DIR)
+    if folder is None:
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not is_temp(p))
+    files = sorted(p for p in folder.glob("*.parquet") if not is_temp(p))
+    for p in files:
+        if p.is_symlink():  # the folder is inside; only a link can lead out
+            inside(run_dir, Path(STEPS_DIR) / p.name, what="steps chunk")
+    return files
 
 
-def read_steps(run_dir: Path | str):
-    """All chunks as one pyarrow Table sorted by `step` (empty table with the schema if none)."""
+def chunk_footer(path: Path | str):
+    """(the Parquet footer of a chunk, None) when it reads as steps, else (None, why).
+
+    Reads only the footer. A documented column (docs/format.md) must hold integers where the
+    contract says int, numbers where it says float64 (or nulls); `step` must be present.
+    Extra columns are free.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = []
+    if not is_regular_file(path):
+        return None, "not a regular file"
+    try:
+        footer = pq.read_metadata(path)
+        schema = footer.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError) as e:
+        return None, f"cannot read Parquet footer ({_first_line(e)})"
+    if "step" not in schema.names:
+        return None, "no step column"
+    contract = _schema()
+    for name in STEP_COLUMNS:
+        if name not in schema.names:
+            continue
+        have, want = schema.field(name).type, contract.field(name).type
+        ok = pa.types.is_null(have) or pa.types.is_integer(have) or (
+            pa.types.is_floating(have) and pa.types.is_floating(want))
+        if not ok:
+            return None, f"column {name!r} is {have}, the contract says {want}"
+    return footer, None
+
+
+def check_chunks(run_dir: Path | str) -> tuple[dict, dict[Path, str]]:
+    """({chunk that reads as steps: its Parquet footer}, {chunk skipped: why}), in step order;
+    see `chunk_footer`.
+
+    Raises:
+        OutsideRunError: `steps/` or a chunk is a link leaving the run directory.
+    """
+    good, skipped = {}, {}
     for path in chunk_files(run_dir):
+        footer, problem = chunk_footer(path)
+        if problem is None:
+            good[path] = footer
+        else:
+            skipped[path] = problem
+    return good, skipped
+
+
+def skip_note(path: Path, why: str) -> str:
+    """The note for a steps chunk left out: names it and says why."""
+    return f"{path}: skipped ({why}); the other steps chunks are read"
+
+
+def read_steps(run_dir: Path | str, *, notes: list | None = None):
+    """All readable chunks as one pyarrow Table sorted by `step`, documented columns in the
+    contract's types (an empty table with the schema if none).
+
+    A chunk that cannot be read as steps (see `chunk_footer`, or data that does not convert)
+    is skipped; its note, naming it, goes to `notes`, or to a `RunFormatWarning` when `notes`
+    is None. Never a silent NULL.
+
+    Raises:
+        OutsideRunError: `steps/` or a chunk is a link leaving the run directory.
+        CorruptFileError: the chunks disagree on the type of an extra column.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files, skipped = check_chunks(run_dir)
+    contract = _schema()
+    tables = []
+    for path in files:
         try:
-            tables.append(pq.read_table(path))
-        except (pa.ArrowInvalid, OSError) as e:
-            raise CorruptFileError(path, f"cannot read Parquet chunk ({e})") from None
+            table = pq.read_table(path)
+            fields = [contract.field(f.name) if f.name in STEP_COLUMNS else f for f in table.schema]
+            tables.append(table.cast(pa.schema(fields)))
+        except (pa.ArrowException, OSError) as e:
+            skipped[path] = _first_line(e)
+    for text in (skip_note(p, why) for p, why in skipped.items()):
+        if notes is None:
+            warnings.warn(text, RunFormatWarning, stacklevel=2)
+        else:
+            notes.append(text)
     if not tables:
-        return _schema().empty_table()
-    table = pa.concat_tables(tables, promote_options="default")
+        return contract.empty_table()
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowException as e:
+        raise CorruptFileError(Path(run_dir) / STEPS_DIR, f"chunks disagree on column types "
+                                                          f"({_first_line(e)})") from None
     return table.sort_by("step")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
