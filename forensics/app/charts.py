@@ -14,11 +14,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-VERDICT_COLORS = {
-    "sharpness": "#d62728", "catapult": "#ff7f0e", "adam_beta2_lag": "#9467bd",
-    "numerical": "#e377c2", "data": "#8c564b", "low_frequency": "#17becf",
-    "condensation": "#bcbd22", "unexplained": "#7f7f7f", "not analyzed": "#b0b0b0",
-}
+from forensics.analyze.mechanisms import UNEXPLAINED
+from forensics.analyze.rules import SPECS
+
+# each mechanism's colour comes from its spec; the two verdicts that are not mechanisms follow
+VERDICT_COLORS = {**{name: spec.colour for name, spec in SPECS.items()},
+                  UNEXPLAINED: "#7f7f7f", "not analyzed": "#b0b0b0"}
 VERDICT_SCALE = alt.Scale(domain=list(VERDICT_COLORS), range=list(VERDICT_COLORS.values()))
 SCALAR_LABELS = {
     "lr": "lr", "grad_norm": "‖g‖", "update_norm": "‖Δθ‖", "param_norm": "‖θ‖",
@@ -231,7 +232,8 @@ def heatmap(matrix, *, title: str, width: int = 260) -> alt.Chart:
     ).properties(title=title, width=width, height=width)
 
 
-def condensation_heatmaps(before, after, *, steps: tuple[int, int]) -> alt.HConcatChart:
+def neuron_cosine_heatmaps(before, after, *, steps: tuple[int, int]) -> alt.HConcatChart:
+    """Two cosine matrices side by side on one colour scale: before and after the spike."""
     return alt.hconcat(heatmap(before, title=f"before: step {steps[0]}"),
                        heatmap(after, title=f"after: step {steps[1]}")).resolve_scale(color="shared")
 

@@ -14,6 +14,14 @@ from forensics.analyze.measure import Skip
 from forensics.math.condensation import condensation_index
 
 
+METRICS = {
+    "condensation_index": ("1", "λ_max(C)/m, C = ŴŴᵀ of the normalised first-layer [w_k; b_k] "
+                           "(Li, Xu & Zhang 2023, arXiv 2305.12133)"),
+    "condensation_share": ("1", "share of first-layer neuron pairs with |C_ij| > 0.95"),
+    "neurons": ("count", "m, the first layer's neurons"),
+}
+
+
 def first_layer_names(model, params: dict) -> tuple[str, str | None] | None:
     """Parameter names (weight, bias or None) of the first layer of neurons, or None."""
     if model is not None:

@@ -21,6 +21,25 @@ from forensics.math.agop import TRUE_AGOP_TASKS, agop, agop_alignment, true_agop
 from forensics.math.ntk import empirical_ntk, eta_crit, loss_split, output_residual
 
 
+METRICS = {
+    "ntk_lambda_max": ("kernel", "top eigenvalue of the empirical NTK K = JJᵀ of the batch outputs"),
+    "ntk_n": ("count", "rows of the (subsampled) onset batch the kernel was taken on"),
+    "ntk_s": ("count", "s, the top eigenvectors used for the loss split (≤ n/4)"),
+    "eta_crit": ("lr", "η_crit = 2n/λ_max(K) for L = (1/2n)‖r‖² (n/λ_max(K) for torch's mean MSE; "
+                 "for other losses the logit Jacobian and n·∂L/∂F as the residual)"),
+    "lr_over_eta_crit": ("1", "η/η_crit: > 1 is past the linearised model's critical lr"),
+    "eta_crit_exact": ("0/1", "1 for MSE, where η_crit is exact; 0 where the (1/2n) scaling is an "
+                       "approximation"),
+    "pl_top": ("loss", "PL_s = (1/n)‖U_sᵀr‖², the loss in the top-s NTK eigenspace (Zhu et al. "
+               "2023, arXiv 2306.04815)"),
+    "pl_rest": ("loss", "PL_s^⊥ = (1/n)‖r‖² − PL_s, the loss outside it"),
+    "ntk_loss": ("loss", "PL_s + PL_s^⊥"),
+    "agop_alignment": ("1", "cos(G, G*) of the AGOP with the task's true AGOP (task.true_agop)"),
+    "agop_alignment_ref": ("1", "cos(G, G_ref) of the AGOP with the AGOP at the reference step, "
+                           "when the task declares no true AGOP"),
+}
+
+
 def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """F − y for mse (so PL_s + PL_s^⊥ is the loss itself), else n·∂L/∂F (any loss)."""
     if loss == "mse":
