@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from forensics.analyze.evidence import Evidence, Finding, SpikeContext, UndeclaredMetric
+from forensics.analyze.evidence import Evidence as _Evidence
+from forensics.analyze.evidence import Finding, SpikeContext, UndeclaredMetric
 from forensics.analyze.measure import METRICS
 from forensics.analyze.rules import SPECS
 from forensics.analyze.verdict import choose_verdict
@@ -33,8 +34,6 @@ def ctx(**kw):
 
 
 def Evidence(context):  # noqa: N802  (strict evidence, as the pipeline builds it)
-    from forensics.analyze.evidence import Evidence as _Evidence
-
     return _Evidence(context, catalog=METRICS)
 
 

@@ -108,7 +108,7 @@ def test_a_threshold_without_its_source_is_refused():
     with pytest.raises(ValueError, match="no source"):
         Threshold(2.0, "")
     with pytest.raises(AttributeError, match="declared: k"):
-        Thresholds(k=(1.0, "rationale: x")).kk
+        _ = Thresholds(k=(1.0, "rationale: x")).kk
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

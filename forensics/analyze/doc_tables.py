@@ -15,8 +15,8 @@ from pathlib import Path
 from forensics.analyze.measure import METRICS
 from forensics.analyze.rules import SPECS
 
-_BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
-                    re.DOTALL)
+_BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+                    r"(<!-- end generated: (?P=name) -->)", re.DOTALL)
 
 
 def _cell(text) -> str:

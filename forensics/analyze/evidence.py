@@ -46,6 +46,7 @@ class SpikeContext:
 
     @property
     def magnitude(self) -> float:
+        """peak_loss / baseline_loss (inf for a non-finite peak or a non-positive baseline)."""
         if not math.isfinite(self.peak_loss) or self.baseline_loss <= 0:
             return math.inf
         return self.peak_loss / self.baseline_loss
@@ -74,6 +75,7 @@ class Evidence:
     catalog: Mapping[str, Mapping[str, Any]] | None = None
 
     def add(self, step: int, engine: str, metric: str, value: float) -> None:
+        """Add one row; UndeclaredMetric when strict and `engine` does not declare `metric`."""
         if self.catalog is not None and metric not in self.catalog.get(engine, ()):
             raise UndeclaredMetric(
                 f"engine {engine!r} wrote metric {metric!r}, which its METRICS do not declare "
@@ -81,20 +83,25 @@ class Evidence:
         self.rows.append((int(step), engine, metric, float(value)))
 
     def add_many(self, step: int, engine: str, values: dict[str, float]) -> None:
+        """Add one row per {metric: value} at `step` (None values are left out)."""
         for metric, value in values.items():
             if value is not None:
                 self.add(step, engine, metric, value)
 
     def skip(self, engine: str, reason: str) -> None:
+        """Record why `engine` did not run (or not fully) on this spike."""
         self.skipped[engine] = reason
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps int64, values float64) of `metric`, sorted by step."""
         return _series(self.rows, metric)
 
     def at(self, metric: str, step: int) -> float | None:
+        """The value of `metric` at `step`, or None."""
         return _at(self.rows, metric, step)
 
     def has(self, metric: str) -> bool:
+        """Whether `metric` was measured at any step."""
         return any(m == metric for _, _, m, _ in self.rows)
 
     def view(self, engines: tuple[str, ...]) -> "EvidenceView":
@@ -124,10 +131,12 @@ class EvidenceView:
 
     @property
     def context(self) -> SpikeContext:
+        """The spike's context (not a measurement: always readable)."""
         return self.evidence.context
 
     @property
     def skipped(self) -> dict[str, str]:
+        """Skip reasons of this view's engines only."""
         return {e: r for e, r in self.evidence.skipped.items() if e in self.engines}
 
     def _rows(self, metric: str):
@@ -137,12 +146,15 @@ class EvidenceView:
         return [r for r in self.evidence.rows if r[1] in self.engines]
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """As `Evidence.series`, for a declared metric of this view's engines."""
         return _series(self._rows(metric), metric)
 
     def at(self, metric: str, step: int) -> float | None:
+        """As `Evidence.at`, for a declared metric of this view's engines."""
         return _at(self._rows(metric), metric, step)
 
     def has(self, metric: str) -> bool:
+        """As `Evidence.has`, for a declared metric of this view's engines."""
         return any(m == metric for _, _, m, _ in self._rows(metric))
 
 
@@ -176,9 +188,11 @@ class Finding:
 
     @property
     def fired(self) -> bool:
+        """Whether the rule fired."""
         return self.status == "fired"
 
     def to_row(self, run_id: str, spike_id: int) -> dict[str, Any]:
+        """The findings.parquet row (evidence and thresholds as JSON text, non-finite as strings)."""
         return {
             "run_id": run_id,
             "spike_id": int(spike_id),

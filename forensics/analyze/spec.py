@@ -117,31 +117,28 @@ class Mechanism:
     tie_break_note: str = ""
 
     def __post_init__(self):
-        problems = []
-        if not self.name.isidentifier():
-            problems.append("name must be a Python identifier (it is the rule file's name)")
-        if self.role not in ROLES:
-            problems.append(f"role {self.role!r} is not one of {ROLES}")
-        if not self.needs or not all(isinstance(e, str) for e in self.needs):
-            problems.append("needs must name at least one engine")
-        if not callable(self.judge):
-            problems.append("judge must be callable")
-        if not self.summary.strip():
-            problems.append("summary is empty")
-        if not isinstance(self.thresholds, Thresholds):
-            problems.append("thresholds must be a Thresholds (each with its source)")
-        if self.badge not in BADGE_COLOURS:
-            problems.append(f"badge {self.badge!r} is not one of {BADGE_COLOURS}")
-        if not _HEX.match(self.colour):
-            problems.append(f"colour {self.colour!r} is not #rrggbb")
-        if not self.panel:
-            problems.append("panel is empty: say what the spike page draws for this rule")
-        if (self.role == "ascent") != (self.precedence is not None):
-            problems.append("precedence is required for ascent rules and only for them")
-        if self.tie_break is not None and not self.tie_break_note.strip():
-            problems.append("a tie_break needs its tie_break_note (docs/analysis.md)")
+        problems = [why for broken, why in self._checks() if broken]
         if problems:
             raise ValueError(f"mechanism spec {self.name!r}: " + "; ".join(problems))
+
+    def _checks(self):
+        """(broken, why) for every requirement on the fields."""
+        yield (not self.name.isidentifier(),
+               "name must be a Python identifier (it is the rule file's name)")
+        yield self.role not in ROLES, f"role {self.role!r} is not one of {ROLES}"
+        yield (not self.needs or not all(isinstance(e, str) for e in self.needs),
+               "needs must name at least one engine")
+        yield not callable(self.judge), "judge must be callable"
+        yield not self.summary.strip(), "summary is empty"
+        yield (not isinstance(self.thresholds, Thresholds),
+               "thresholds must be a Thresholds (each with its source)")
+        yield self.badge not in BADGE_COLOURS, f"badge {self.badge!r} is not one of {BADGE_COLOURS}"
+        yield not _HEX.match(self.colour), f"colour {self.colour!r} is not #rrggbb"
+        yield not self.panel, "panel is empty: say what the spike page draws for this rule"
+        yield ((self.role == "ascent") != (self.precedence is not None),
+               "precedence is required for ascent rules and only for them")
+        yield (self.tie_break is not None and not self.tie_break_note.strip(),
+               "a tie_break needs its tie_break_note (docs/analysis.md)")
 
     @property
     def is_verdict(self) -> bool:

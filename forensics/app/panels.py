@@ -7,6 +7,7 @@ returns False when there is nothing to draw.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class SpikeFrames:
         return None if v is None or not np.isfinite(v) else float(v)
 
     def has(self, *metrics) -> bool:
+        """Whether any of `metrics` was measured for this spike."""
         return bool(self.m["metric"].isin(metrics).any())
 
 
@@ -57,7 +59,7 @@ def draw(panel, frames: SpikeFrames) -> bool:
 
 def _row(row: plots.Row, f: SpikeFrames) -> bool:
     drew = False
-    for column, chart in zip(st.columns(len(row.charts)), row.charts):
+    for column, chart in zip(st.columns(len(row.charts)), row.charts, strict=True):
         with column:
             drew = _DRAW[type(chart)](chart, f) or drew
     return drew
@@ -68,14 +70,14 @@ class _Missing:
         return "?"
 
 
-class _Fields(dict):
-    def __missing__(self, key):
-        return _Missing()
-
-
 def _label(template: str, f: SpikeFrames, **fields) -> str:
-    values = _Fields({m: v for m in set(f.m["metric"]) if (v := f.value(m)) is not None})
-    values.update(onset=int(f.spike["onset_step"]), peak=int(f.spike["peak_step"]), **fields)
+    """`template` with its fields filled: `fields`, the onset/peak step, else the measured
+    value of the metric of that name; a missing one prints as "?"."""
+    values = {"onset": int(f.spike["onset_step"]), "peak": int(f.spike["peak_step"]), **fields}
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name and name not in values:
+            measured = f.value(name)
+            values[name] = _Missing() if measured is None else measured
     return template.format_map(values)
 
 

@@ -42,6 +42,7 @@ class Scene:
     _cache: dict = field(default_factory=dict)
 
     def require_replay(self):
+        """The replay; Skip with the rebuild error when the model could not be rebuilt."""
         if self.replay is None:
             raise Skip(self.replay_error or "model not rebuilt")
         return self.replay
@@ -85,6 +86,7 @@ class Scene:
         return self._cache[step]
 
     def params(self, step: int) -> dict[str, torch.Tensor]:
+        """The snapshot's parameters of `step` on the replay device and dtype."""
         return self.require_replay().tensors(self.snapshot(step).params)
 
     def batch(self, step: int, *, max_samples: int | None = None) -> dict[str, torch.Tensor]:
@@ -100,6 +102,7 @@ class Scene:
                 for k, v in batch.items()}
 
     def lr(self, step: int) -> float:
+        """The lr (param group 0) recorded in the snapshot of `step`, NaN if absent."""
         return float(self.snapshot(step).meta.get("lr", float("nan")))
 
 

@@ -61,6 +61,7 @@ METRICS = {
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Adam's lag statistics and preconditioned curvature at each finite selected step."""
     if ev.context.optimizer != "adam":
         raise Skip("not an Adam run")
     replay = scene.require_replay()

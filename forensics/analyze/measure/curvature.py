@@ -72,6 +72,7 @@ def recorded_update(scene, step: int, spec: FlatSpec) -> torch.Tensor | None:
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Hessian eigenpairs, directional curvatures and loss ratios at each finite selected step."""
     replay = scene.require_replay()
     momentum = ev.context.momentum
     def at(step):

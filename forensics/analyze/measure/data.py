@@ -28,6 +28,7 @@ METRICS = {
 
 
 def measure(ev: Evidence, scene) -> None:
+    """The onset batch's loss against its recorded neighbours', at the onset weights."""
     ctx = ev.context
     replay = scene.require_replay()
     onset = ctx.onset

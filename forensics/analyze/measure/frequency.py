@@ -63,6 +63,7 @@ def _share(bands, v: torch.Tensor) -> float:
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Band errors per step and the low-frequency shares of the excess and the descent."""
     ctx = ev.context
     replay = scene.require_replay()
     if str(scene.run.manifest.get("loss", "mse")) != "mse":

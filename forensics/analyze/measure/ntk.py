@@ -1,10 +1,12 @@
 """Engine `ntk`: the empirical tangent kernel, the critical lr, the loss split, and the AGOP.
 
-At θ_s on (a seeded subsample of) the onset batch, held fixed across the window: the top-s eigenpairs of K = JJᵀ
-(`forensics.math.ntk.empirical_ntk` picks the per-layer factorisation for Linear stacks,
-the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for the run's loss
-(n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K) for the
-paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu et al.). For cross-entropy the
+At θ_s on (a seeded subsample of) the onset batch, held fixed across the window: the top-s
+eigenpairs of K = JJᵀ (`forensics.math.ntk.empirical_ntk` picks the per-layer factorisation
+for Linear stacks, the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for
+the run's loss (n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K)
+for the paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu, Liu, Radhakrishnan &
+Belkin 2023, "Catapults in SGD: spikes in the training loss and their impact on
+generalization through feature learning", arXiv 2306.04815). For cross-entropy the
 residual is n·∂L/∂logits = softmax − onehot (any other loss: n·∂L/∂F) and η_crit uses the
 (1/2n) scaling, which is approximate there: `eta_crit_exact` says so.
 AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) is compared with the task's true AGOP when the run declares
@@ -48,6 +50,7 @@ def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Te
 
 
 def measure(ev: Evidence, scene) -> None:
+    """The NTK spectrum, the critical lr, the loss split and the AGOP at each finite selected step."""
     if ev.context.optimizer == "adam":
         raise Skip("the NTK's critical lr is a (S)GD limit; Adam runs use the adam engine")
     replay = scene.require_replay()

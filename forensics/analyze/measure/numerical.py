@@ -29,6 +29,7 @@ def _count(tensors) -> int:
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Non-finite counts per selected snapshot, and non-finite recorded losses in the spike."""
     ctx = ev.context
     steps = scene.run.steps
     if steps is not None and steps.num_rows:

@@ -47,6 +47,7 @@ COHEN = "(2+2β₁)/((1−β₁)η) (Cohen et al. 2022)"
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """The β₂-lag regime, the preconditioned sharpness and the directional curvature at onset."""
     ctx = ev.context
     if ctx.optimizer == "sgd":
         return Finding(RULE, "not_fired", 0.0, "not an Adam run: there is no second moment to lag")

@@ -47,6 +47,7 @@ T = Thresholds(
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """η against the NTK's critical lr, where the loss increase lives, and whether λ_max(K) fell."""
     ctx = ev.context
     if ctx.optimizer == "adam":
         return inconclusive(RULE, "the kernel's critical lr 2n/λ_max(K) is a (S)GD limit; "

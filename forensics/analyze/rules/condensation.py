@@ -27,6 +27,7 @@ T = Thresholds(
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """The share of aligned first-layer neuron pairs before and after the spike."""
     ctx = ev.context
     before = first(ev, "condensation_share", None, ctx.onset)
     after = last(ev, "condensation_share", ctx.peak + 1, None)

@@ -21,6 +21,7 @@ T = Thresholds(
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """The onset batch's loss against its neighbours' at the same onset weights."""
     ctx = ev.context
     ratio = ev.at("batch_loss_ratio", ctx.onset)
     if ratio is None:

@@ -27,6 +27,7 @@ T = Thresholds(
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """The low-frequency shares of the excess residual and of the descent."""
     ctx = ev.context
     excess = ev.at("low_share_excess", ctx.peak)
     descent = ev.at("low_share_descent", ctx.peak)

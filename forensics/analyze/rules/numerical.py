@@ -18,6 +18,7 @@ _KINDS = ("nonfinite_loss", "nonfinite_grad", "nonfinite_param", "nonfinite_stat
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """Where and when the first non-finite value appears."""
     firsts = {}
     for kind in _KINDS:
         steps, values = ev.series(kind)

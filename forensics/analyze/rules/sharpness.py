@@ -42,6 +42,7 @@ T = Thresholds(
 
 
 def judge(ev: EvidenceView) -> Finding:
+    """η·λ_max of the batch Hessian against 2+2β, and whether curvature or the lr crossed it."""
     ctx = ev.context
     if ctx.optimizer == "adam":
         return inconclusive(RULE, "adaptive optimizer: the plain η·λ_max has no stability "
