@@ -36,11 +36,13 @@ def metrics_table() -> str:
 
 
 def rules_table() -> str:
-    """rule | role | engines it reads | fires when, in the order the verdict considers them."""
-    lines = ["| rule | role | reads (engines) | fires when |", "|---|---|---|---|"]
+    """rule | role | engines it reads | fires when | false alarms, in verdict order."""
+    lines = ["| rule | role | reads (engines) | fires when | false alarms on clean runs |",
+             "|---|---|---|---|---|"]
     for spec in SPECS.values():
         reads = ", ".join(f"`{e}`" for e in spec.needs)
-        lines.append(f"| `{spec.name}` | {spec.role} | {reads} | {_cell(spec.summary)} |")
+        alarms = _cell(spec.false_alarms) if spec.false_alarms else "not measured yet"
+        lines.append(f"| `{spec.name}` | {spec.role} | {reads} | {_cell(spec.summary)} | {alarms} |")
     return "\n".join(lines) + "\n"
 
 

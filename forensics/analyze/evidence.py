@@ -52,6 +52,12 @@ class SpikeContext:
         return self.peak_loss / self.baseline_loss
 
 
+def declares(metrics, metric: str) -> bool:
+    """Whether `metrics` (an engine's METRICS keys) declare `metric`: by name, or as a member
+    of a declared family `name@*` (metrics `name@<suffix>`, e.g. one per layer and head)."""
+    return metric in metrics or ("@" in metric and metric.split("@", 1)[0] + "@*" in metrics)
+
+
 class UndeclaredMetric(LookupError):
     """A metric was written by an engine that does not declare it, or read by a rule whose
     engines (`Mechanism.needs`) do not produce it."""
@@ -76,7 +82,7 @@ class Evidence:
 
     def add(self, step: int, engine: str, metric: str, value: float) -> None:
         """Add one row; UndeclaredMetric when strict and `engine` does not declare `metric`."""
-        if self.catalog is not None and metric not in self.catalog.get(engine, ()):
+        if self.catalog is not None and not declares(self.catalog.get(engine, ()), metric):
             raise UndeclaredMetric(
                 f"engine {engine!r} wrote metric {metric!r}, which its METRICS do not declare "
                 f"(forensics/analyze/measure/{engine}.py)")
@@ -140,7 +146,7 @@ class EvidenceView:
         return {e: r for e, r in self.evidence.skipped.items() if e in self.engines}
 
     def _rows(self, metric: str):
-        if self.declared is not None and metric not in self.declared:
+        if self.declared is not None and not declares(self.declared, metric):
             raise UndeclaredMetric(f"metric {metric!r} is not produced by the engines this rule "
                                    f"needs ({', '.join(self.engines)}); add its engine to `needs`")
         return [r for r in self.evidence.rows if r[1] in self.engines]

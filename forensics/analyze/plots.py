@@ -1,5 +1,9 @@
 """The chart kinds a mechanism's panel is made of, as data (drawn by `forensics.app.panels`).
 
+Kinds: Lines (metrics through the window, limits, marks), Bars (one bar per metric), Counts
+(per-snapshot counts), Decay (a sum against geometric decay), NeuronCosines (first-layer cosine
+matrices from the weights), Heatmap (a metric family over steps), Row (side by side).
+
 A spec's `panel` is a tuple of these. They name metrics of `measurements.parquet` (and, for
 `Lines.recorded`, per-step columns of the `steps` view); the app turns them into Altair
 charts around the spike. Labels may hold format fields: `{value}` in a `Limit`, and in `Bars`
@@ -101,6 +105,18 @@ class NeuronCosines:
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    """A declared metric family `family@<row>` (e.g. one member per layer and head) as a
+    step × row heat map over the measured steps."""
+
+    title: str
+    family: str
+    value_title: str
+    row_title: str = ""
+    log: bool = False
+
+
+@dataclass(frozen=True)
 class Row:
     """Charts side by side, one column each."""
 
@@ -124,6 +140,8 @@ def metrics_of(panel) -> set[str]:
             out |= {chart.metric} | ({chart.rate_metric} if chart.rate_metric else set())
         elif isinstance(chart, NeuronCosines):
             out.add(chart.steps_of)
+        elif isinstance(chart, Heatmap):
+            out.add(f"{chart.family}@*")
         for lim in getattr(chart, "limits", ()):
             if lim.metric:
                 out.add(lim.metric)

@@ -96,6 +96,8 @@ class Mechanism:
     tie_break: optional `view -> True | False | None`, consulted only when the rule fires
         together with others of its precedence: True makes it the verdict, False makes it
         yield to them, None leaves it to the scores. `tie_break_note` says so in words.
+    false_alarms: how often it fired on the project's clean runs, as measured (docs);
+        empty when not measured yet.
 
     Raises ValueError naming the spec when a field is missing or malformed (no panel, a
     threshold without a source, a role or badge colour that does not exist, ...).
@@ -115,6 +117,7 @@ class Mechanism:
     precedence_note: str = ""
     tie_break: Callable[[Any], bool | None] | None = None
     tie_break_note: str = ""
+    false_alarms: str = ""
 
     def __post_init__(self):
         problems = [why for broken, why in self._checks() if broken]

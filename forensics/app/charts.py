@@ -218,26 +218,6 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
     return alt.layer(*layers).properties(title=title, height=height, **_w(width))
 
 
-def heatmap(matrix, *, title: str, width: int = 260) -> alt.Chart:
-    """An (m, m) cosine matrix as a red-blue heatmap on [−1, 1]."""
-    mat = np.asarray(matrix, dtype=float)
-    m = mat.shape[0]
-    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
-    df = pd.DataFrame({"i": i.ravel(), "j": j.ravel(), "cos": mat.ravel()})
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("j:O", axis=None), y=alt.Y("i:O", axis=None),
-        color=alt.Color("cos:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
-                        title="cos"),
-        tooltip=["i:O", "j:O", alt.Tooltip("cos:Q", format=".2f")],
-    ).properties(title=title, width=width, height=width)
-
-
-def neuron_cosine_heatmaps(before, after, *, steps: tuple[int, int]) -> alt.HConcatChart:
-    """Two cosine matrices side by side on one colour scale: before and after the spike."""
-    return alt.hconcat(heatmap(before, title=f"before: step {steps[0]}"),
-                       heatmap(after, title=f"after: step {steps[1]}")).resolve_scale(color="shared")
-
-
 def bars(df: pd.DataFrame, *, x: str, y: str, title: str, limits: dict | None = None,
          color: str | None = None, width=None, height: int = 200) -> alt.LayerChart:
     """Bars of `y` by `x` (e.g. the spike batch's loss against its neighbours), with limit rules."""

@@ -1,7 +1,7 @@
 """One picture per finding: draws the `panel` its rule's spec declares, on the spike page.
 
 A spec's panel is data (`forensics.analyze.plots`: Lines, Bars, Counts, Decay, NeuronCosines,
-Row); this module draws each kind from the spike's frames. `draw_finding(rule, frames)`
+Heatmap, Row); this module draws each kind from the spike's frames. `draw_finding(rule, frames)`
 returns False when there is nothing to draw.
 """
 
@@ -16,7 +16,7 @@ import streamlit as st
 
 from forensics.analyze import plots
 from forensics.analyze.rules import SPECS
-from forensics.app import charts, data, ui
+from forensics.app import charts, data, heatmaps, ui
 
 
 @dataclass
@@ -167,10 +167,22 @@ def _neuron_cosines(c: plots.NeuronCosines, f: SpikeFrames) -> bool:
     mats = data.condensation_matrices(f.run["path"], pair)
     if mats is None:
         return False
-    ui.show_chart(charts.neuron_cosine_heatmaps(mats[pair[0]], mats[pair[1]], steps=pair))
+    ui.show_chart(heatmaps.neuron_cosine_heatmaps(mats[pair[0]], mats[pair[1]], steps=pair))
     st.caption(c.caption)
     return True
 
 
+def _heatmap(c: plots.Heatmap, f: SpikeFrames) -> bool:
+    prefix = f"{c.family}@"
+    d = f.m[f.m["metric"].str.startswith(prefix)]
+    if not len(d):
+        return False
+    rows = d.assign(row=d["metric"].str.slice(len(prefix)))[["step", "row", "value"]]
+    ui.show_chart(heatmaps.step_heatmap(rows, title=c.title, value_title=c.value_title,
+                                        row_title=c.row_title, log=c.log))
+    return True
+
+
 _DRAW = {plots.Lines: _lines, plots.Bars: _bars, plots.Counts: _counts, plots.Decay: _decay,
-         plots.NeuronCosines: _neuron_cosines, plots.Row: _row}
+         plots.NeuronCosines: _neuron_cosines, plots.Heatmap: _heatmap,
+         plots.Row: _row}

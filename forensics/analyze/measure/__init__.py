@@ -1,7 +1,8 @@
 """Measurement engines: each turns one spike's snapshots into rows of an `Evidence`.
 
 An engine is a module here (found by discovery; its name is the engine's name) with
-`METRICS = {metric: (unit, meaning)}`, every metric it may write, and
+`METRICS = {metric: (unit, meaning)}`, every metric it may write (a key `name@*` declares a
+family `name@<suffix>`, e.g. one metric per layer and head), and
 `measure(ev, scene) -> None`. It reads tensors through the `Scene` (which loads and caches
 snapshots) and calls the pure math in `forensics.math`; it raises `Skip` with a reason when
 it cannot run, which the pipeline records as that engine's skip reason. An engine that can
