@@ -101,7 +101,7 @@ def judge(ev: EvidenceView) -> Finding:
                        f"g²/v̂ median {evidence['ratio_median_pre']:.2g} before onset (v decays "
                        f"like β₂^t); η·λ_max(P⁻¹H) = {sharp:.3g} (quiet step "
                        f"{evidence['quiet_step']}: {quiet_value:.3g}) and η·gᵀP⁻¹Hg/‖g‖² = "
-                       f"{dir_onset:.3g} at onset (× η), against the limits {BETA1_ZERO} and "
+                       f"{dir_onset:.3g} at onset, against the limits {BETA1_ZERO} and "
                        f"{limit_cohen:.3g}/η (β₁ = {beta1:g}, Cohen et al. 2022){sep}", HINT,
                        evidence=evidence, thresholds=thresholds)
     missing = [w for w, ok in (("no β₂ lag (g²/v̂ not ≪ 1)", lag),
