@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from forensics.analyze.pipeline import analyze
+from forensics.analyze.rules import SPECS
 from forensics.rundir.model import build_model
 from forensics.rundir.reader import open_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
-ASCENT = {"sharpness", "catapult", "adam_beta2_lag", "data", "numerical"}
+ASCENT = {name for name, spec in SPECS.items() if spec.is_verdict}
 
 
 def sample_names():
@@ -232,6 +233,19 @@ def test_analysis_is_rerunnable_with_identical_tables(tmp_path):
     assert {c[1] for c in calls} >= {"curvature", "ntk", "done"}
     meta = json.loads((run_dir / "analysis" / "meta.json").read_text())
     assert meta["settings"]["lanczos_tol"] == 1e-3 and meta["forensics_version"]
+
+
+def test_a_subset_of_mechanisms_gives_the_same_verdict_on_a_minibatch_run(tmp_path, analyzed):
+    """`--mechanisms sharpness,catapult` on minibatch SGD: both fire on small_batch's first
+    spike and the batches decide (catapult). The batches are measured by the data engine,
+    which the subset used to leave out, so the tie went to sharpness."""
+    full = analyzed["small_batch"].spikes[0]
+    fired = {f.rule for f in full.findings if f.fired}
+    assert {"sharpness", "catapult"} <= fired and full.verdict == "catapult"
+    subset = analyze(_copy("small_batch", tmp_path), mechanisms=["sharpness", "catapult"],
+                     write=False).spikes[0]
+    assert {f.rule for f in subset.findings} == {"sharpness", "catapult"}
+    assert subset.verdict == full.verdict == "catapult", subset.verdict_message
 
 
 def test_unknown_mechanism_is_a_clear_error(tmp_path):

@@ -103,7 +103,7 @@ def _analysis(run_id: str, spikes, loss) -> dict:
             add(step, "curvature", "limit_momentum", 2.0)
             add(step, "adam", "eta_pre_lambda_max", 30.0 + 10 * up + k)
             add(step, "adam", "eta_pre_grad_curvature", 25.0 + 10 * up)
-            add(step, "adam", "limit_seed", 2.0)
+            add(step, "adam", "limit_beta1_zero", 2.0)
             add(step, "adam", "limit_cohen", 38.0)
             add(step, "adam", "ratio_median", 0.01 + 0.5 * up)
             add(step, "adam", "v_sum", 1e-3 * 0.999 ** step)

@@ -1,12 +1,29 @@
-"""Known-answer tests of the rules and the verdict on hand-built evidence."""
+"""Known-answer tests of the rules and the verdict on hand-built evidence.
+
+Every rule is judged as the pipeline judges it: through `SPEC.run`, on a strict `Evidence`
+(the engines' declared metrics as its catalog), so a rule that reads a metric none of its
+engines declares fails here.
+"""
 
 import math
 
 import pytest
 
-from forensics.analyze.evidence import Evidence, SpikeContext
-from forensics.analyze.rules import RULES
+from forensics.analyze.evidence import Evidence as _Evidence
+from forensics.analyze.evidence import Finding, SpikeContext, UndeclaredMetric
+from forensics.analyze.measure import METRICS
+from forensics.analyze.rules import SPECS
 from forensics.analyze.verdict import choose_verdict
+
+
+class _Rules:
+    """RULES[name](ev): the rule's finding, judged through its spec's view."""
+
+    def __getitem__(self, name):
+        return SPECS[name].run
+
+
+RULES = _Rules()
 
 
 def ctx(**kw):
@@ -14,6 +31,10 @@ def ctx(**kw):
                 baseline_loss=1.0, optimizer="sgd", momentum=0.0)
     base.update(kw)
     return SpikeContext(**base)
+
+
+def Evidence(context):  # noqa: N802  (strict evidence, as the pipeline builds it)
+    return _Evidence(context, catalog=METRICS)
 
 
 def curvature(ev, steps, lrs, lams, losses):
@@ -95,7 +116,8 @@ def test_adam_lag_fires_and_reports_both_limits():
     adam(ev, 10, 0.03, 3.6, 2.5)
     f = RULES["adam_beta2_lag"](ev)
     assert f.status == "fired"
-    assert f.thresholds["limit_seed"] == 2.0
+    assert f.thresholds["limit_beta1_zero"] == 2.0
+    assert "seed" not in f.message and "2/η (β₁ = 0 analysis)" in f.message
     assert f.thresholds["limit_cohen"] == pytest.approx(38.0)
 
 
@@ -150,16 +172,67 @@ def test_verdict_precedence():
     curvature(ev, [4, 8, 10], [0.1] * 3, [15, 19, 21], [1.0, 0.6, 0.6])
     ev.add_many(10, "numerical", {"nonfinite_loss": 1})
     ev.add_many(10, "data", {"batch_loss_ratio": 10.0})
-    findings = [rule(ev) for rule in RULES.values()]
-    verdict, score, _ = choose_verdict(findings)
+    findings = [spec.run(ev) for spec in SPECS.values()]
+    verdict, score, _ = choose_verdict(findings, ev)
     assert verdict == "numerical"
     assert [f.rule for f in findings if f.primary] == ["numerical"]
     findings = [f for f in findings if f.rule != "numerical"]
     for f in findings:
         f.primary = False
-    assert choose_verdict(findings)[0] == "data"
-    assert choose_verdict([f for f in findings if f.rule != "data"])[0] == "sharpness"
-    assert choose_verdict([])[0] == "unexplained"
+    assert choose_verdict(findings, ev)[0] == "data"
+    assert choose_verdict([f for f in findings if f.rule != "data"], ev)[0] == "sharpness"
+    assert choose_verdict([], ev)[0] == "unexplained"
+
+
+def _both_curvature_rules_fire(batches_identical):
+    """Hand-built evidence on which the Hessian rule and the NTK rule both fire."""
+    ev = Evidence(ctx())
+    curvature(ev, [4, 6, 8, 9, 10, 18], [0.1] * 6, [15, 17, 19, 20.5, 21, 18],
+              [1.0, 0.8, 0.6, 0.55, 0.6, 0.5])
+    ntk(ev, 8, 1.5, 0.1, 0.2, 100.0)
+    ntk(ev, 10, 1.5, 0.5, 0.21, 100.0)
+    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0)
+    ntk(ev, 20, 0.8, 0.05, 0.2, 60.0)
+    if batches_identical is not None:
+        ev.add_many(10, "data", {"batches_identical": batches_identical, "batch_loss_ratio": 1.0})
+    findings = [SPECS[r].run(ev) for r in ("sharpness", "catapult")]
+    assert all(f.fired for f in findings)
+    return findings, ev
+
+
+@pytest.mark.parametrize("identical, expected", [(0.0, "catapult"), (1.0, "sharpness"),
+                                                 (None, "sharpness")])
+def test_curvature_tie_is_broken_by_the_batches(identical, expected):
+    """Minibatches: a catapult (Zhu et al. 2023); one fixed batch or unknown: sharpening.
+    The other rule gets the higher score, so the batches, not the scores, decide."""
+    findings, ev = _both_curvature_rules_fire(identical)
+    for f in findings:
+        f.score = 0.5 if f.rule == expected else 0.9
+    assert choose_verdict(findings, ev)[0] == expected
+
+
+def test_a_rule_cannot_read_a_metric_of_an_engine_it_does_not_need():
+    ev = Evidence(ctx())
+    ev.add_many(10, "data", {"batches_identical": 0.0})
+    view = ev.view(("ntk",))
+    with pytest.raises(UndeclaredMetric, match="batches_identical"):
+        view.at("batches_identical", 10)
+    assert ev.view(("ntk", "data")).at("batches_identical", 10) == 0.0
+    with pytest.raises(UndeclaredMetric, match="declare"):
+        ev.add(10, "ntk", "batches_identical", 1.0)  # the ntk engine does not declare it
+
+
+def test_the_verdict_has_no_rule_names_of_its_own():
+    """Swap the precedences of two specs and the verdict follows the specs."""
+    import dataclasses
+
+    ev = Evidence(ctx())
+    findings = [Finding("numerical", "fired", 0.1, "n"), Finding("data", "fired", 0.9, "d")]
+    assert choose_verdict(findings, ev)[0] == "numerical"
+    swapped = dict(SPECS, numerical=dataclasses.replace(SPECS["numerical"], precedence=30))
+    for f in findings:
+        f.primary = False
+    assert choose_verdict(findings, ev, swapped)[0] == "data"
 
 
 def test_finding_rows_are_json():

@@ -1,14 +1,14 @@
-"""The mechanisms the analyzer knows: one rule each, named as in findings.parquet's `rule` column."""
+"""The mechanisms the analyzer knows, derived from the rule specs (`forensics.analyze.rules`).
 
-MECHANISMS: tuple[str, ...] = (
-    "numerical",       # non-finite loss, gradients or moments
-    "sharpness",       # edge of stability / lower-loss-as-sharper (Cohen et al. 2021; Li, Xu, Zhang)
-    "catapult",        # NTK top eigendirection catapult (Lewkowycz et al. 2020; Zhu et al.)
-    "adam_beta2_lag",  # Adam's second moment lags the gradient (the beta2-lag seed)
-    "low_frequency",   # the rapid descent is low-frequency (F-principle; Li, Xu, Zhang)
-    "condensation",    # first-layer neurons align after the spike (Li, Xu, Zhang)
-    "data",            # the batch alone explains the jump
-)
+`MECHANISMS` are their names (findings.parquet's `rule` column) in the order the verdict
+considers them; `engines_for(names)` the engines those rules need, in the same order.
+"""
+
+from __future__ import annotations
+
+from forensics.analyze.rules import SPECS
+
+MECHANISMS: tuple[str, ...] = tuple(SPECS)
 
 STATUSES: tuple[str, ...] = ("fired", "not_fired", "inconclusive")
 
@@ -18,9 +18,16 @@ UNEXPLAINED = "unexplained"
 def check_mechanisms(names) -> tuple[str, ...]:
     """Validate user-given mechanism names; raise ValueError naming the unknown ones."""
     names = tuple(names)
-    unknown = [n for n in names if n not in MECHANISMS]
+    unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise ValueError(
             f"unknown mechanism(s) {', '.join(unknown)}; choose from {', '.join(MECHANISMS)}"
         )
     return names
+
+
+def engines_for(names) -> tuple[str, ...]:
+    """The engines the rules `names` need (each once), in the order of `MECHANISMS`."""
+    wanted = set(names)
+    return tuple(dict.fromkeys(e for name, spec in SPECS.items() if name in wanted
+                               for e in spec.needs))

@@ -2,9 +2,9 @@
 
 The pipeline is the only place that loads snapshots and writes results; the engines
 (`forensics.analyze.measure`) turn tensors into measurements, the rules
-(`forensics.analyze.rules`) turn measurements into findings. A failure in one engine or one
-spike becomes an `inconclusive` finding with the reason; it never loses the findings
-already made.
+(`forensics.analyze.rules`, one spec each) turn measurements into findings; which engines
+run follows from the specs' `needs`. A failure in one engine or one spike becomes an
+`inconclusive` finding with the reason; it never loses the findings already made.
 """
 
 from __future__ import annotations
@@ -20,27 +20,15 @@ import torch
 
 import forensics
 from forensics.analyze.evidence import Evidence, Finding, SpikeContext, inconclusive
-from forensics.analyze.measure import ENGINES, Scene, Skip
-from forensics.analyze.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms
+from forensics.analyze.measure import ENGINES, METRICS, Scene, Skip
+from forensics.analyze.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms, engines_for
 from forensics.analyze.replay import Replay, pick_device
-from forensics.analyze.rules import RULES
+from forensics.analyze.rules import SPECS
 from forensics.analyze.store import write_analysis
 from forensics.analyze.verdict import choose_verdict
 from forensics.analyze.window import select
 from forensics.record.detector import DetectorConfig, detect_offline
 from forensics.rundir.reader import Run, open_run
-
-# which engines each rule reads
-NEEDS = {
-    "numerical": ("numerical",),
-    "sharpness": ("curvature",),
-    "catapult": ("ntk",),
-    "adam_beta2_lag": ("adam",),
-    "low_frequency": ("frequency",),
-    "condensation": ("condensation",),
-    "data": ("data",),
-}
-ENGINE_ORDER = ("numerical", "curvature", "adam", "ntk", "frequency", "condensation", "data")
 
 Progress = Callable[[int, str, int, int], None]
 
@@ -108,7 +96,7 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
     """
     settings = settings or Settings()
     rules = check_mechanisms(mechanisms) if mechanisms else MECHANISMS
-    engines = [e for e in ENGINE_ORDER if any(e in NEEDS[r] for r in rules)]
+    engines = engines_for(rules)
     if not isinstance(run, Run):
         run = open_run(run)
     dev = pick_device(device)
@@ -127,10 +115,9 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
     spikes, source = _spikes(run, redetect)
     results: list[SpikeResult] = []
     for spike in spikes:
-        ctx = _context(run, spike, run_id)
-        ev = Evidence(ctx)
+        ev = Evidence(_context(run, spike, run_id), catalog=METRICS)
         try:
-            scene = _scene(run, ctx, source, replay, replay_error, settings, dev)
+            scene = _scene(run, ev.context, source, replay, replay_error, settings, dev)
         except LookupError as exc:
             scene = None
             for e in engines:
@@ -139,33 +126,16 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
             scene = None
             for e in engines:
                 ev.skip(e, f"snapshots unreadable: {exc}")
-        if scene is None and "numerical" in engines:
-            _numerical_from_steps(ev, run)
-        if scene is not None:
-            ctx = scene.context
-            ev.context = ctx
-            for i, engine in enumerate(engines):
-                if progress:
-                    progress(ctx.spike_id, engine, i, len(engines))
-                try:
-                    ENGINES[engine](ev, scene)
-                except Skip as why:
-                    ev.skip(engine, str(why))
-                except Exception as exc:
-                    ev.skip(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
-            if progress:
-                progress(ctx.spike_id, "done", len(engines), len(engines))
-        findings = []
-        for rule in rules:
-            try:
-                findings.append(RULES[rule](ev))
-            except Exception as exc:
-                findings.append(inconclusive(rule, f"rule failed: {type(exc).__name__}: {exc}"))
-        verdict, score, message = choose_verdict(
-            findings, stochastic=ev.at("batches_identical", ctx.onset) == 0.0)
+        if scene is None:
+            _measure_from_steps(ev, run, engines)
+        else:
+            ev.context = scene.context
+            _measure(ev, scene, engines, progress)
+        findings = [_judge(SPECS[rule], ev) for rule in rules]
+        verdict, score, message = choose_verdict(findings, ev)
         if scene is None and verdict == UNEXPLAINED:
             message = "no evidence to judge: " + next(iter(ev.skipped.values()), "no snapshots")
-        results.append(SpikeResult(ctx, source, verdict, score, message, ev, findings))
+        results.append(SpikeResult(ev.context, source, verdict, score, message, ev, findings))
 
     notes.extend(run.notes)  # files the reader skipped or tolerated, each named
     analysis = Analysis(run_id, results, settings, str(dev), notes)
@@ -205,12 +175,38 @@ def _context(run: Run, spike, run_id: str) -> SpikeContext:
     )
 
 
-def _numerical_from_steps(ev: Evidence, run: Run) -> None:
-    """Without snapshots, the recorded losses still tell whether the spike went non-finite."""
-    ev.skipped.pop("numerical", None)
-    ENGINES["numerical"](ev, Scene(run=run, context=ev.context, window=select([], onset=0, peak=0,
-                                   end=None), replay=None, replay_error="", settings=None,
-                                   device=torch.device("cpu")))
+def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> None:
+    """Run each engine on the scene; one that cannot run or fails only records why."""
+    spike_id = ev.context.spike_id
+    for i, engine in enumerate(engines):
+        if progress:
+            progress(spike_id, engine, i, len(engines))
+        try:
+            ENGINES[engine].measure(ev, scene)
+        except Skip as why:
+            ev.skip(engine, str(why))
+        except Exception as exc:
+            ev.skip(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
+    if progress:
+        progress(spike_id, "done", len(engines), len(engines))
+
+
+def _measure_from_steps(ev: Evidence, run: Run, engines) -> None:
+    """Without snapshots, the engines that can measure from steps/ alone still run."""
+    scene = Scene(run=run, context=ev.context, window=select([], onset=0, peak=0, end=None),
+                  replay=None, replay_error="", settings=None, device=torch.device("cpu"))
+    for engine in engines:
+        if getattr(ENGINES[engine], "WITHOUT_SNAPSHOTS", False):
+            ev.skipped.pop(engine, None)
+            ENGINES[engine].measure(ev, scene)
+
+
+def _judge(spec, ev: Evidence) -> Finding:
+    """The rule's finding; a rule that raises becomes inconclusive with the error."""
+    try:
+        return spec.run(ev)
+    except Exception as exc:
+        return inconclusive(spec.name, f"rule failed: {type(exc).__name__}: {exc}")
 
 
 def _own_snapshots(run: Run, ctx: SpikeContext, source: str) -> list[int]:

@@ -1,44 +1,43 @@
 """The spike's primary verdict: which fired rule best explains the ascent.
 
-Precedence, with the reason for each:
-1. `numerical` — once a value is NaN/Inf nothing else can be measured on it.
-2. `data` — its test is causal: at the same onset weights only the spike batch is bad, so
-   the weights (and their curvature) were fine for the rest of the data.
-3. `catapult` vs `sharpness` — both say "η past the curvature limit"; they differ in what
-   moved. If the learning rate grew into the limit (warmup, schedule, a spike from init) the
-   sharpness rule does not fire and it is a catapult (Lewkowycz et al. 2020). If both fired,
-   the batches decide: with minibatches that differ from step to step, a batch whose kernel
-   is too sharp for η is Zhu et al.'s catapult in SGD; with one fixed (full) batch, the
-   curvature grew into the limit at a steady lr: edge of stability / LLAS (Cohen et al. 2021;
-   Li, Xu & Zhang).
-4. otherwise the highest score among the ascent rules; `low_frequency` and `condensation`
-   describe the descent and the aftermath and never are a verdict.
+Only fired findings of rules whose spec has role "ascent" compete (descent and aftermath
+rules describe what came after and never are a verdict). Among them, from the specs:
+
+1. the lowest `precedence` wins outright (each spec's `precedence_note` says why);
+2. among fired rules of equal precedence, a spec's `tie_break` decides: a rule whose
+   tie-break says True is the verdict, one that says False yields to the others;
+3. then the highest score, and the name for a tie.
+
+No fired ascent rule: "unexplained". The order and the notes are listed in docs/analysis.md
+(generated from the specs by `forensics.analyze.doc_tables`).
 """
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import Finding
+from collections.abc import Mapping
+
+from forensics.analyze.evidence import Evidence, Finding
 from forensics.analyze.mechanisms import UNEXPLAINED
+from forensics.analyze.rules import SPECS
+from forensics.analyze.spec import Mechanism
 
-ASCENT_RULES = ("numerical", "data", "catapult", "sharpness", "adam_beta2_lag")
 
-
-def choose_verdict(findings: list[Finding], *, stochastic: bool = False) -> tuple[str, float, str]:
+def choose_verdict(findings: list[Finding], evidence: Evidence,
+                   specs: Mapping[str, Mechanism] = SPECS) -> tuple[str, float, str]:
     """Mark the primary finding in place and return (verdict, score, message).
 
-    `stochastic`: the batches differ from step to step (minibatch training).
+    `evidence`: the spike's measurements, which tie-breaks read through their rule's view.
     """
-    fired = {f.rule: f for f in findings if f.fired and f.rule in ASCENT_RULES}
-    primary = None
-    for rule in ("numerical", "data"):
-        if rule in fired:
-            primary = fired[rule]
-            break
-    if primary is None and "catapult" in fired and "sharpness" in fired:
-        primary = fired["catapult"] if stochastic else fired["sharpness"]
-    if primary is None and fired:
-        primary = max(fired.values(), key=lambda f: (f.score, -ASCENT_RULES.index(f.rule)))
-    if primary is None:
+    fired = [f for f in findings if f.fired and f.rule in specs and specs[f.rule].is_verdict]
+    if not fired:
         return UNEXPLAINED, 0.0, "no rule explains the ascent"
+    top = min(specs[f.rule].precedence for f in fired)
+    peers = [f for f in fired if specs[f.rule].precedence == top]
+    if len(peers) > 1:
+        calls = {f.rule: specs[f.rule].prevails(evidence) for f in peers}
+        winners = [f for f in peers if calls[f.rule] is True]
+        staying = [f for f in peers if calls[f.rule] is not False]
+        peers = winners or staying or peers
+    primary = min(peers, key=lambda f: (-f.score, f.rule))
     primary.primary = True
     return primary.rule, primary.score, primary.message

@@ -14,11 +14,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-VERDICT_COLORS = {
-    "sharpness": "#d62728", "catapult": "#ff7f0e", "adam_beta2_lag": "#9467bd",
-    "numerical": "#e377c2", "data": "#8c564b", "low_frequency": "#17becf",
-    "condensation": "#bcbd22", "unexplained": "#7f7f7f", "not analyzed": "#b0b0b0",
-}
+from forensics.analyze.mechanisms import UNEXPLAINED
+from forensics.analyze.rules import SPECS
+
+# each mechanism's colour comes from its spec; the two verdicts that are not mechanisms follow
+VERDICT_COLORS = {**{name: spec.colour for name, spec in SPECS.items()},
+                  UNEXPLAINED: "#7f7f7f", "not analyzed": "#b0b0b0"}
 VERDICT_SCALE = alt.Scale(domain=list(VERDICT_COLORS), range=list(VERDICT_COLORS.values()))
 SCALAR_LABELS = {
     "lr": "lr", "grad_norm": "‖g‖", "update_norm": "‖Δθ‖", "param_norm": "‖θ‖",
@@ -215,25 +216,6 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
         layers.append(alt.Chart(sm).mark_text(angle=270, align="left", dx=4, dy=-4, color="#2ca02c").encode(
             x="step:Q", y=alt.value(height - 10), text="mark:N"))
     return alt.layer(*layers).properties(title=title, height=height, **_w(width))
-
-
-def heatmap(matrix, *, title: str, width: int = 260) -> alt.Chart:
-    """An (m, m) cosine matrix as a red-blue heatmap on [−1, 1]."""
-    mat = np.asarray(matrix, dtype=float)
-    m = mat.shape[0]
-    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
-    df = pd.DataFrame({"i": i.ravel(), "j": j.ravel(), "cos": mat.ravel()})
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("j:O", axis=None), y=alt.Y("i:O", axis=None),
-        color=alt.Color("cos:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
-                        title="cos"),
-        tooltip=["i:O", "j:O", alt.Tooltip("cos:Q", format=".2f")],
-    ).properties(title=title, width=width, height=width)
-
-
-def condensation_heatmaps(before, after, *, steps: tuple[int, int]) -> alt.HConcatChart:
-    return alt.hconcat(heatmap(before, title=f"before: step {steps[0]}"),
-                       heatmap(after, title=f"after: step {steps[1]}")).resolve_scale(color="shared")
 
 
 def bars(df: pd.DataFrame, *, x: str, y: str, title: str, limits: dict | None = None,

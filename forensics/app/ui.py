@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from forensics.analyze.mechanisms import UNEXPLAINED
+from forensics.analyze.rules import SPECS
+
 PAGES = ("Runs", "Spike", "Compare", "SQL")
 NAV_KEY = "nav"
-BADGE = {"sharpness": "red", "catapult": "orange", "adam_beta2_lag": "violet", "numerical": "red",
-         "data": "orange", "low_frequency": "blue", "condensation": "green",
-         "unexplained": "gray", "not analyzed": "gray"}
+# each mechanism's badge colour comes from its spec; the two verdicts that are not mechanisms follow
+BADGE = {**{name: spec.badge for name, spec in SPECS.items()},
+         UNEXPLAINED: "gray", "not analyzed": "gray"}
 STATUS = {"fired": ("fired", "red", ":material/local_fire_department:"),
           "inconclusive": ("inconclusive", "orange", ":material/help:"),
           "not_fired": ("not fired", "gray", ":material/remove:")}

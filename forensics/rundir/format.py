@@ -49,15 +49,14 @@ ANALYSIS_TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("run_id", "VARCHAR", "the run"),
         ("spike_id", "INTEGER", "the spike the measurement belongs to"),
         ("step", "BIGINT", "snapshot step it was measured at"),
-        ("engine", "VARCHAR", "curvature, ntk, adam, frequency, condensation, data, numerical"),
+        ("engine", "VARCHAR", "the measurement engine that wrote it (docs/analysis.md)"),
         ("metric", "VARCHAR", "metric name (docs/analysis.md), e.g. eta_lambda_max"),
         ("value", "DOUBLE", "its value"),
     ],
     "findings": [
         ("run_id", "VARCHAR", "the run"),
         ("spike_id", "INTEGER", "the spike"),
-        ("rule", "VARCHAR", "mechanism: numerical, sharpness, catapult, adam_beta2_lag, "
-                            "low_frequency, condensation, data"),
+        ("rule", "VARCHAR", "the mechanism, one rule each (docs/analysis.md lists them)"),
         ("status", "VARCHAR", "fired, not_fired or inconclusive"),
         ("score", "DOUBLE", "confidence in [0, 1]"),
         ("message", "VARCHAR", "one-line message"),

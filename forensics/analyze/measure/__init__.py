@@ -1,12 +1,21 @@
 """Measurement engines: each turns one spike's snapshots into rows of an `Evidence`.
 
-An engine is `measure(ev, scene) -> None`. It reads tensors through the `Scene` (which loads
-and caches snapshots) and calls the pure math in `forensics.math`; it raises `Skip` with a
-reason when it cannot run, which the pipeline records as that engine's skip reason.
+An engine is a module here (found by discovery; its name is the engine's name) with
+`METRICS = {metric: (unit, meaning)}`, every metric it may write (a key `name@*` declares a
+family `name@<suffix>`, e.g. one metric per layer and head), and
+`measure(ev, scene) -> None`. It reads tensors through the `Scene` (which loads and caches
+snapshots) and calls the pure math in `forensics.math`; it raises `Skip` with a reason when
+it cannot run, which the pipeline records as that engine's skip reason. An engine that can
+measure from `steps/` alone, without snapshots, sets `WITHOUT_SNAPSHOTS = True`.
+
+`ENGINES`: name -> module; `METRICS`: name -> its declared metrics (the catalog that makes an
+`Evidence` strict, and the metric table of docs/analysis.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +43,7 @@ class Scene:
     _cache: dict = field(default_factory=dict)
 
     def require_replay(self):
+        """The replay; Skip with the rebuild error when the model could not be rebuilt."""
         if self.replay is None:
             raise Skip(self.replay_error or "model not rebuilt")
         return self.replay
@@ -77,6 +87,7 @@ class Scene:
         return self._cache[step]
 
     def params(self, step: int) -> dict[str, torch.Tensor]:
+        """The snapshot's parameters of `step` on the replay device and dtype."""
         return self.require_replay().tensors(self.snapshot(step).params)
 
     def batch(self, step: int, *, max_samples: int | None = None) -> dict[str, torch.Tensor]:
@@ -92,19 +103,27 @@ class Scene:
                 for k, v in batch.items()}
 
     def lr(self, step: int) -> float:
+        """The lr (param group 0) recorded in the snapshot of `step`, NaN if absent."""
         return float(self.snapshot(step).meta.get("lr", float("nan")))
 
 
-from forensics.analyze.measure import (  # noqa: E402  (engines import Scene/Skip from here)
-    adam, condensation, curvature, data, frequency, ntk, numerical,
-)
+def _discover() -> dict:
+    """Every engine module here: it must declare METRICS and define measure."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        metrics = getattr(module, "METRICS", None)
+        if not callable(getattr(module, "measure", None)) or not isinstance(metrics, dict):
+            raise TypeError(f"{module.__file__}: an engine defines measure(ev, scene) and METRICS")
+        bad = [m for m, v in metrics.items() if not (isinstance(v, tuple) and len(v) == 2
+                                                      and all(str(x).strip() for x in v))]
+        if bad:
+            raise ValueError(f"{module.__file__}: METRICS {bad} need (unit, meaning)")
+        found[info.name] = module
+    return found
 
-ENGINES = {
-    "numerical": numerical.measure,
-    "curvature": curvature.measure,
-    "adam": adam.measure,
-    "ntk": ntk.measure,
-    "frequency": frequency.measure,
-    "condensation": condensation.measure,
-    "data": data.measure,
-}
+
+ENGINES = _discover()  # engines import Scene/Skip from this module, so this comes last
+METRICS: dict[str, dict[str, tuple[str, str]]] = {name: m.METRICS for name, m in ENGINES.items()}

@@ -1,11 +1,14 @@
 """Engine `adam`: the β₂-lag evidence and the preconditioned curvature at each selected step.
 
-From the snapshot's recorded g_t, v_{t−1} and step count (the β₂-lag seed; Cohen et al. 2022):
+From the snapshot's recorded g_t, v_{t−1} and step count (Bai et al. 2025, "Adaptive
+Preconditioners Trigger Loss Spikes in Adam", arXiv 2506.04805; Cohen et al. 2022, "Adaptive
+Gradient Methods at the Edge of Stability", arXiv 2207.14484):
 ρ = g_t²/v̂_{t−1} summaries (the lag regime is ρ ≪ 1), the share of coordinates where ε
 dominates √v̂_t (then the preconditioner is capped and a low ρ proves nothing), Σv_{t−1} and
 its decay between snapshots against β₂^Δt, λ_max(P^{-1/2} H P^{-1/2}) by Lanczos with
 P = diag(√v̂_t + ε) the preconditioner update t divides by, and the gradient-directional
-curvatures gᵀP⁻¹Hg/‖g‖² (seed wording) and the symmetric one along P^{-1/2}g, all also × η.
+curvatures gᵀP⁻¹Hg/‖g‖² (as Bai et al. write it) and the symmetric one along P^{-1/2}g,
+all also × η.
 """
 
 from __future__ import annotations
@@ -25,7 +28,40 @@ from forensics.math.preconditioner import (
 )
 
 
+METRICS = {
+    "optimizer_step": ("count", "Adam's step counter t in the snapshot"),
+    "lr": ("lr", "η, the snapshot's lr (param group 0)"),
+    "ratio_median": ("1", "median over coordinates of ρ = g_t²/v̂_{t−1} (Bai et al. 2025, arXiv "
+                     "2506.04805: the lag regime is ρ ≪ 1)"),
+    "ratio_frac_small": ("1", "share of coordinates with ρ < 0.1"),
+    "ratio_frac_tiny": ("1", "share of coordinates with ρ < 0.01"),
+    "eps_dominated_share": ("1", "share of coordinates where ε dominates √v̂_t (the "
+                            "preconditioner is capped there)"),
+    "v_sum": ("grad²", "Σv_{t−1}, the second moment summed over coordinates"),
+    "v_decay_vs_beta2": ("1", "log(Σv_s/Σv_s')/((s−s')·log β₂) between snapshots: 1 means v "
+                         "decays exactly like β₂^t"),
+    "pre_lambda_max": ("curvature/lr", "λ_max(P^{-1/2}HP^{-1/2}) = λ_max(P⁻¹H), P = diag(√v̂_t + ε), "
+                       "v̂_t = v_t/(1−β₂^t)"),
+    "eta_pre_lambda_max": ("1", "η·λ_max(P⁻¹H), Adam-preconditioned sharpness times the lr; "
+                           "against limit_beta1_zero and limit_cohen"),
+    "pre_lanczos_matvecs": ("count", "preconditioned Hessian-vector products the estimate took"),
+    "pre_lanczos_converged": ("0/1", "1 when the Ritz residual met the tolerance"),
+    "limit_beta1_zero": ("1", "2: the stability limit on η·λ_max(P⁻¹H) of the β₁ = 0 analysis "
+                         "(Bai et al. 2025, arXiv 2506.04805)"),
+    "limit_cohen": ("1", "(2+2β₁)/(1−β₁), 38 at β₁ = 0.9: Adam's edge of stability (Cohen et "
+                    "al. 2022, arXiv 2207.14484)"),
+    "pre_grad_curvature": ("curvature/lr", "gᵀP⁻¹Hg/‖g‖², the gradient-directional preconditioned "
+                           "curvature as Bai et al. 2025 write it"),
+    "eta_pre_grad_curvature": ("1", "η·gᵀP⁻¹Hg/‖g‖²"),
+    "pre_grad_curvature_sym": ("curvature/lr", "the symmetric version, wᵀP^{-1/2}HP^{-1/2}w/‖w‖² "
+                               "along w = P^{-1/2}g"),
+    "eta_pre_grad_curvature_sym": ("1", "η × the symmetric version"),
+    "cos_pgrad_top": ("1", "|cos| of P^{-1/2}g with the top eigenvector of P^{-1/2}HP^{-1/2}"),
+}
+
+
 def measure(ev: Evidence, scene) -> None:
+    """Adam's lag statistics and preconditioned curvature at each finite selected step."""
     if ev.context.optimizer != "adam":
         raise Skip("not an Adam run")
     replay = scene.require_replay()
@@ -71,7 +107,7 @@ def measure(ev: Evidence, scene) -> None:
         lam = float(eig.eigenvalues[0])
         row.update(pre_lambda_max=lam, eta_pre_lambda_max=lr * lam,
                    pre_lanczos_matvecs=eig.num_matvecs, pre_lanczos_converged=float(eig.converged),
-                   limit_seed=2.0, limit_cohen=(2 + 2 * betas[0]) / (1 - betas[0]))
+                   limit_beta1_zero=2.0, limit_cohen=(2 + 2 * betas[0]) / (1 - betas[0]))
         if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
             curv = preconditioned_directional_curvature(hvp, g, p)
             w = g * p.rsqrt()

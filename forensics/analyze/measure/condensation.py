@@ -1,8 +1,9 @@
 """Engine `condensation`: how aligned the first layer's neurons are at each selected step.
 
 The first layer is the model's first `nn.Linear` when the model was rebuilt (else the first
-2-D `*weight` parameter in `named_parameters()` order whose `*bias` matches its rows); ŵ_k = [w_k; b_k]/‖[w_k; b_k]‖, C = ŴŴᵀ (Li, Xu & Zhang). Reads weights
-only, so it needs no model rebuild.
+2-D `*weight` parameter in `named_parameters()` order whose `*bias` matches its rows);
+ŵ_k = [w_k; b_k]/‖[w_k; b_k]‖, C = ŴŴᵀ (Li, Xu & Zhang 2023, "Loss Spike in Training Neural
+Networks", arXiv 2305.12133). Reads weights only, so it needs no model rebuild.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import torch
 from forensics.analyze.evidence import Evidence
 from forensics.analyze.measure import Skip
 from forensics.math.condensation import condensation_index
+
+
+METRICS = {
+    "condensation_index": ("1", "λ_max(C)/m, C = ŴŴᵀ of the normalised first-layer [w_k; b_k] "
+                           "(Li, Xu & Zhang 2023, arXiv 2305.12133)"),
+    "condensation_share": ("1", "share of first-layer neuron pairs with |C_ij| > 0.95"),
+    "neurons": ("count", "m, the first layer's neurons"),
+}
 
 
 def first_layer_names(model, params: dict) -> tuple[str, str | None] | None:
@@ -41,6 +50,7 @@ def first_layer(params: dict, model=None):
 
 
 def measure(ev: Evidence, scene) -> None:
+    """The condensation indices of the first layer at each selected step."""
     model = scene.replay.model if scene.replay is not None else None
     for step in scene.steps():
         layer = first_layer(scene.snapshot(step).params, model)

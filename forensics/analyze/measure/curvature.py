@@ -20,6 +20,34 @@ from forensics.math.hvp import HVPOperator
 from forensics.math.lanczos import lanczos
 
 
+METRICS = {
+    "loss": ("loss", "the batch loss L(θ_s; batch s) as replayed"),
+    "lr": ("lr", "η, the snapshot's lr (param group 0)"),
+    "lambda_max": ("curvature", "top Hessian eigenvalue of the batch loss at θ_s (Lanczos with full "
+                   "reorthogonalisation, relative Ritz residual ≤ lanczos_tol = 1e-3)"),
+    "lambda_2": ("curvature", "second Hessian eigenvalue, only with Settings(top_k=2) (the second "
+                 "pair costs about 1.5× the Hessian-vector products)"),
+    "eta_lambda_max": ("1", "η·λ_max, against limit_gd and limit_momentum (Cohen et al. 2021, "
+                       "arXiv 2103.00065)"),
+    "limit_gd": ("1", "2: GD's stability limit on η·λ_max"),
+    "limit_momentum": ("1", "2+2β: heavy-ball momentum β's stability limit on η·λ_max"),
+    "lanczos_matvecs": ("count", "Hessian-vector products the estimate took"),
+    "lanczos_converged": ("0/1", "1 when the Ritz residual met the tolerance"),
+    "lanczos_rel_residual": ("1", "the top Ritz pair's residual over |λ_max|"),
+    "batch_size": ("count", "rows of the (subsampled) batch the Hessian was taken on"),
+    "grad_curvature": ("curvature", "gᵀHg/‖g‖² along the recorded gradient (Gilmer et al. 2021, "
+                       "arXiv 2110.04369)"),
+    "eta_grad_curvature": ("1", "η·gᵀHg/‖g‖²"),
+    "cos_grad_top": ("1", "|cos| of g with the top Hessian eigenvector"),
+    "loss_ratio_top_step": ("1", "L(θ − η(gᵀv₁)v₁)/L(θ): the GD step restricted to the top "
+                            "direction; > 1 iff that direction is unstable on a quadratic"),
+    "update_curvature": ("curvature", "uᵀHu/‖u‖² along the actual update u = θ_{s+1} − θ_s (when "
+                         "step s+1 was captured)"),
+    "cos_update_top": ("1", "|cos| of u with the top Hessian eigenvector"),
+    "loss_ratio_update": ("1", "L(θ + u)/L(θ) on the same batch"),
+}
+
+
 def hessian_at(scene, step: int):
     """(operator, eig result, flat params, spec) for the batch-loss Hessian at `step`."""
     replay = scene.require_replay()
@@ -44,6 +72,7 @@ def recorded_update(scene, step: int, spec: FlatSpec) -> torch.Tensor | None:
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Hessian eigenpairs, directional curvatures and loss ratios at each finite selected step."""
     replay = scene.require_replay()
     momentum = ev.context.momentum
     def at(step):

@@ -3,7 +3,7 @@
 Evaluates L(θ_onset; batch_s) for the onset batch and every other recorded batch in the
 window (at most `max_neighbors`, nearest first). Full-batch runs have identical batches,
 so the ratio is 1 there by construction; `batches_identical` records which regime the run is
-in (the verdict uses it to tell full-batch edge of stability from SGD catapults).
+in (full batch or minibatches), for any rule that needs to know.
 """
 
 from __future__ import annotations
@@ -15,9 +15,20 @@ from forensics.analyze.evidence import Evidence
 from forensics.analyze.measure import Skip
 
 MAX_NEIGHBORS = 8
+METRICS = {
+    "batch_loss": ("loss", "at the onset weights: the onset batch's loss"),
+    "neighbor_loss_median": ("loss", f"at the onset weights: the median loss of up to "
+                             f"{MAX_NEIGHBORS} neighbouring recorded batches"),
+    "neighbor_count": ("count", "neighbouring batches evaluated"),
+    "batch_loss_ratio": ("1", "batch_loss / neighbor_loss_median"),
+    "batches_identical": ("0/1", "1 when every neighbouring batch equals the onset batch (one "
+                          "fixed, full batch), 0 when they differ (minibatches)"),
+}
+
 
 
 def measure(ev: Evidence, scene) -> None:
+    """The onset batch's loss against its recorded neighbours', at the onset weights."""
     ctx = ev.context
     replay = scene.require_replay()
     onset = ctx.onset

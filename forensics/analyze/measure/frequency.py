@@ -23,6 +23,27 @@ JUDGED_Q = 0.1
 RECOVERY_FACTOR = 1.5
 
 
+METRICS = {
+    "e_low": ("1", "per step: ‖y_low − h_low‖/‖y_low‖ on the onset batch"),
+    "e_high": ("1", "per step: the same for the high band"),
+    "low_share_excess": ("1", "at the peak: share of the excess residual r_peak − r_ref in the low "
+                         "band (Li, Xu & Zhang 2023, arXiv 2305.12133)"),
+    "low_share_descent": ("1", "at the peak: share of the descent r_peak − r_next in the low band"),
+    "freq_cutoff": ("cycles or input distance²", "the DFT cutoff k0 in cycles over the grid, or "
+                    "δ of the Gaussian filter"),
+    "freq_method_dft": ("0/1", "1 for the DFT on a 1-D grid, 0 for Gaussian filtering"),
+    "freq_n": ("count", "points of the onset batch"),
+    "descent_to_step": ("step", "the captured step after the peak the descent is measured to"),
+    "reference_step": ("step", "the captured pre-onset step the excess is measured from"),
+    "recovery_low": ("steps", "steps after the peak until the low band's error is back within "
+                     f"{RECOVERY_FACTOR:g}× its pre-spike level"),
+    "recovery_high": ("steps", "the same for the high band"),
+    **{f"low_share_{part}@q{q:g}": ("1", f"low_share_{part} with the Gaussian filter at δ = {q:g}× "
+                                         "the median squared pairwise distance (not on a grid)")
+       for part in ("excess", "descent") for q in QS},
+}
+
+
 def _bands(scene, x: torch.Tensor, n: int):
     """A function residuals (T, n) -> (T, 2) band energies, and the cutoff/method used."""
     task = scene.context.task
@@ -42,6 +63,7 @@ def _share(bands, v: torch.Tensor) -> float:
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Band errors per step and the low-frequency shares of the excess and the descent."""
     ctx = ev.context
     replay = scene.require_replay()
     if str(scene.run.manifest.get("loss", "mse")) != "mse":

@@ -1,10 +1,12 @@
 """Engine `ntk`: the empirical tangent kernel, the critical lr, the loss split, and the AGOP.
 
-At θ_s on (a seeded subsample of) the onset batch, held fixed across the window: the top-s eigenpairs of K = JJᵀ
-(`forensics.math.ntk.empirical_ntk` picks the per-layer factorisation for Linear stacks,
-the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for the run's loss
-(n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K) for the
-paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu et al.). For cross-entropy the
+At θ_s on (a seeded subsample of) the onset batch, held fixed across the window: the top-s
+eigenpairs of K = JJᵀ (`forensics.math.ntk.empirical_ntk` picks the per-layer factorisation
+for Linear stacks, the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for
+the run's loss (n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K)
+for the paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu, Liu, Radhakrishnan &
+Belkin 2023, "Catapults in SGD: spikes in the training loss and their impact on
+generalization through feature learning", arXiv 2306.04815). For cross-entropy the
 residual is n·∂L/∂logits = softmax − onehot (any other loss: n·∂L/∂F) and η_crit uses the
 (1/2n) scaling, which is approximate there: `eta_crit_exact` says so.
 AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) is compared with the task's true AGOP when the run declares
@@ -21,6 +23,25 @@ from forensics.math.agop import TRUE_AGOP_TASKS, agop, agop_alignment, true_agop
 from forensics.math.ntk import empirical_ntk, eta_crit, loss_split, output_residual
 
 
+METRICS = {
+    "ntk_lambda_max": ("kernel", "top eigenvalue of the empirical NTK K = JJᵀ of the batch outputs"),
+    "ntk_n": ("count", "rows of the (subsampled) onset batch the kernel was taken on"),
+    "ntk_s": ("count", "s, the top eigenvectors used for the loss split (≤ n/4)"),
+    "eta_crit": ("lr", "η_crit = 2n/λ_max(K) for L = (1/2n)‖r‖² (n/λ_max(K) for torch's mean MSE; "
+                 "for other losses the logit Jacobian and n·∂L/∂F as the residual)"),
+    "lr_over_eta_crit": ("1", "η/η_crit: > 1 is past the linearised model's critical lr"),
+    "eta_crit_exact": ("0/1", "1 for MSE, where η_crit is exact; 0 where the (1/2n) scaling is an "
+                       "approximation"),
+    "pl_top": ("loss", "PL_s = (1/n)‖U_sᵀr‖², the loss in the top-s NTK eigenspace (Zhu et al. "
+               "2023, arXiv 2306.04815)"),
+    "pl_rest": ("loss", "PL_s^⊥ = (1/n)‖r‖² − PL_s, the loss outside it"),
+    "ntk_loss": ("loss", "PL_s + PL_s^⊥"),
+    "agop_alignment": ("1", "cos(G, G*) of the AGOP with the task's true AGOP (task.true_agop)"),
+    "agop_alignment_ref": ("1", "cos(G, G_ref) of the AGOP with the AGOP at the reference step, "
+                           "when the task declares no true AGOP"),
+}
+
+
 def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """F − y for mse (so PL_s + PL_s^⊥ is the loss itself), else n·∂L/∂F (any loss)."""
     if loss == "mse":
@@ -29,6 +50,7 @@ def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Te
 
 
 def measure(ev: Evidence, scene) -> None:
+    """The NTK spectrum, the critical lr, the loss split and the AGOP at each finite selected step."""
     if ev.context.optimizer == "adam":
         raise Skip("the NTK's critical lr is a (S)GD limit; Adam runs use the adam engine")
     replay = scene.require_replay()

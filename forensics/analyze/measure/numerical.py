@@ -14,11 +14,22 @@ import torch
 from forensics.analyze.evidence import Evidence
 
 
+WITHOUT_SNAPSHOTS = True  # the recorded losses in steps/ still say whether the spike went non-finite
+METRICS = {
+    "nonfinite_loss": ("count", "non-finite loss: per snapshot 0/1, and 1 at every step of steps/ "
+                       "in the spike whose recorded loss is NaN/Inf"),
+    "nonfinite_grad": ("count", "non-finite values among the snapshot's gradients"),
+    "nonfinite_param": ("count", "non-finite values among the snapshot's weights"),
+    "nonfinite_state": ("count", "non-finite values among the snapshot's optimizer moments"),
+}
+
+
 def _count(tensors) -> int:
     return int(sum((~torch.isfinite(t)).sum().item() for t in tensors if t.is_floating_point()))
 
 
 def measure(ev: Evidence, scene) -> None:
+    """Non-finite counts per selected snapshot, and non-finite recorded losses in the spike."""
     ctx = ev.context
     steps = scene.run.steps
     if steps is not None and steps.num_rows:

@@ -1,27 +1,41 @@
-"""One rule per mechanism: each reads an `Evidence` and returns one `Finding`.
+"""One rule per mechanism, found by discovery: every module here (not starting with "_") is
+one mechanism and declares `SPEC = Mechanism(...)` (`forensics.analyze.spec`).
 
-Rules are pure: they see only the measurements (and the spike's context), so a finding
-can be re-derived from `analysis/measurements.parquet`.
+Rules are pure: a judge sees only the measurements of the engines its spec needs (and the
+spike's context), so a finding can be re-derived from `analysis/measurements.parquet`.
+Adding a mechanism is adding a file here; nothing else lists them.
+
+`SPECS`: name -> Mechanism, in the order the verdict considers them (ascent rules by
+precedence, then descent, then aftermath; the name breaks ties).
 """
 
-from forensics.analyze.rules import (
-    adam_beta2_lag,
-    catapult,
-    condensation,
-    data,
-    low_frequency,
-    numerical,
-    sharpness,
-)
+from __future__ import annotations
 
-RULES = {
-    "numerical": numerical.judge,
-    "sharpness": sharpness.judge,
-    "catapult": catapult.judge,
-    "adam_beta2_lag": adam_beta2_lag.judge,
-    "low_frequency": low_frequency.judge,
-    "condensation": condensation.judge,
-    "data": data.judge,
-}
+import importlib
+import pkgutil
 
-__all__ = ["RULES"]
+from forensics.analyze.spec import ROLES, Mechanism
+
+
+def discover(package: str, path) -> dict[str, Mechanism]:
+    """The SPEC of every module of `package` (found on `path`) whose name does not start
+    with "_", in verdict order. Raises TypeError for a module without a SPEC and ValueError
+    for a SPEC whose name is not its file's."""
+    specs = []
+    for info in pkgutil.iter_modules(path):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        spec = getattr(module, "SPEC", None)
+        if not isinstance(spec, Mechanism):
+            raise TypeError(f"{module.__file__}: a rule module must define SPEC = Mechanism(...)")
+        if spec.name != info.name:
+            raise ValueError(f"{module.__file__}: SPEC.name {spec.name!r} must be the file's name")
+        specs.append(spec)
+    specs.sort(key=lambda s: (ROLES.index(s.role), s.precedence or 0, s.name))
+    return {s.name: s for s in specs}
+
+
+SPECS: dict[str, Mechanism] = discover(__name__, __path__)
+
+__all__ = ["SPECS", "discover"]

@@ -1,13 +1,18 @@
-"""Small helpers the rules share to pick values out of a spike's measurement series."""
+"""Small helpers the rules share to pick values out of a spike's measurement series.
+
+Each takes what a judge is given (an `EvidenceView`, or an `Evidence`) and reads through its
+`series`, so the view's check of declared metrics applies."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from forensics.analyze.evidence import Evidence
+from forensics.analyze.evidence import Evidence, EvidenceView
+
+Readable = Evidence | EvidenceView
 
 
-def window(ev: Evidence, metric: str, lo: int | None, hi: int | None):
+def window(ev: Readable, metric: str, lo: int | None, hi: int | None):
     """Steps and values of `metric` with lo <= step <= hi (None: unbounded)."""
     steps, values = ev.series(metric)
     keep = np.ones(len(steps), dtype=bool)
@@ -18,7 +23,7 @@ def window(ev: Evidence, metric: str, lo: int | None, hi: int | None):
     return steps[keep], values[keep]
 
 
-def first(ev: Evidence, metric: str, lo: int | None = None, hi: int | None = None):
+def first(ev: Readable, metric: str, lo: int | None = None, hi: int | None = None):
     """(step, value) of the earliest finite measurement in the window, or None."""
     steps, values = window(ev, metric, lo, hi)
     ok = np.isfinite(values)
@@ -28,7 +33,7 @@ def first(ev: Evidence, metric: str, lo: int | None = None, hi: int | None = Non
     return int(steps[i]), float(values[i])
 
 
-def last(ev: Evidence, metric: str, lo: int | None = None, hi: int | None = None):
+def last(ev: Readable, metric: str, lo: int | None = None, hi: int | None = None):
     """(step, value) of the latest finite measurement in the window, or None."""
     steps, values = window(ev, metric, lo, hi)
     ok = np.flatnonzero(np.isfinite(values))
@@ -38,7 +43,7 @@ def last(ev: Evidence, metric: str, lo: int | None = None, hi: int | None = None
     return int(steps[i]), float(values[i])
 
 
-def peak_value(ev: Evidence, metric: str, lo: int | None = None, hi: int | None = None):
+def peak_value(ev: Readable, metric: str, lo: int | None = None, hi: int | None = None):
     """(step, value) of the largest finite measurement in the window, or None."""
     steps, values = window(ev, metric, lo, hi)
     ok = np.isfinite(values)

@@ -3,34 +3,55 @@
 For loss L = (1/2n)‖F−y‖² gradient descent linearised around w is stable iff
 η < η_crit = 2n/λ_max(K), K = J Jᵀ the empirical NTK (for torch's mean-reduced MSE,
 L = (1/n)‖r‖², it is n/λ_max(K)). With η_crit < η < η_max the loss first grows, then
-λ_max(K) falls until η < η_crit again and the loss drops: a catapult (Lewkowycz et al. 2020,
-"The large learning rate phase of deep learning: the catapult mechanism"; Zhu, Liu,
-Radhakrishnan & Belkin, "Catapults in SGD: spikes in the training loss and their impact on
-generalization through feature learning"). Zhu et al. decompose the loss along K's top-s
-eigenvectors, PL_s = (1/n)‖U_sᵀ r‖², PL_s^⊥ = L − PL_s, and find the spike lives in PL_s.
+λ_max(K) falls until η < η_crit again and the loss drops: a catapult (Lewkowycz, Bahri, Dyer,
+Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase of deep learning: the catapult
+mechanism", arXiv 2003.02218; Zhu, Liu, Radhakrishnan & Belkin 2023, "Catapults in SGD: spikes
+in the training loss and their impact on generalization through feature learning", arXiv
+2306.04815). Zhu et al. decompose the loss along K's top-s eigenvectors,
+PL_s = (1/n)‖U_sᵀ r‖², PL_s^⊥ = L − PL_s, and find the spike lives in PL_s.
 
 Fires when η > η_crit at onset, most of the loss increase from the quiet reference to the
 peak lies in the top-s eigenspace, and λ_max(K) is lower after the spike than before.
+
+Tie-break: a curvature-limit crossing can fire this rule and the Hessian one together; they
+differ in what moved. With minibatches that differ from step to step, a batch whose kernel is
+too sharp for η is Zhu et al.'s catapult in SGD, and this rule prevails; with one fixed (full)
+batch the curvature grew into the limit at a steady lr (edge of stability / LLAS), and it
+yields. Whether the batches differ is the `data` engine's `batches_identical`.
 """
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import Evidence, Finding, inconclusive
+from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyze.plots import Limit, Lines, Row
 from forensics.analyze.rules._series import clip01, first, last, peak_value
+from forensics.analyze.spec import CURVATURE_LIMIT, Mechanism, Thresholds
 
 RULE = "catapult"
 HINT = ("the learning rate exceeded the critical 2/λ_max(K) of the kernel: lower the peak lr "
         "or warm up longer; a single catapult that recovers can be benign (it flattens the "
         "kernel and often helps generalisation)")
-MIN_TOP_SHARE = 0.5
-MAX_KERNEL_RATIO = 0.95
+LEWKOWYCZ_2020 = ("Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, \"The large learning "
+                  "rate phase of deep learning: the catapult mechanism\", arXiv 2003.02218")
+ZHU_2023 = ("Zhu, Liu, Radhakrishnan & Belkin 2023, \"Catapults in SGD: spikes in the training "
+            "loss and their impact on generalization through feature learning\", arXiv 2306.04815")
+T = Thresholds(
+    lr_over_eta_crit=(1.0, "the linearised model diverges for η > η_crit = 2n/λ_max(K) "
+                      "(n/λ_max(K) for torch's mean MSE); " + LEWKOWYCZ_2020),
+    min_top_share=(0.5, "the spike lives in the top-s NTK eigenspace (" + ZHU_2023 + "); "
+                   "rationale: 'most' of the increase = more than half"),
+    max_kernel_ratio_after=(0.95, "the catapult ends when λ_max(K) has fallen below 2n/η ("
+                            + LEWKOWYCZ_2020 + "); rationale: a fall of at least 5%, so that "
+                            "estimation noise is not read as a fall"),
+)
 
 
-def judge(ev: Evidence) -> Finding:
+def judge(ev: EvidenceView) -> Finding:
+    """η against the NTK's critical lr, where the loss increase lives, and whether λ_max(K) fell."""
     ctx = ev.context
     if ctx.optimizer == "adam":
-        return inconclusive(RULE, "the kernel's critical lr 2n/λ_max(K) is a (S)GD limit; for "
-                            "Adam see adam_beta2_lag")
+        return inconclusive(RULE, "the kernel's critical lr 2n/λ_max(K) is a (S)GD limit; "
+                            "Adam's limit is on the preconditioned curvature λ_max(P⁻¹H)")
     if not ev.has("lr_over_eta_crit"):
         return inconclusive(RULE, ev.skipped.get("ntk", "no NTK measurements"))
 
@@ -62,17 +83,17 @@ def judge(ev: Evidence) -> Finding:
         "kernel_ratio": kernel_ratio,
         "ntk_n": ev.at("ntk_n", ref_step),
     }
-    thresholds = {"lr_over_eta_crit": 1.0, "min_top_share": MIN_TOP_SHARE,
-                  "max_kernel_ratio_after": MAX_KERNEL_RATIO}
-    above = at_onset[1] > 1.0
-    in_top = top_share == top_share and top_share >= MIN_TOP_SHARE
+    thresholds = {"lr_over_eta_crit": T.lr_over_eta_crit, "min_top_share": T.min_top_share,
+                  "max_kernel_ratio_after": T.max_kernel_ratio_after}
+    above = at_onset[1] > T.lr_over_eta_crit
+    in_top = top_share == top_share and top_share >= T.min_top_share
     if kernel_ratio is None:
         if above and in_top:
             return inconclusive(RULE, "no snapshot after the spike to see whether λ_max(K) fell",
                                 **evidence)
         drop = False
     else:
-        drop = kernel_ratio < MAX_KERNEL_RATIO
+        drop = kernel_ratio < T.max_kernel_ratio_after
     if above and in_top and drop:
         score = clip01(0.5 + 0.25 * clip01(top_share) + 0.25 * clip01(1 - kernel_ratio))
         return Finding(RULE, "fired", score,
@@ -85,3 +106,30 @@ def judge(ev: Evidence) -> Finding:
     return Finding(RULE, "not_fired", clip01(0.2 * above + 0.2 * in_top + 0.2 * drop),
                    f"no catapult: {'; '.join(missing)} (η/η_crit = {at_onset[1]:.3g})",
                    evidence=evidence, thresholds=thresholds)
+
+
+def minibatches(ev: EvidenceView) -> bool:
+    """True when the recorded batches differ from step to step (SGD): then this rule prevails
+    over the other curvature rules; False (one full batch, or not known) makes it yield."""
+    return ev.at("batches_identical", ev.context.onset) == 0.0
+
+
+SPEC = Mechanism(
+    name=RULE, role="ascent", needs=("ntk", "data"), judge=judge, hint=HINT, thresholds=T,
+    summary=f"η > η_crit at onset, ≥ {T.min_top_share:.0%} of the loss increase (reference → "
+            f"peak) lies in the top-s NTK eigenspace, and λ_max(K) after the spike < "
+            f"{T.max_kernel_ratio_after:g}× before. Inconclusive for Adam",
+    badge="orange", colour="#ff7f0e", precedence=20,
+    precedence_note=CURVATURE_LIMIT,
+    tie_break=minibatches,
+    tie_break_note="prevails when the batches differ from step to step (`batches_identical` = 0: "
+                   "a minibatch kernel too sharp for η, Zhu et al.'s catapult in SGD); yields with "
+                   "one fixed batch or when that is unknown (the curvature grew into the limit at "
+                   "a steady lr: edge of stability)",
+    panel=(Row(Lines("where the loss lives: PL_s vs PL_s^⊥",
+                     {"pl_top": "PL_s (top-s NTK directions)", "pl_rest": "PL_s^⊥ (the rest)"},
+                     y_title="loss share (log)", log_y=True),
+               Lines("lr against the NTK's critical lr 2n/λ_max(K)",
+                     {"lr_over_eta_crit": "η / η_crit"}, y_title="η / η_crit",
+                     limits=(Limit("1 (critical lr)", 1.0),))),),
+)

@@ -6,7 +6,9 @@ The rule names where it first appears (loss, gradient, weight, moment) and at wh
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import Evidence, Finding
+from forensics.analyze.evidence import EvidenceView, Finding
+from forensics.analyze.plots import Counts
+from forensics.analyze.spec import Mechanism, Thresholds
 
 RULE = "numerical"
 HINT = ("find the first non-finite tensor (see evidence); lower the lr, clip gradients, raise "
@@ -15,7 +17,8 @@ HINT = ("find the first non-finite tensor (see evidence); lower the lr, clip gra
 _KINDS = ("nonfinite_loss", "nonfinite_grad", "nonfinite_param", "nonfinite_state")
 
 
-def judge(ev: Evidence) -> Finding:
+def judge(ev: EvidenceView) -> Finding:
+    """Where and when the first non-finite value appears."""
     firsts = {}
     for kind in _KINDS:
         steps, values = ev.series(kind)
@@ -35,3 +38,15 @@ def judge(ev: Evidence) -> Finding:
     return Finding(RULE, "fired", 1.0,
                    f"non-finite {where} first at step {step} ({parts})", HINT,
                    evidence={"first_nonfinite": firsts, "first_kind": where, "first_step": step})
+
+
+SPEC = Mechanism(
+    name=RULE, role="ascent", needs=("numerical",), judge=judge, hint=HINT, thresholds=Thresholds(),
+    summary="any non-finite loss, gradient, weight or optimizer moment in the spike",
+    badge="red", colour="#e377c2", precedence=0,
+    precedence_note="once a value is NaN/Inf nothing else can be measured on it",
+    panel=(Counts("non-finite values per snapshot",
+                  {"nonfinite_loss": "loss", "nonfinite_grad": "gradients",
+                   "nonfinite_param": "weights", "nonfinite_state": "optimizer state"},
+                  all_zero="every snapshot of this spike is finite (0 non-finite values)"),),
+)

@@ -1,5 +1,5 @@
 """The spike page (`?page=spike&run=…&spike=…`): the verdict, then every finding as its picture
-first (evidence.PANELS) and its numbers second."""
+first (the panel its rule's spec declares, drawn by `panels`) and its numbers second."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from forensics.app import charts, data, evidence, ui
+from forensics.app import charts, data, panels, ui
 
 STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
@@ -53,10 +53,10 @@ def _row(spikes: pd.DataFrame, spike_id: int) -> dict:
     return spikes[spikes["spike_id"] == spike_id].iloc[0].to_dict()
 
 
-def context(root: str, run: dict, spike: dict) -> evidence.SpikeContext:
+def context(root: str, run: dict, spike: dict) -> panels.SpikeFrames:
     lo, hi = charts.window(spike)
     lo_wide = lo - 3 * (hi - lo)
-    return evidence.SpikeContext(
+    return panels.SpikeFrames(
         root=root, run=run, spike=spike, m=data.measurements(root, run["run_id"], spike["spike_id"]),
         steps=data.steps(root, run["run_id"], lo_wide, hi + (hi - lo)), snaps=data.snapshots(root, run["run_id"]))
 
@@ -101,16 +101,14 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
                 _finding(ctx, f)
 
 
-def _finding(ctx: evidence.SpikeContext, f: dict) -> None:
+def _finding(ctx: panels.SpikeFrames, f: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 2], vertical_alignment="center")
     c1.markdown(f"#### {f['rule']}" + ("  ·  primary verdict" if f["primary"] else ""))
     with c2:
         ui.status_badge(f["status"])
     c3.progress(float(min(max(f["score"] or 0.0, 0.0), 1.0)), text=f"score {f['score']:.2f}")
     st.markdown(f["message"])
-    panel = evidence.PANELS.get(f["rule"])
-    drew = panel(ctx) if panel is not None else False
-    if not drew:
+    if not panels.draw_finding(f["rule"], ctx):
         st.caption("no measurements to draw for this rule")
     if f.get("hint"):
         st.markdown(f":material/lightbulb: **Hint:** {f['hint']}")
