@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import _common as C  # noqa: E402
-from forensics.analyze.pipeline import ENGINE_ORDER, analyze  # noqa: E402
+from forensics.analyzer.pipeline import ENGINE_ORDER, analyze  # noqa: E402
 
 MODEL = {"sizes": [256, 1024, 768, 1], "activation": "tanh"}
 N, BATCH, LR, STEPS, BAD_STEP, LABEL_SCALE = 4096, 256, 0.05, 48, 32, 10.0
@@ -63,7 +63,7 @@ class LanczosProbe:
     """Count and time the curvature engine's Lanczos calls and the HVPs inside them (wrappers only)."""
 
     def __enter__(self):
-        import forensics.analyze.measure.curvature as curv
+        import forensics.analyzer.measure.curvature as curv
         from forensics.math.hvp import HVPOperator
 
         self.calls, self.hvp_s = [], 0.0

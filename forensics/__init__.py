@@ -5,7 +5,7 @@ nothing it does not need:
 
     Recorder   record.recorder  - rides in the training loop, keeps the black box
     open_run   rundir.reader    - reads a run directory (manifest, steps, spikes, snapshots)
-    analyze    analyze.pipeline - attributes each spike to its mechanism, with evidence
+    analyze    analyzer.pipeline - attributes each spike to its mechanism, with evidence
     connect    catalog.views    - DuckDB views over one or many runs
 """
 
@@ -15,7 +15,7 @@ _LAZY = {
     "Recorder": ("forensics.record.recorder", "Recorder"),
     "DetectorConfig": ("forensics.record.detector", "DetectorConfig"),
     "open_run": ("forensics.rundir.reader", "open_run"),
-    "analyze": ("forensics.analyze.pipeline", "analyze"),
+    "analyze": ("forensics.analyzer.pipeline", "analyze"),
     "connect": ("forensics.catalog.views", "connect"),
 }
 
@@ -29,3 +29,7 @@ def __getattr__(name: str):
 
     module, attr = _LAZY[name]
     return getattr(importlib.import_module(module), attr)
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

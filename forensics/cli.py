@@ -84,7 +84,7 @@ def analyze(
 
     Exit codes: 0 = every run analyzed; 2 = usage error, nothing done; 3 = some run could not be read or analyzed (named on stderr; the others were analyzed).
     """
-    from forensics.analyze.mechanisms import check_mechanisms
+    from forensics.analyzer.mechanisms import check_mechanisms
     from forensics.catalog.discover import find_runs
 
     chosen = None
@@ -98,7 +98,7 @@ def analyze(
         _fail("; ".join(problems))
     dev = _check_device(device)
 
-    from forensics.analyze.pipeline import analyze as run_analysis
+    from forensics.analyzer.pipeline import analyze as run_analysis
     from forensics.rundir.format import RunFormatError
     from forensics.rundir.reader import open_run
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from forensics.analyze.pipeline import analyze
-from forensics.analyze.rules import SPECS
+from forensics.analyzer.pipeline import analyze
+from forensics.analyzer.rules import SPECS
 from forensics.rundir.model import build_model
 from forensics.rundir.reader import open_run
 
@@ -251,3 +251,18 @@ def test_a_subset_of_mechanisms_gives_the_same_verdict_on_a_minibatch_run(tmp_pa
 def test_unknown_mechanism_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown mechanism"):
         analyze(SAMPLES / "eos", mechanisms=["sharpnes"], write=False)
+
+
+def test_public_names_survive_importing_the_analyzer_package():
+    """`forensics.analyze` stays the function after the analyzer package is imported (it used to be
+    shadowed by the subpackage `forensics.analyze` after the first call), and `dir()` lists it."""
+    import subprocess
+    import sys
+
+    code = ("import forensics, forensics.analyzer.pipeline, inspect\n"
+            "a, b = forensics.analyze, forensics.analyze\n"
+            "from forensics import analyze\n"
+            "assert inspect.isfunction(a) and a is b is analyze, (a, b, analyze)\n"
+            "assert {'Recorder', 'analyze', 'open_run', 'connect'} <= set(dir(forensics))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

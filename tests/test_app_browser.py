@@ -47,7 +47,7 @@ def analyzed_root(tmp_path_factory):
     """A folder with a fresh copy of the Adam sample run, analyzed; returns (folder, spike row)."""
     import shutil
 
-    from forensics.analyze.pipeline import analyze
+    from forensics.analyzer.pipeline import analyze
 
     root = tmp_path_factory.mktemp("browser_runs")
     shutil.copytree(REPO / "sample_runs" / RUN, root / RUN, ignore=shutil.ignore_patterns("analysis"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from forensics.analyze.store import write_analysis
+from forensics.analyzer.store import write_analysis
 from forensics.rundir.events import EventLog
 from forensics.rundir.manifest import build_manifest, write_manifest
 from forensics.rundir.snapshots import save_snapshot

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from forensics.analyze import plots  # noqa: E402
-from forensics.analyze.evidence import Evidence, SpikeContext, UndeclaredMetric  # noqa: E402
-from forensics.analyze.rules import SPECS  # noqa: E402
+from forensics.analyzer import plots  # noqa: E402
+from forensics.analyzer.evidence import Evidence, SpikeContext, UndeclaredMetric  # noqa: E402
+from forensics.analyzer.rules import SPECS  # noqa: E402
 from forensics.app import panels  # noqa: E402
 
 SPIKE = {"onset_step": 10, "peak_step": 12, "end_step": 16}

@@ -160,7 +160,7 @@ def test_analyze_expands_folders_reports_progress_and_survives_a_broken_run(copy
             progress(0, engine, i, 2)
         return Result(run.run_id)
 
-    monkeypatch.setattr("forensics.analyze.pipeline.analyze", fake)
+    monkeypatch.setattr("forensics.analyzer.pipeline.analyze", fake)
     r = invoke("analyze", copy, "--mechanisms", "sharpness, numerical", "--allow-import")
     assert r.exit_code == 3, r.output
     assert calls == [("adam-a", ("sharpness", "numerical"), True),

@@ -144,7 +144,7 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
     assert set(snap.batch) == {"input_ids", "labels", "attention_mask"} and snap.batch["input_ids"].shape == (BS, T)
     assert set(snap.exp_avg) == set(snap.exp_avg_sq) == set(snap.params)
 
-    from forensics.analyze.pipeline import Settings, analyze
+    from forensics.analyzer.pipeline import Settings, analyze
 
     result = analyze(tmp_path / "hf", allow_import=True, mechanisms=["numerical", "sharpness", "data"],
                      settings=Settings(max_snapshots=4))

@@ -130,7 +130,7 @@ def test_lightning_run_has_the_plain_loop_shape_and_finds_the_spike(tmp_path):
         torch.testing.assert_close(nxt.params[n], th, rtol=1e-4, atol=1e-6)
     assert sum(1 for e in run.events if e["type"] == "spike") == 1
 
-    from forensics.analyze.pipeline import analyze
+    from forensics.analyzer.pipeline import analyze
 
     result = analyze(tmp_path / "pl", mechanisms=["numerical", "sharpness", "data"])
     assert [s.context.onset for s in result.spikes] == [onset]

@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from forensics.analyze.evidence import Evidence as _Evidence
-from forensics.analyze.evidence import Finding, SpikeContext, UndeclaredMetric
-from forensics.analyze.measure import METRICS
-from forensics.analyze.rules import SPECS
-from forensics.analyze.verdict import choose_verdict
+from forensics.analyzer.evidence import Evidence as _Evidence
+from forensics.analyzer.evidence import Finding, SpikeContext, UndeclaredMetric
+from forensics.analyzer.measure import METRICS
+from forensics.analyzer.rules import SPECS
+from forensics.analyzer.verdict import choose_verdict
 
 
 class _Rules:

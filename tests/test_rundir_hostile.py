@@ -83,7 +83,7 @@ def test_steps_chunk_linked_outside_the_run_is_refused(two):
 
 
 def test_analysis_folder_linked_outside_is_neither_read_nor_written(two, tmp_path):
-    from forensics.analyze.store import write_analysis
+    from forensics.analyzer.store import write_analysis
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

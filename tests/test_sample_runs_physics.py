@@ -4,7 +4,7 @@ Every number here is computed from the files in sample_runs/ (run.json, steps/*.
 events.jsonl, snapshots/*.safetensors read with pyarrow and safetensors directly) by dense
 reference computations written out in this file: the full Jacobian NTK, the full Hessian, the
 full preconditioned Hessian, the DFT of the residual on the grid, the AGOP from input
-gradients. Nothing from forensics.math or forensics.analyze is used, so the analyzer can be
+gradients. Nothing from forensics.math or forensics.analyzer is used, so the analyzer can be
 checked against these facts. The only project code used is the model zoo, to rebuild the
 nets named in run.json.
 """

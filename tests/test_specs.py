@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from forensics.analyze import plots
-from forensics.analyze.doc_tables import render
-from forensics.analyze.evidence import Evidence, SpikeContext, UndeclaredMetric
-from forensics.analyze.measure import METRICS
-from forensics.analyze.mechanisms import MECHANISMS, engines_for
-from forensics.analyze.rules import SPECS, discover
-from forensics.analyze.spec import Mechanism, Threshold, Thresholds
+from forensics.analyzer import plots
+from forensics.analyzer.doc_tables import render
+from forensics.analyzer.evidence import Evidence, SpikeContext, UndeclaredMetric
+from forensics.analyzer.measure import METRICS
+from forensics.analyzer.mechanisms import MECHANISMS, engines_for
+from forensics.analyzer.rules import SPECS, discover
+from forensics.analyzer.spec import Mechanism, Threshold, Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "forensics"
-RULES_DIR = PACKAGE / "analyze" / "rules"
+RULES_DIR = PACKAGE / "analyzer" / "rules"
 ALL_METRICS = {m for metrics in METRICS.values() for m in metrics}
 
 
@@ -126,7 +126,7 @@ def test_each_rule_names_only_metrics_its_engines_declare(name):
 def test_the_verdict_and_the_pipeline_read_no_metric():
     """The verdict used to read `batches_identical` itself; now only specs read metrics."""
     for module in ("verdict.py", "pipeline.py", "mechanisms.py", "spec.py", "doc_tables.py"):
-        assert not _reads(PACKAGE / "analyze" / module), module
+        assert not _reads(PACKAGE / "analyzer" / module), module
 
 
 def test_a_subset_of_rules_runs_every_engine_its_specs_need():
@@ -165,8 +165,8 @@ def test_no_module_but_its_rule_file_names_a_mechanism():
         words = _code_strings(path, skip_keywords=("needs",), keys=True)
         words |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         for name in set(SPECS) & words:
-            own = rel == Path("analyze", "rules", f"{name}.py")
-            engine = rel == Path("analyze", "measure", f"{name}.py")
+            own = rel == Path("analyzer", "rules", f"{name}.py")
+            engine = rel == Path("analyzer", "measure", f"{name}.py")
             if not (own or engine):
                 offenders.append((str(rel), name))
     assert not offenders, offenders
@@ -175,7 +175,7 @@ def test_no_module_but_its_rule_file_names_a_mechanism():
 def test_docs_tables_are_generated_from_the_specs():
     doc = ROOT / "docs" / "analysis.md"
     text = doc.read_text(encoding="utf-8")
-    assert render(text) == text, "run: python -m forensics.analyze.doc_tables docs/analysis.md"
+    assert render(text) == text, "run: python -m forensics.analyzer.doc_tables docs/analysis.md"
     for name, spec in SPECS.items():
         assert f"| `{name}` | {spec.role} |" in text
         for threshold in spec.thresholds:
@@ -197,8 +197,8 @@ def test_a_mechanism_is_one_file(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "plateau.py").write_text(
-        "from forensics.analyze.plots import Lines\n"
-        "from forensics.analyze.spec import Mechanism, Thresholds\n"
+        "from forensics.analyzer.plots import Lines\n"
+        "from forensics.analyzer.spec import Mechanism, Thresholds\n"
         "SPEC = Mechanism(name='plateau', role='aftermath', needs=('data',), judge=print,\n"
         "                 summary='s', hint='h', thresholds=Thresholds(), badge='gray',\n"
         "                 colour='#000000', panel=(Lines('t', {'batch_loss': 'l'}),))\n")

@@ -14,8 +14,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from forensics.analyze.mechanisms import UNEXPLAINED
-from forensics.analyze.rules import SPECS
+from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.rules import SPECS
 
 # each mechanism's colour comes from its spec; the two verdicts that are not mechanisms follow
 VERDICT_COLORS = {**{name: spec.colour for name, spec in SPECS.items()},

@@ -228,7 +228,7 @@ def condensation_matrices(run_path: str, steps_: tuple[int, ...], max_neurons: i
     together) and capped at `max_neurons`. None when the snapshots or the layer are missing."""
     import torch
 
-    from forensics.analyze.measure.condensation import first_layer
+    from forensics.analyzer.measure.condensation import first_layer
     from forensics.math.condensation import cosine_matrix
     from forensics.rundir.reader import open_run
 

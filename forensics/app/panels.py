@@ -1,6 +1,6 @@
 """One picture per finding: draws the `panel` its rule's spec declares, on the spike page.
 
-A spec's panel is data (`forensics.analyze.plots`: Lines, Bars, Counts, Decay, NeuronCosines,
+A spec's panel is data (`forensics.analyzer.plots`: Lines, Bars, Counts, Decay, NeuronCosines,
 Heatmap, Row); this module draws each kind from the spike's frames. `draw_finding(rule, frames)`
 returns False when there is nothing to draw.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from forensics.analyze import plots
-from forensics.analyze.rules import SPECS
+from forensics.analyzer import plots
+from forensics.analyzer.rules import SPECS
 from forensics.app import charts, data, heatmaps, ui
 
 

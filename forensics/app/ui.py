@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from forensics.analyze.mechanisms import UNEXPLAINED
-from forensics.analyze.rules import SPECS
+from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.rules import SPECS
 
 PAGES = ("Runs", "Spike", "Compare", "SQL")
 NAV_KEY = "nav"

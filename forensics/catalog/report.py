@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 
-from forensics.analyze.mechanisms import MECHANISMS
+from forensics.analyzer.mechanisms import MECHANISMS
 
 _STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 

@@ -28,7 +28,7 @@ STEP_COLUMNS = (
 
 
 # Columns of the analyzer's tables, analysis/<table>.parquet: (name, DuckDB type, meaning).
-# The analyzer writes them (forensics.analyze.store) and the catalog serves them
+# The analyzer writes them (forensics.analyzer.store) and the catalog serves them
 # (forensics.catalog.schema): this is the one definition. JSON columns are stored as strings.
 ANALYSIS_TABLES: dict[str, list[tuple[str, str, str]]] = {
     "spikes": [

@@ -1,7 +1,7 @@
 """The tables of docs/analysis.md, generated from the engines' METRICS and the rules' SPECs.
 
 Each table sits between `<!-- begin generated: NAME -->` and `<!-- end generated: NAME -->`
-in the document; `python -m forensics.analyze.doc_tables docs/analysis.md` rewrites them
+in the document; `python -m forensics.analyzer.doc_tables docs/analysis.md` rewrites them
 and a test fails when the file and the specs disagree, so the docs cannot drift.
 """
 
@@ -12,8 +12,8 @@ import sys
 from itertools import groupby
 from pathlib import Path
 
-from forensics.analyze.measure import METRICS
-from forensics.analyze.rules import SPECS
+from forensics.analyzer.measure import METRICS
+from forensics.analyzer.rules import SPECS
 
 _BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- end generated: (?P=name) -->)", re.DOTALL)
@@ -25,7 +25,7 @@ def _cell(text) -> str:
 
 def metrics_table() -> str:
     """engine | metric | unit | meaning, one row per declared metric, engines in run order."""
-    from forensics.analyze.mechanisms import MECHANISMS, engines_for
+    from forensics.analyzer.mechanisms import MECHANISMS, engines_for
 
     order = list(engines_for(MECHANISMS)) + [e for e in METRICS if e not in engines_for(MECHANISMS)]
     lines = ["| engine | metric | unit | meaning |", "|---|---|---|---|"]

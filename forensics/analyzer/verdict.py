@@ -9,17 +9,17 @@ rules describe what came after and never are a verdict). Among them, from the sp
 3. then the highest score, and the name for a tie.
 
 No fired ascent rule: "unexplained". The order and the notes are listed in docs/analysis.md
-(generated from the specs by `forensics.analyze.doc_tables`).
+(generated from the specs by `forensics.analyzer.doc_tables`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from forensics.analyze.evidence import Evidence, Finding
-from forensics.analyze.mechanisms import UNEXPLAINED
-from forensics.analyze.rules import SPECS
-from forensics.analyze.spec import Mechanism
+from forensics.analyzer.evidence import Evidence, Finding
+from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.rules import SPECS
+from forensics.analyzer.spec import Mechanism
 
 
 def choose_verdict(findings: list[Finding], evidence: Evidence,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forensics.analyze.evidence import Evidence, EvidenceView
+from forensics.analyzer.evidence import Evidence, EvidenceView
 
 Readable = Evidence | EvidenceView
 

@@ -1,5 +1,5 @@
 """One rule per mechanism, found by discovery: every module here (not starting with "_") is
-one mechanism and declares `SPEC = Mechanism(...)` (`forensics.analyze.spec`).
+one mechanism and declares `SPEC = Mechanism(...)` (`forensics.analyzer.spec`).
 
 Rules are pure: a judge sees only the measurements of the engines its spec needs (and the
 spike's context), so a finding can be re-derived from `analysis/measurements.parquet`.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from forensics.analyze.spec import ROLES, Mechanism
+from forensics.analyzer.spec import ROLES, Mechanism
 
 
 def discover(package: str, path) -> dict[str, Mechanism]:

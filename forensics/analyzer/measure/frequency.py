@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from forensics.analyze.evidence import Evidence
-from forensics.analyze.measure import Skip
+from forensics.analyzer.evidence import Evidence
+from forensics.analyzer.measure import Skip
 from forensics.math.frequency import band_energies, recovery_steps
 
 QS = (0.05, 0.1, 0.2)

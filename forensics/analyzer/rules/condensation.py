@@ -10,10 +10,10 @@ and is never a verdict on its own.
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Lines, NeuronCosines
-from forensics.analyze.rules._series import first, last
-from forensics.analyze.spec import Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Lines, NeuronCosines
+from forensics.analyzer.rules._series import first, last
+from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "condensation"
 HINT = "no action needed; condensed first-layer features often come with better generalisation"

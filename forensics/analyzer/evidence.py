@@ -69,7 +69,7 @@ class Evidence:
 
     Each row is (step, engine, metric, value). `series(metric)` returns the steps and
     values of one metric sorted by step; `at(metric, step)` one value or None.
-    `catalog` (engine -> its declared metrics, `forensics.analyze.measure.METRICS`) makes
+    `catalog` (engine -> its declared metrics, `forensics.analyzer.measure.METRICS`) makes
     the evidence strict: `add` raises UndeclaredMetric for a metric its engine does not
     declare, and `view(engines)` for a read outside those engines' metrics. The pipeline
     always passes it.
@@ -85,7 +85,7 @@ class Evidence:
         if self.catalog is not None and not declares(self.catalog.get(engine, ()), metric):
             raise UndeclaredMetric(
                 f"engine {engine!r} wrote metric {metric!r}, which its METRICS do not declare "
-                f"(forensics/analyze/measure/{engine}.py)")
+                f"(forensics/analyzer/measure/{engine}.py)")
         self.rows.append((int(step), engine, metric, float(value)))
 
     def add_many(self, step: int, engine: str, values: dict[str, float]) -> None:

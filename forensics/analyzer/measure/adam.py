@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from forensics.analyze.evidence import Evidence
-from forensics.analyze.measure import Skip
+from forensics.analyzer.evidence import Evidence
+from forensics.analyzer.measure import Skip
 from forensics.math.directional import cosine_with_eigenvectors, preconditioned_directional_curvature
 from forensics.math.flat import FlatSpec
 from forensics.math.hvp import HVPOperator

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from forensics.analyze.evidence import Evidence
+from forensics.analyzer.evidence import Evidence
 
 
 WITHOUT_SNAPSHOTS = True  # the recorded losses in steps/ still say whether the spike went non-finite

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Decay, Limit, Lines, Row
-from forensics.analyze.rules._series import clip01, first, peak_value, window
-from forensics.analyze.spec import CURVATURE_LIMIT, Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Decay, Limit, Lines, Row
+from forensics.analyzer.rules._series import clip01, first, peak_value, window
+from forensics.analyzer.spec import CURVATURE_LIMIT, Mechanism, Thresholds
 
 RULE = "adam_beta2_lag"
 HINT = ("lower β₂ (e.g. 0.95) so v tracks g², or raise ε; lower the lr late in training or "

@@ -12,9 +12,9 @@ it never is a spike's verdict on its own.
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Lines
-from forensics.analyze.spec import Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Lines
+from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "low_frequency"
 HINT = ("no action needed for the descent itself; the ascent's cause (see the verdict) is what "

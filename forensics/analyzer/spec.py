@@ -1,9 +1,9 @@
 """A mechanism as data: the `SPEC = Mechanism(...)` that each rule file declares.
 
-A rule file (`forensics/analyze/rules/<name>.py`) holds a pure `judge(ev) -> Finding` and one
+A rule file (`forensics/analyzer/rules/<name>.py`) holds a pure `judge(ev) -> Finding` and one
 `SPEC`. Everything else that knows about mechanisms reads the specs: the registry
-(`forensics.analyze.rules.SPECS`), which engines run, the verdict's precedence, the app's
-badge, colour and panel, and the tables of `docs/analysis.md` (`forensics.analyze.doc_tables`).
+(`forensics.analyzer.rules.SPECS`), which engines run, the verdict's precedence, the app's
+badge, colour and panel, and the tables of `docs/analysis.md` (`forensics.analyzer.doc_tables`).
 Like a ruff rule, a mechanism is one file; nothing else names it.
 """
 
@@ -82,14 +82,14 @@ class Mechanism:
     role: "ascent" (a cause of the loss going up: it may be a spike's verdict), "descent"
         (how the loss came back down) or "aftermath" (what the spike left behind); only
         ascent rules are verdicts.
-    needs: the engines (`forensics/analyze/measure/<engine>.py`) whose metrics the judge
+    needs: the engines (`forensics/analyzer/measure/<engine>.py`) whose metrics the judge
         and the tie-break read; they alone are visible to them (`Evidence.view`).
     judge: pure function, an `EvidenceView` in, a `Finding` out.
     summary: when it fires, in one sentence (docs/analysis.md).
     hint: the mitigation the literature supports (shown with a fired finding).
     thresholds: every number the judge compares against, each with its source.
     badge, colour: the app's badge colour (one of BADGE_COLOURS) and chart colour (#rrggbb).
-    panel: the charts behind a finding on the spike page (`forensics.analyze.plots`).
+    panel: the charts behind a finding on the spike page (`forensics.analyzer.plots`).
     precedence: ascent rules only; when several fire, the lowest precedence is the verdict
         outright; equal precedence is decided by `tie_break`, then by score.
     precedence_note: why the rule ranks where it does (docs/analysis.md).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from forensics.analyze.evidence import Evidence
+from forensics.analyzer.evidence import Evidence
 from forensics.math.directional import cosine_with_eigenvectors, directional_curvature, loss_along
 from forensics.math.flat import FlatSpec
 from forensics.math.hvp import HVPOperator

@@ -1,4 +1,4 @@
-"""The mechanisms the analyzer knows, derived from the rule specs (`forensics.analyze.rules`).
+"""The mechanisms the analyzer knows, derived from the rule specs (`forensics.analyzer.rules`).
 
 `MECHANISMS` are their names (findings.parquet's `rule` column) in the order the verdict
 considers them; `engines_for(names)` the engines those rules need, in the same order.
@@ -6,7 +6,7 @@ considers them; `engines_for(names)` the engines those rules need, in the same o
 
 from __future__ import annotations
 
-from forensics.analyze.rules import SPECS
+from forensics.analyzer.rules import SPECS
 
 MECHANISMS: tuple[str, ...] = tuple(SPECS)
 

@@ -22,10 +22,10 @@ yields. Whether the batches differ is the `data` engine's `batches_identical`.
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Limit, Lines, Row
-from forensics.analyze.rules._series import clip01, first, last, peak_value
-from forensics.analyze.spec import CURVATURE_LIMIT, Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Limit, Lines, Row
+from forensics.analyzer.rules._series import clip01, first, last, peak_value
+from forensics.analyzer.spec import CURVATURE_LIMIT, Mechanism, Thresholds
 
 RULE = "catapult"
 HINT = ("the learning rate exceeded the critical 2/λ_max(K) of the kernel: lower the peak lr "

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from forensics.analyze.evidence import Evidence
-from forensics.analyze.measure import Skip
+from forensics.analyzer.evidence import Evidence
+from forensics.analyzer.measure import Skip
 from forensics.math.condensation import condensation_index
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from forensics.analyze.evidence import Evidence
-from forensics.analyze.measure import Skip
+from forensics.analyzer.evidence import Evidence
+from forensics.analyzer.measure import Skip
 from forensics.math.agop import TRUE_AGOP_TASKS, agop, agop_alignment, true_agop
 from forensics.math.ntk import empirical_ntk, eta_crit, loss_split, output_residual
 

@@ -7,9 +7,9 @@ out-of-distribution batch makes only batch t bad (ratio ≫ 1) while the weights
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Bars, Limit
-from forensics.analyze.spec import Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Bars, Limit
+from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "data"
 HINT = ("inspect the batch saved in the onset snapshot (batch/*); skip or fix it, or add loss "

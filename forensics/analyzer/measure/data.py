@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from forensics.analyze.evidence import Evidence
-from forensics.analyze.measure import Skip
+from forensics.analyzer.evidence import Evidence
+from forensics.analyzer.measure import Skip
 
 MAX_NEIGHBORS = 8
 METRICS = {

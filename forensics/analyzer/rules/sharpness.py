@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 
-from forensics.analyze.evidence import EvidenceView, Finding, inconclusive
-from forensics.analyze.plots import Limit, Lines
-from forensics.analyze.rules._series import clip01, first, last, peak_value
-from forensics.analyze.spec import CURVATURE_LIMIT, Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.plots import Limit, Lines
+from forensics.analyzer.rules._series import clip01, first, last, peak_value
+from forensics.analyzer.spec import CURVATURE_LIMIT, Mechanism, Thresholds
 
 RULE = "sharpness"
 HINT = ("lower the peak learning rate or add/extend warmup so η·λ_max stays under the "

@@ -1,8 +1,8 @@
 """`analyze(run)`: replay every spike of a run, measure it, judge it, and write the findings.
 
 The pipeline is the only place that loads snapshots and writes results; the engines
-(`forensics.analyze.measure`) turn tensors into measurements, the rules
-(`forensics.analyze.rules`, one spec each) turn measurements into findings; which engines
+(`forensics.analyzer.measure`) turn tensors into measurements, the rules
+(`forensics.analyzer.rules`, one spec each) turn measurements into findings; which engines
 run follows from the specs' `needs`. A failure in one engine or one spike becomes an
 `inconclusive` finding with the reason; it never loses the findings already made.
 """
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 import forensics
-from forensics.analyze.evidence import Evidence, Finding, SpikeContext, inconclusive
-from forensics.analyze.measure import ENGINES, METRICS, Scene, Skip
-from forensics.analyze.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms, engines_for
-from forensics.analyze.replay import Replay, pick_device
-from forensics.analyze.rules import SPECS
-from forensics.analyze.store import write_analysis
-from forensics.analyze.verdict import choose_verdict
-from forensics.analyze.window import select
+from forensics.analyzer.evidence import Evidence, Finding, SpikeContext, inconclusive
+from forensics.analyzer.measure import ENGINES, METRICS, Scene, Skip
+from forensics.analyzer.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms, engines_for
+from forensics.analyzer.replay import Replay, pick_device
+from forensics.analyzer.rules import SPECS
+from forensics.analyzer.store import write_analysis
+from forensics.analyzer.verdict import choose_verdict
+from forensics.analyzer.window import select
 from forensics.record.detector import DetectorConfig, detect_offline
 from forensics.rundir.reader import Run, open_run
 

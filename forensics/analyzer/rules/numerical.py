@@ -6,9 +6,9 @@ The rule names where it first appears (loss, gradient, weight, moment) and at wh
 
 from __future__ import annotations
 
-from forensics.analyze.evidence import EvidenceView, Finding
-from forensics.analyze.plots import Counts
-from forensics.analyze.spec import Mechanism, Thresholds
+from forensics.analyzer.evidence import EvidenceView, Finding
+from forensics.analyzer.plots import Counts
+from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "numerical"
 HINT = ("find the first non-finite tensor (see evidence); lower the lr, clip gradients, raise "

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from forensics.analyze.evidence import SpikeContext
-from forensics.analyze.window import Window
+from forensics.analyzer.evidence import SpikeContext
+from forensics.analyzer.window import Window
 
 
 class Skip(Exception):
