@@ -196,8 +196,8 @@ def test_forensics_app_turns_usage_statistics_off_and_hands_over_the_limits(fold
                                                                              monkeypatch):
     script = tmp_path / "app.py"
     script.write_text("")
-    monkeypatch.setattr(cli, "find_app", lambda: script)
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(cli.queries, "find_app", lambda: script)
+    monkeypatch.setattr(cli.queries.importlib.util, "find_spec", lambda name: object())
     seen = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.append((cmd, dict(os.environ))) or 0)
     r = CliRunner().invoke(cli.app, ["app", str(folder), "--sql-timeout", "3",

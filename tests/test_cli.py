@@ -189,10 +189,10 @@ def test_demo_unknown_name_is_a_usage_error(tmp_path):
 def test_app_runs_streamlit_on_the_run_dir(monkeypatch, runs, tmp_path):
     script = tmp_path / "app.py"
     script.write_text("")
-    monkeypatch.setattr(cli, "find_app", lambda: script)
+    monkeypatch.setattr(cli.queries, "find_app", lambda: script)
     seen = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.append(cmd) or 0)
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(cli.queries.importlib.util, "find_spec", lambda name: object())
     r = invoke("app", runs, "--port", "8600")
     assert r.exit_code == 0, r.output
     assert seen[0][1:4] == ["-m", "streamlit", "run"] and seen[0][4] == str(script)
@@ -202,7 +202,7 @@ def test_app_runs_streamlit_on_the_run_dir(monkeypatch, runs, tmp_path):
 def test_app_errors(monkeypatch, runs, tmp_path):
     r = invoke("app", tmp_path / "nope")
     assert r.exit_code == 2 and "no such file" in one_error_line(r)
-    monkeypatch.setattr(cli, "find_app", lambda: None)
+    monkeypatch.setattr(cli.queries, "find_app", lambda: None)
     r = invoke("app", runs)
     assert r.exit_code == 2 and "app.py not found" in one_error_line(r)
 

@@ -1,0 +1,5 @@
+"""`python -m forensics.cli`."""
+
+from forensics.cli import main
+
+main()
