@@ -147,12 +147,16 @@ def test_beta2_lag_ratio_matches_the_stored_moments(analyzed):
         float(np.median(rho)), rel=1e-3)
 
 
-def test_uncaptured_spikes_are_inconclusive_with_the_budget_reason(analyzed):
+def test_uncaptured_spikes_are_not_analyzed_with_the_budget_reason(analyzed):
+    """A spike past the capture budget has no evidence: `not_analyzed` with the reason first,
+    never `unexplained` (which reads as "nothing found")."""
     uncaptured = [s for r in analyzed.values() for s in r.spikes
                   if any("not captured" in why for why in s.evidence.skipped.values())]
     assert uncaptured, "the sample runs include spikes past their capture budget"
     for spike in uncaptured:
-        assert spike.verdict in ("unexplained", "numerical")
+        assert spike.verdict in ("not_analyzed", "numerical")
+        if spike.verdict == "not_analyzed":
+            assert "not captured" in spike.verdict_message.split(":")[1], spike.verdict_message
         statuses = {f.rule: f for f in spike.findings}
         assert statuses["data"].status == "inconclusive"
         assert "budget" in statuses["data"].reason
@@ -181,7 +185,7 @@ def test_a_run_without_snapshots_gives_inconclusive_findings(tmp_path):
     shutil.rmtree(run_dir / "snapshots")
     result = analyze(run_dir)
     spike = result.spikes[0]
-    assert spike.verdict == "unexplained"
+    assert spike.verdict == "not_analyzed" and "not captured" in spike.verdict_message
     status = {f.rule: f.status for f in spike.findings}
     assert status["numerical"] == "not_fired"
     assert all(status[r] == "inconclusive" for r in ("sharpness", "catapult", "data"))

@@ -78,6 +78,7 @@ class Evidence:
     context: SpikeContext
     rows: list[tuple[int, str, str, float]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it did not run
+    failed: dict[str, str] = field(default_factory=dict)  # engine -> the error that stopped it
     catalog: Mapping[str, Mapping[str, Any]] | None = None
 
     def add(self, step: int, engine: str, metric: str, value: float) -> None:
@@ -97,6 +98,14 @@ class Evidence:
     def skip(self, engine: str, reason: str) -> None:
         """Record why `engine` did not run (or not fully) on this spike."""
         self.skipped[engine] = reason
+
+    def fail(self, engine: str, reason: str) -> None:
+        """Record that `engine` could not measure this spike because something broke (it
+        raised, the model or loss could not be rebuilt, the snapshots are unreadable): unlike
+        a skip (the engine does not apply), a failure makes the spike `not_analyzed` when no
+        rule can answer without it (`forensics.analyzer.verdict`)."""
+        self.skipped[engine] = reason
+        self.failed[engine] = reason
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps int64, values float64) of `metric`, sorted by step."""

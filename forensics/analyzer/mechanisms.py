@@ -13,6 +13,12 @@ MECHANISMS: tuple[str, ...] = tuple(SPECS)
 STATUSES: tuple[str, ...] = ("fired", "not_fired", "inconclusive")
 
 UNEXPLAINED = "unexplained"
+# evidence a rule needed could not be measured (an engine raised, the model or loss could not be
+# rebuilt, the onset was not captured): a failure, never read as "nothing found"
+NOT_ANALYZED = "not_analyzed"
+# the verdicts that are not mechanisms, with the app's badge and chart colour (as a spec's)
+OTHER_VERDICTS: dict[str, tuple[str, str]] = {UNEXPLAINED: ("gray", "#7f7f7f"),
+                                              NOT_ANALYZED: ("yellow", "#222222")}
 
 
 def check_mechanisms(names) -> tuple[str, ...]:

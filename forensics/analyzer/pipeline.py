@@ -4,7 +4,9 @@ The pipeline is the only place that loads snapshots and writes results; the engi
 (`forensics.analyzer.measure`) turn tensors into measurements, the rules
 (`forensics.analyzer.rules`, one spec each) turn measurements into findings; which engines
 run follows from the specs' `needs`. A failure in one engine or one spike becomes an
-`inconclusive` finding with the reason; it never loses the findings already made.
+`inconclusive` finding with the reason, and the spike's verdict `not_analyzed` when no rule
+can answer without that engine (`forensics.analyzer.verdict`); it never loses the findings
+already made.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 
 import forensics
 from forensics.analyzer.evidence import Evidence, Finding, SpikeContext, inconclusive
-from forensics.analyzer.measure import ENGINES, METRICS, Scene, Skip
-from forensics.analyzer.mechanisms import MECHANISMS, UNEXPLAINED, check_mechanisms, engines_for
+from forensics.analyzer.measure import ENGINES, METRICS, Failed, Scene, Skip
+from forensics.analyzer.mechanisms import MECHANISMS, check_mechanisms, engines_for
 from forensics.analyzer.replay import Replay, pick_device
 from forensics.analyzer.rules import SPECS
 from forensics.analyzer.store import write_analysis
@@ -80,10 +82,12 @@ class Analysis:
 def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, device=None,
             mechanisms=None, allow_import: bool = False, redetect: bool = False,
             settings: Settings | None = None, progress: Progress | None = None,
-            write: bool = True) -> Analysis:
+            write: bool = True, loss_fn: Callable | None = None) -> Analysis:
     """Analyze every spike of `run` and (by default) write `analysis/` into it.
 
     `model`: a module to use instead of rebuilding from run.json (no import then).
+    `loss_fn`: the live loss `(outputs, targets) -> scalar` to use instead of the one named in
+    run.json (which is then not imported: a loss defined in a script, `__main__:fn`, works).
     `allow_import`: permit importing the model factory / loss named in run.json (code that
     is not part of this package); without it only `forensics.zoo` factories are rebuilt.
     `redetect`: re-run the detector offline on `steps/` even when online spikes exist.
@@ -107,9 +111,10 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
     replay, replay_error = None, ""
     try:
         replay = Replay.from_run(run, model=model, device=dev, allow_import=allow_import,
-                                 dtype=getattr(torch, settings.dtype))
-    except Exception as exc:  # a model that cannot be rebuilt: every model engine is skipped
-        replay_error = f"model not rebuilt: {exc}"
+                                 dtype=getattr(torch, settings.dtype), loss_fn=loss_fn)
+    except Exception as exc:  # a model or loss that cannot be rebuilt: every model engine fails
+        replay_error = str(exc) if str(exc).startswith(("model not", "loss not")) \
+            else f"model not rebuilt: {type(exc).__name__}: {exc}"
         notes.append(replay_error)
 
     spikes, source = _spikes(run, redetect)
@@ -121,11 +126,11 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
         except LookupError as exc:
             scene = None
             for e in engines:
-                ev.skip(e, str(exc))
+                ev.fail(e, str(exc))
         except Exception as exc:
             scene = None
             for e in engines:
-                ev.skip(e, f"snapshots unreadable: {exc}")
+                ev.fail(e, f"snapshots unreadable: {type(exc).__name__}: {exc}")
         if scene is None:
             _measure_from_steps(ev, run, engines)
         else:
@@ -133,8 +138,6 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
             _measure(ev, scene, engines, progress)
         findings = [_judge(SPECS[rule], ev) for rule in rules]
         verdict, score, message = choose_verdict(findings, ev)
-        if scene is None and verdict == UNEXPLAINED:
-            message = "no evidence to judge: " + next(iter(ev.skipped.values()), "no snapshots")
         results.append(SpikeResult(ev.context, source, verdict, score, message, ev, findings))
 
     notes.extend(run.notes)  # files the reader skipped or tolerated, each named
@@ -183,10 +186,12 @@ def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> 
             progress(spike_id, engine, i, len(engines))
         try:
             ENGINES[engine].measure(ev, scene)
+        except Failed as why:
+            ev.fail(engine, str(why))
         except Skip as why:
             ev.skip(engine, str(why))
         except Exception as exc:
-            ev.skip(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
+            ev.fail(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
     if progress:
         progress(spike_id, "done", len(engines), len(engines))
 
@@ -198,6 +203,7 @@ def _measure_from_steps(ev: Evidence, run: Run, engines) -> None:
     for engine in engines:
         if getattr(ENGINES[engine], "WITHOUT_SNAPSHOTS", False):
             ev.skipped.pop(engine, None)
+            ev.failed.pop(engine, None)
             ENGINES[engine].measure(ev, scene)
 
 
@@ -270,4 +276,5 @@ def _meta(analysis: Analysis, rules) -> dict:
         "device": analysis.device, "settings": asdict(analysis.settings),
         "mechanisms": list(rules), "notes": analysis.notes,
         "skipped": {str(r.context.spike_id): r.evidence.skipped for r in analysis.spikes},
+        "failed": {str(r.context.spike_id): r.evidence.failed for r in analysis.spikes},
     }

@@ -43,15 +43,26 @@ class Replay:
 
     @classmethod
     def from_run(cls, run, *, model: nn.Module | None = None, device=None,
-                 allow_import: bool = False, dtype: torch.dtype = torch.float32) -> "Replay":
-        """Rebuild the run's model (or take `model`) and loss; raises a clear error if it cannot."""
+                 allow_import: bool = False, dtype: torch.dtype = torch.float32,
+                 loss_fn: Callable | None = None) -> "Replay":
+        """Rebuild the run's model and loss, or take the live `model` / `loss_fn` (then the
+        factory / loss named in run.json is not imported). Raises PermissionError (an import
+        without consent) or ValueError (unresolvable) naming what could not be rebuilt."""
         manifest = run.manifest
         if model is None:
-            model = build_model(manifest, allow_import=allow_import)
+            try:
+                model = build_model(manifest, allow_import=allow_import)
+            except (PermissionError, ValueError) as exc:
+                raise type(exc)(f"model not rebuilt: {exc}") from exc
         dev = pick_device(device)
         model = model.to(device=dev, dtype=dtype).train()
         keys = manifest.get("batch_keys") or {}
-        loss_fn = resolve_loss(manifest.get("loss", "mse"), allow_import=allow_import)
+        if loss_fn is None:
+            try:
+                loss_fn = resolve_loss(manifest.get("loss", "mse"), allow_import=allow_import)
+            except (PermissionError, ValueError) as exc:
+                raise type(exc)(f"loss not rebuilt: {exc} (pass loss_fn= to use the live "
+                                "loss)") from exc
         return cls(model, loss_fn, keys.get("input", "x"), keys.get("target", "y"), dev, dtype)
 
     def tensors(self, named: dict[str, torch.Tensor]) -> Params:

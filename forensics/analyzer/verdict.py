@@ -8,7 +8,11 @@ rules describe what came after and never are a verdict). Among them, from the sp
    tie-break says True is the verdict, one that says False yields to the others;
 3. then the highest score, and the name for a tie.
 
-No fired ascent rule: "unexplained". The order and the notes are listed in docs/analysis.md
+No fired ascent rule: "unexplained" — but only when every engine an ascent rule needs could
+measure. An engine that *failed* (`Evidence.failed`: it raised, the model or the loss could not
+be rebuilt, the onset was not captured) makes the spike "not_analyzed", with that reason first,
+whenever a rule that needs it could have outranked the answer (precedence ≤ the winner's, or
+no winner): a failure never reads as "nothing found" or as a lesser cause. The order and the notes are listed in docs/analysis.md
 (generated from the specs by `forensics.analyzer.doc_tables`).
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from forensics.analyzer.evidence import Evidence, Finding
-from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.mechanisms import NOT_ANALYZED, UNEXPLAINED
 from forensics.analyzer.rules import SPECS
 from forensics.analyzer.spec import Mechanism
 
@@ -30,6 +34,9 @@ def choose_verdict(findings: list[Finding], evidence: Evidence,
     """
     fired = [f for f in findings if f.fired and f.rule in specs and specs[f.rule].is_verdict]
     if not fired:
+        blocked = _blocked(findings, evidence, specs, None)
+        if blocked:
+            return NOT_ANALYZED, 0.0, blocked
         return UNEXPLAINED, 0.0, "no rule explains the ascent"
     top = min(specs[f.rule].precedence for f in fired)
     peers = [f for f in fired if specs[f.rule].precedence == top]
@@ -39,5 +46,26 @@ def choose_verdict(findings: list[Finding], evidence: Evidence,
         staying = [f for f in peers if calls[f.rule] is not False]
         peers = winners or staying or peers
     primary = min(peers, key=lambda f: (-f.score, f.rule))
+    blocked = _blocked(findings, evidence, specs, top)
+    if blocked:
+        return (NOT_ANALYZED, 0.0, f"{blocked} (without it, the evidence at hand "
+                f"points to {primary.rule}: {primary.message})")
     primary.primary = True
     return primary.rule, primary.score, primary.message
+
+
+def _blocked(findings: list[Finding], evidence: Evidence, specs: Mapping[str, Mechanism],
+             precedence: int | None) -> str:
+    """The failure that keeps an unfired ascent rule from being judged, when that rule could
+    have outranked precedence `precedence` (None: any); "" when there is none."""
+    failed = getattr(evidence, "failed", {}) or {}
+    for f in findings:
+        spec = specs.get(f.rule)
+        if f.fired or spec is None or not spec.is_verdict:
+            continue
+        if precedence is not None and spec.precedence > precedence:
+            continue
+        for engine in spec.needs:
+            if engine in failed:
+                return f"{f.rule} could not be judged: {failed[engine]}"
+    return ""

@@ -14,12 +14,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.mechanisms import OTHER_VERDICTS
 from forensics.analyzer.rules import SPECS
 
 # each mechanism's colour comes from its spec; the two verdicts that are not mechanisms follow
 VERDICT_COLORS = {**{name: spec.colour for name, spec in SPECS.items()},
-                  UNEXPLAINED: "#7f7f7f", "not analyzed": "#b0b0b0"}
+                  **{v: colour for v, (_, colour) in OTHER_VERDICTS.items()}, "not analyzed": "#b0b0b0"}
 VERDICT_SCALE = alt.Scale(domain=list(VERDICT_COLORS), range=list(VERDICT_COLORS.values()))
 SCALAR_LABELS = {
     "lr": "lr", "grad_norm": "‖g‖", "update_norm": "‖Δθ‖", "param_norm": "‖θ‖",

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from forensics.analyzer.mechanisms import UNEXPLAINED
+from forensics.analyzer.mechanisms import OTHER_VERDICTS
 from forensics.analyzer.rules import SPECS
 
 PAGES = ("Runs", "Spike", "Compare", "SQL")
 NAV_KEY = "nav"
 # each mechanism's badge colour comes from its spec; the two verdicts that are not mechanisms follow
 BADGE = {**{name: spec.badge for name, spec in SPECS.items()},
-         UNEXPLAINED: "gray", "not analyzed": "gray"}
+         **{v: badge for v, (badge, _) in OTHER_VERDICTS.items()}, "not analyzed": "gray"}
 STATUS = {"fired": ("fired", "red", ":material/local_fire_department:"),
           "inconclusive": ("inconclusive", "orange", ":material/help:"),
           "not_fired": ("not fired", "gray", ":material/remove:")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 
-from forensics.analyzer.mechanisms import MECHANISMS
+from forensics.analyzer.mechanisms import MECHANISMS, NOT_ANALYZED
 
 _STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
@@ -114,6 +114,8 @@ def _header(s: dict) -> str:
             f"(peak {s['peak_step']}{size})"
     if not s["analyzed"]:
         return f"{where}  verdict: not analyzed (run `forensics analyze {s['run_path']}`)"
+    if s["verdict"] == NOT_ANALYZED:  # a failure: the reason, never a score that reads as an answer
+        return f"{where}  verdict: NOT ANALYZED, {_flat(s['verdict_message'])}"
     score = s["verdict_score"]
     score_text = f" ({score:.2f})" if isinstance(score, float) else ""
     message = f": {_flat(s['verdict_message'])}" if s["verdict_message"] else ""

@@ -12,12 +12,13 @@ from typing import List
 
 import typer
 
-EXIT_OK, EXIT_SPIKES, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_SPIKES, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOT_ANALYZED = 0, 1, 2, 3, 4
 
 EXIT_CODES = ("Exit codes: 0 = done, no spikes; 1 = spikes found (report); 2 = usage error (a path "
               "that holds no run, an unknown option value, SQL that fails or writes; nothing was "
               "done); 3 = some run could not be read or analyzed (named on stderr; the others "
-              "were done).")
+              "were done); 4 = some spike is not_analyzed: evidence it needed could not be measured "
+              "(its reason is the verdict message).")
 
 app = typer.Typer(
     name="forensics", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, _check_device, _fail, _one_line, _open,
-                                  _progress, app)
+from forensics.cli.common import (EXIT_NOT_ANALYZED, EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, _check_device, _fail,
+                                  _one_line, _open, _progress, app)
 
 
 @app.command()
@@ -40,9 +40,9 @@ def analyze(
 
     A folder of runs expands to its runs. Progress goes to stderr, one line per run to stdout.
 
-    Exit codes: 0 = every run analyzed; 2 = usage error, nothing done; 3 = some run could not be read or analyzed (named on stderr; the others were analyzed).
+    Exit codes: 0 = every run analyzed; 2 = usage error, nothing done; 3 = some run could not be read or analyzed (named on stderr; the others were analyzed); 4 = every run analyzed but some spike is not_analyzed (an engine failed, the model or loss could not be rebuilt, the onset was not captured: the reason is on stderr and in its verdict message).
     """
-    from forensics.analyzer.mechanisms import check_mechanisms
+    from forensics.analyzer.mechanisms import NOT_ANALYZED, check_mechanisms
     from forensics.catalog.discover import find_runs
 
     chosen = None
@@ -60,7 +60,7 @@ def analyze(
     from forensics.rundir.format import RunFormatError
     from forensics.rundir.reader import open_run
 
-    failed = 0
+    failed = not_analyzed = 0
     with _progress() as bar:
         for path in run_dirs:
             task = bar.add_task(path.name, total=None)
@@ -83,8 +83,15 @@ def analyze(
             typer.echo(f"{result.run_id}: {len(result.spikes)} spike(s) analyzed: {verdicts}")
             for note in result.notes:
                 typer.echo(f"note: {result.run_id}: {note}", err=True)
+            for s in result.spikes:
+                if s.verdict == NOT_ANALYZED:
+                    not_analyzed += 1
+                    typer.echo(f"not analyzed: {result.run_id} spike {s.context.spike_id}: "
+                               f"{_one_line(s.verdict_message)}", err=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
+    if not_analyzed:
+        raise typer.Exit(EXIT_NOT_ANALYZED)
 
 
 @app.command()
@@ -97,8 +104,9 @@ def report(
 
     One header line per spike carries its verdict; runs never analyzed show the online spikes as "not analyzed". JSON: a list of spikes (run, spike_id, onset_step, peak_step, end_step, verdict, findings with mechanism, status, score, message, hint, evidence, ...).
 
-    Exit codes: 0 = no spikes; 1 = spikes found; 2 = usage error (a path that holds no run, a bad --format); 3 = some run could not be read (named on stderr; the others were reported).
+    Exit codes: 0 = no spikes; 1 = spikes found; 2 = usage error (a path that holds no run, a bad --format); 3 = some run could not be read (named on stderr; the others were reported); 4 = some spike's verdict is not_analyzed (its evidence could not be measured; the reason is its verdict message).
     """
+    from forensics.analyzer.mechanisms import NOT_ANALYZED
     from forensics.catalog.report import collect, render_text, summary
 
     if format not in ("text", "json"):
@@ -111,5 +119,7 @@ def report(
             for line in render_text(spikes, catalog.runs, hints=hints):
                 typer.echo(line)
             typer.echo(summary(spikes, len(catalog.runs), len(catalog.skipped)))
-        code = EXIT_PARTIAL if catalog.skipped else (EXIT_SPIKES if spikes else EXIT_OK)
+        code = (EXIT_PARTIAL if catalog.skipped else
+                EXIT_NOT_ANALYZED if any(s["verdict"] == NOT_ANALYZED for s in spikes) else
+                EXIT_SPIKES if spikes else EXIT_OK)
     raise typer.Exit(code)

@@ -29,6 +29,12 @@ class Skip(Exception):
     """An engine cannot run on this spike; the message says why (it becomes `reason`)."""
 
 
+class Failed(Skip):
+    """An engine could not measure because something broke (the model or loss could not be
+    rebuilt, every step raised): recorded with `Evidence.fail`, so the spike is `not_analyzed`
+    rather than `unexplained` when no rule can answer without it."""
+
+
 @dataclass
 class Scene:
     """Everything an engine may read for one spike: the run, the window, the replay."""
@@ -45,7 +51,7 @@ class Scene:
     def require_replay(self):
         """The replay; Skip with the rebuild error when the model could not be rebuilt."""
         if self.replay is None:
-            raise Skip(self.replay_error or "model not rebuilt")
+            raise Failed(self.replay_error or "model not rebuilt")
         return self.replay
 
     def steps(self) -> tuple[int, ...]:
@@ -77,6 +83,8 @@ class Scene:
                 continue
             if row:
                 ev.add_many(step, engine, row)
+        if failed and len(failed) == len(tuple(steps)):
+            raise Failed(f"{engine} engine failed at every step: " + "; ".join(failed[:3]))
         if failed:
             ev.skip(engine, f"{len(failed)} step(s) not measured; " + "; ".join(failed[:3]))
 

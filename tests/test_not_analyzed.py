@@ -1,0 +1,111 @@
+"""A spike whose evidence could not be measured is `not_analyzed`, with the reason first; it
+never reads as `unexplained` or as another cause. Live model and loss objects replace the
+ones named in run.json (nothing imported), and a loss that cannot be re-imported is named."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from forensics import cli
+from forensics.analyzer.pipeline import analyze
+from forensics.losses import reimport_problem
+from forensics.rundir.model import build_model
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+pytestmark = pytest.mark.skipif(not (SAMPLES / "bad_batch" / "run.json").is_file(),
+                                reason="sample_runs/ not recorded (forensics demo)")
+runner = CliRunner()
+
+
+def half_mse(out, y):
+    """A loss defined in a script: (1/2N)Σ(f−y)²."""
+    return 0.5 * ((out - y.reshape(out.shape)) ** 2).mean()
+
+
+def _copy(tmp_path, name="bad_batch", **changes):
+    dst = tmp_path / name
+    shutil.copytree(SAMPLES / name, dst, ignore=shutil.ignore_patterns("analysis"))
+    manifest = json.loads((dst / "run.json").read_text())
+    model = build_model(manifest)
+    for key, value in changes.items():
+        target = manifest
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    (dst / "run.json").write_text(json.dumps(manifest))
+    return dst, model
+
+
+def test_control_an_intact_run_keeps_its_verdict(tmp_path):
+    run_dir, _ = _copy(tmp_path)
+    assert analyze(run_dir).spikes[0].verdict == "data"
+
+
+def test_a_model_that_cannot_be_rebuilt_makes_the_spike_not_analyzed(tmp_path):
+    run_dir, _ = _copy(tmp_path, **{"model.factory": "not_a_module_anywhere:make"})
+    spike = analyze(run_dir).spikes[0]
+    assert spike.verdict == "not_analyzed"
+    assert spike.verdict_message.startswith("data could not be judged: model not rebuilt")
+    assert spike.verdict_score == 0.0 and not any(f.primary for f in spike.findings)
+    meta = json.loads((run_dir / "analysis" / "meta.json").read_text())
+    assert "model not rebuilt" in meta["failed"]["0"]["data"]
+
+
+class TupleOutput(torch.nn.Module):
+    """A model whose forward returns a tuple (like a ModelOutput): every loss call raises."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return (self.inner(x), None)
+
+
+def test_an_engine_that_raises_is_not_read_as_nothing_found(tmp_path):
+    run_dir, model = _copy(tmp_path)
+    spike = analyze(run_dir, model=TupleOutput(model)).spikes[0]
+    assert spike.verdict == "not_analyzed", spike.verdict_message
+    assert "TypeError" in spike.verdict_message or "AttributeError" in spike.verdict_message
+
+
+def test_a_script_loss_works_when_passed_live_and_is_named_when_not(tmp_path):
+    run_dir, model = _copy(tmp_path, loss="__main__:half_mse",
+                           **{"model.factory": "__main__:make_model"})
+    spike = analyze(run_dir, model=model, loss_fn=half_mse).spikes[0]
+    assert spike.verdict == "data", spike.verdict_message
+    spike = analyze(run_dir, model=model).spikes[0]
+    assert spike.verdict == "not_analyzed"
+    assert "loss not rebuilt" in spike.verdict_message and "loss_fn=" in spike.verdict_message
+
+
+def test_cli_exit_code_4_for_not_analyzed_spikes(tmp_path):
+    run_dir, _ = _copy(tmp_path, **{"model.factory": "not_a_module_anywhere:make"})
+    r = runner.invoke(cli.app, ["analyze", str(run_dir), "--device", "cpu"])
+    assert r.exit_code == 4, r.output
+    assert "not analyzed: bad_batch spike 0: data could not be judged" in r.stderr
+    r = runner.invoke(cli.app, ["report", str(run_dir)])
+    assert r.exit_code == 4, r.output
+    assert "verdict: NOT ANALYZED, data could not be judged: model not rebuilt" in r.stdout
+    ok_dir, _ = _copy(tmp_path / "ok")
+    assert runner.invoke(cli.app, ["analyze", str(ok_dir), "--device", "cpu"]).exit_code == 0
+    assert runner.invoke(cli.app, ["report", str(ok_dir)]).exit_code == 1
+
+
+def test_reimport_problem_names_losses_another_process_cannot_import():
+    def local(out, y):
+        return out.sum()
+
+    assert reimport_problem("mse") is None and reimport_problem("cross_entropy") is None
+    assert reimport_problem(torch.nn.functional.mse_loss) is None
+    assert reimport_problem("torch.nn.functional:mse_loss") is None
+    assert "__main__" in reimport_problem("__main__:half_mse")
+    assert "lambda" in reimport_problem(lambda o, y: o.sum())
+    assert "local" in reimport_problem(local)
+    assert "does not resolve" in reimport_problem("torch.nn.functional:no_such_loss")
+    assert "loss_fn=" in reimport_problem(local)
