@@ -77,31 +77,44 @@ def test_sharpness_is_inconclusive_for_adam_and_without_measurements():
     assert f.status == "inconclusive" and "rebuilt" in f.reason
 
 
-def ntk(ev, step, lr_ratio, pl_top, pl_rest, lam):
+def ntk(ev, step, lr_ratio, pl_top, pl_rest, lam, excess=None):
     ev.add_many(step, "ntk", {"lr_over_eta_crit": lr_ratio, "pl_top": pl_top, "pl_rest": pl_rest,
                               "ntk_loss": pl_top + pl_rest, "ntk_lambda_max": lam, "ntk_s": 5,
-                              "eta_crit": 0.1 / lr_ratio})
+                              "eta_crit": 0.1 / lr_ratio, "excess_top_share": excess})
 
 
 def test_catapult_fires_when_increase_is_in_top_space_and_kernel_drops():
     ev = Evidence(ctx())
     ntk(ev, 8, 1.5, 0.1, 0.2, 100.0)
     ntk(ev, 10, 1.5, 0.5, 0.21, 100.0)
-    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0)
+    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0, excess=0.97)
     ntk(ev, 20, 0.8, 0.05, 0.2, 60.0)
     f = RULES["catapult"](ev)
     assert f.status == "fired"
-    assert f.evidence["top_share_of_increase"] == pytest.approx(3.9 / 3.95)
+    assert f.evidence["top_share_of_excess"] == pytest.approx(0.97)
     assert f.evidence["kernel_ratio"] == pytest.approx(0.6)
 
 
 def test_catapult_not_fired_below_critical_lr():
     ev = Evidence(ctx())
     ntk(ev, 8, 0.5, 0.1, 0.2, 100.0)
-    ntk(ev, 12, 0.5, 0.2, 4.0, 100.0)
+    ntk(ev, 12, 0.5, 0.2, 4.0, 100.0, excess=0.1)
     ntk(ev, 20, 0.5, 0.1, 0.2, 100.0)
     f = RULES["catapult"](ev)
     assert f.status == "not_fired" and "η ≤ η_crit" in f.message
+
+
+def test_catapult_share_is_of_the_excess_energy_never_over_100_percent():
+    """PL_s rose by 1.08× the loss increase (the rest fell): the old share read 108%; the
+    share of the excess residual's energy is what is reported, in [0, 1]."""
+    ev = Evidence(ctx())
+    ntk(ev, 8, 1.5, 0.10, 0.50, 100.0)
+    ntk(ev, 12, 1.4, 1.18, 0.40, 90.0, excess=0.8)
+    ntk(ev, 20, 0.8, 0.05, 0.2, 60.0)
+    f = RULES["catapult"](ev)
+    assert f.evidence["pl_top_increase"] / f.evidence["loss_increase"] == pytest.approx(1.08 / 0.98)
+    assert f.evidence["top_share_of_excess"] == pytest.approx(0.8)
+    assert "80% of the excess residual" in f.message
 
 
 def adam(ev, step, ratio, pre, direc, eps_share=0.0):
@@ -191,7 +204,7 @@ def _both_curvature_rules_fire(batches_identical):
               [1.0, 0.8, 0.6, 0.55, 0.6, 0.5])
     ntk(ev, 8, 1.5, 0.1, 0.2, 100.0)
     ntk(ev, 10, 1.5, 0.5, 0.21, 100.0)
-    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0)
+    ntk(ev, 12, 1.4, 4.0, 0.25, 90.0, excess=0.97)
     ntk(ev, 20, 0.8, 0.05, 0.2, 60.0)
     if batches_identical is not None:
         ev.add_many(10, "data", {"batches_identical": batches_identical, "batch_loss_ratio": 1.0})

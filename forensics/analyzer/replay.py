@@ -71,6 +71,7 @@ class Replay:
                 for k, v in named.items()}
 
     def outputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs at `params` on input `x` (functional: the module is untouched)."""
         return functional_call(self.model, params, (x,), tie_weights=True, strict=False)
 
     def loss(self, params: Params, batch: dict[str, torch.Tensor]) -> torch.Tensor:

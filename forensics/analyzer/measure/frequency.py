@@ -1,7 +1,11 @@
 """Engine `frequency`: low- vs high-frequency parts of the spike's excess residual and descent.
 
 The onset batch is held fixed and evaluated at every captured step from the reference to
-the end of the tail, giving residuals r_s = f(θ_s; X) − y. On a 1-D uniform grid (`task.grid
+the end of the tail, giving residuals r_s = n·∂L/∂F at θ_s, from the run's own loss by autograd
+(`forensics.math.gauss_newton.loss_residual`: f(θ_s; X) − y for the half-MSE, 2(f − y)/c for
+torch's mean MSE over c outputs, softmax − onehot for mean cross-entropy: any regression or
+classification output). Steps whose residual is non-finite are left out (named in the skip
+reason when that leaves nothing after onset). On a 1-D uniform grid (`task.grid
 == "uniform-1d"`) the bands come from the DFT split at k0 cycles (`task.low_freq_cutoff`,
 else the largest declared `task.low_k`, else n/16); otherwise from Gaussian filtering in
 input space (Xu et al., F-Principle) with δ a fraction q ∈ {0.05, 0.1, 0.2} of the median
@@ -17,6 +21,7 @@ import torch
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
 from forensics.math.frequency import band_energies, recovery_steps
+from forensics.math.gauss_newton import loss_residual
 
 QS = (0.05, 0.1, 0.2)
 JUDGED_Q = 0.1
@@ -24,7 +29,8 @@ RECOVERY_FACTOR = 1.5
 
 
 METRICS = {
-    "e_low": ("1", "per step: ‖y_low − h_low‖/‖y_low‖ on the onset batch"),
+    "e_low": ("1", "per step: ‖r_low‖/‖y_low‖ on the onset batch, r = n·∂L/∂F (y's bands when the "
+              "targets have the outputs' shape, else the reference step's residual bands)"),
     "e_high": ("1", "per step: the same for the high band"),
     "low_share_excess": ("1", "at the peak: share of the excess residual r_peak − r_ref in the low "
                          "band (Li, Xu & Zhang 2023, arXiv 2305.12133)"),
@@ -66,8 +72,6 @@ def measure(ev: Evidence, scene) -> None:
     """Band errors per step and the low-frequency shares of the excess and the descent."""
     ctx = ev.context
     replay = scene.require_replay()
-    if str(scene.run.manifest.get("loss", "mse")) != "mse":
-        raise Skip("the frequency split needs a regression residual (mse)")
     first = scene.window.steps[0] if scene.window.steps else None
     if first is None or ctx.onset not in {i.step for i in scene.run.snapshots}:
         raise Skip("the onset batch was not captured")
@@ -79,25 +83,37 @@ def measure(ev: Evidence, scene) -> None:
         order = torch.argsort(x[:, 0])
         x, y = x[order], y[order]
     n = x.shape[0]
-    with torch.no_grad():
-        res = torch.stack([(lambda out: (out - y.reshape(out.shape)).reshape(n, -1))(
-            replay.outputs(scene.params(s), x)) for s in steps])  # (T, n, c)
+
+    def residual(step):
+        with torch.no_grad():
+            out = replay.outputs(scene.params(step), x)
+        return (n * loss_residual(lambda o: replay.loss_fn(o, y), out)).reshape(n, -1)
+
+    res = torch.stack([residual(s) for s in steps])  # (T, n, c)
     if not bool(torch.isfinite(res).all()):
         keep = torch.isfinite(res).flatten(1).all(dim=1)
+        dropped = [s for s, k in zip(steps, keep.tolist()) if not k]
         steps = [s for s, k in zip(steps, keep.tolist()) if k]
         res = res[keep]
+    else:
+        dropped = []
     pre = [i for i, s in enumerate(steps) if s < ctx.onset]
     if not pre:
         raise Skip("no captured step before onset to compare against")
     losses = res.pow(2).flatten(1).mean(dim=1)
     after = [i for i, s in enumerate(steps) if s >= ctx.onset]
+    if not after:
+        raise Skip(f"every captured step from onset on has a non-finite residual "
+                   f"({len(dropped)} step(s) from {dropped[0] if dropped else '?'}): no band split "
+                   "past a NaN")
     peak_i = max(after, key=lambda i: float(losses[i]))
     if peak_i + 1 >= len(steps):
         raise Skip("no captured step after the peak")
     bands, cutoff, is_dft = _bands(scene, x, n)
     ref_i = pre[-1]
     excess, descent = res[peak_i] - res[ref_i], res[peak_i] - res[peak_i + 1]
-    target = bands(y.reshape(n, -1).unsqueeze(0))[0]
+    regression = y.is_floating_point() and y.numel() == res[0].numel()
+    target = bands((y.reshape(n, -1) if regression else res[ref_i]).unsqueeze(0))[0]
     energies = bands(res)
     errors = (energies / target.clamp_min(1e-30)).sqrt()
     for i, s in enumerate(steps):

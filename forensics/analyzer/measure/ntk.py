@@ -2,13 +2,15 @@
 
 At θ_s on (a seeded subsample of) the onset batch, held fixed across the window: the top-s
 eigenpairs of K = JJᵀ (`forensics.math.ntk.empirical_ntk` picks the per-layer factorisation
-for Linear stacks, the dense Jacobian for small n, matrix-free Lanczos otherwise), η_crit for
-the run's loss (n/λ_max(K) for torch's mean MSE, n = number of output entries; 2n/λ_max(K)
-for the paper's (1/2n)‖r‖²), and PL_s / PL_s^⊥ of the residual (Zhu, Liu, Radhakrishnan &
-Belkin 2023, "Catapults in SGD: spikes in the training loss and their impact on
-generalization through feature learning", arXiv 2306.04815). For cross-entropy the
-residual is n·∂L/∂logits = softmax − onehot (any other loss: n·∂L/∂F) and η_crit uses the
-(1/2n) scaling, which is approximate there: `eta_crit_exact` says so.
+for Linear stacks, the dense Jacobian for small n, matrix-free Lanczos otherwise); the critical
+lr of the run's own loss, η_crit = 2/λ_max(JᵀH_outJ) with H_out = ∂²L/∂F² by autograd
+(`forensics.math.gauss_newton`: 2n/λ_max(K) for (1/2n)‖F−y‖², N/λ_max(K) for torch's mean MSE
+over N entries, 1/λ_max(K) for a summed MSE, and exact for cross-entropy too); and PL_s / PL_s^⊥
+of the residual r = n·∂L/∂F (n samples; F − y for the half-MSE, softmax − onehot for mean
+cross-entropy) along K's top-s eigenvectors (Zhu, Liu, Radhakrishnan & Belkin 2023, "Catapults
+in SGD: spikes in the training loss and their impact on generalization through feature
+learning", arXiv 2306.04815). `excess_top_share` is the share of the excess residual
+r_s − r_ref's energy in the top-s eigenspace: in [0, 1] by construction.
 AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) is compared with the task's true AGOP when the run declares
 one (`task.true_agop`), else with the AGOP at the reference step.
 """
@@ -20,33 +22,37 @@ import torch
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
 from forensics.math.agop import TRUE_AGOP_TASKS, agop, agop_alignment, true_agop
-from forensics.math.ntk import empirical_ntk, eta_crit, loss_split, output_residual
+from forensics.math.gauss_newton import GaussNewtonOperator
+from forensics.math.lanczos import lanczos
+from forensics.math.ntk import empirical_ntk, loss_split
 
 
 METRICS = {
     "ntk_lambda_max": ("kernel", "top eigenvalue of the empirical NTK K = JJᵀ of the batch outputs"),
     "ntk_n": ("count", "rows of the (subsampled) onset batch the kernel was taken on"),
     "ntk_s": ("count", "s, the top eigenvectors used for the loss split (≤ n/4)"),
-    "eta_crit": ("lr", "η_crit = 2n/λ_max(K) for L = (1/2n)‖r‖² (n/λ_max(K) for torch's mean MSE; "
-                 "for other losses the logit Jacobian and n·∂L/∂F as the residual)"),
+    "gn_lambda_max": ("curvature", "λ_max(JᵀH_outJ), the Gauss–Newton matrix of the run's loss on "
+                      "the batch, H_out = ∂²L/∂F² by autograd (Lanczos, tol 1e-4)"),
+    "eta_crit": ("lr", "η_crit = 2/λ_max(JᵀH_outJ): 2n/λ_max(K) for (1/2n)‖F−y‖², N/λ_max(K) for "
+                 "torch's mean MSE over N entries, exact for any loss"),
     "lr_over_eta_crit": ("1", "η/η_crit: > 1 is past the linearised model's critical lr"),
-    "eta_crit_exact": ("0/1", "1 for MSE, where η_crit is exact; 0 where the (1/2n) scaling is an "
-                       "approximation"),
-    "pl_top": ("loss", "PL_s = (1/n)‖U_sᵀr‖², the loss in the top-s NTK eigenspace (Zhu et al. "
-               "2023, arXiv 2306.04815)"),
-    "pl_rest": ("loss", "PL_s^⊥ = (1/n)‖r‖² − PL_s, the loss outside it"),
-    "ntk_loss": ("loss", "PL_s + PL_s^⊥"),
+    "pl_top": ("residual²", "PL_s = (1/n)‖U_sᵀr‖², r = n·∂L/∂F (F − y for the half-MSE), in the "
+               "top-s NTK eigenspace (Zhu et al. 2023, arXiv 2306.04815)"),
+    "pl_rest": ("residual²", "PL_s^⊥ = (1/n)‖r‖² − PL_s, the part outside it"),
+    "ntk_loss": ("residual²", "PL_s + PL_s^⊥ = (1/n)‖r‖² (2L for the half-MSE)"),
+    "excess_top_share": ("1", "‖U_sᵀ(r_s − r_ref)‖²/‖r_s − r_ref‖²: the share of the excess "
+                         "residual's energy in the top-s eigenspace, in [0, 1]"),
     "agop_alignment": ("1", "cos(G, G*) of the AGOP with the task's true AGOP (task.true_agop)"),
     "agop_alignment_ref": ("1", "cos(G, G_ref) of the AGOP with the AGOP at the reference step, "
                            "when the task declares no true AGOP"),
 }
 
 
-def _residual(replay, out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """F − y for mse (so PL_s + PL_s^⊥ is the loss itself), else n·∂L/∂F (any loss)."""
-    if loss == "mse":
-        return (out - y.reshape(out.shape)).reshape(-1)
-    return output_residual(lambda o: replay.loss_fn(o, y), out)
+def critical_lr(replay, params, x, y, settings):
+    """(λ_max(JᵀH_outJ), r = n·∂L/∂F flattened, Lanczos result) of the run's loss on (x, y)."""
+    op = GaussNewtonOperator(replay.outputs, params, x, lambda o: replay.loss_fn(o, y))
+    eig = lanczos(op, k=1, tol=1e-4, max_iter=80, seed=settings.seed)
+    return float(eig.eigenvalues[0]), (x.shape[0] * op.residual).reshape(-1)
 
 
 def measure(ev: Evidence, scene) -> None:
@@ -54,9 +60,9 @@ def measure(ev: Evidence, scene) -> None:
     if ev.context.optimizer == "adam":
         raise Skip("the NTK's critical lr is a (S)GD limit; Adam runs use the adam engine")
     replay = scene.require_replay()
-    loss = str(scene.run.manifest.get("loss", "mse"))
     s = scene.settings.ntk_top_s
     agop_ref: dict = {}
+    ref: dict = {}
     task_agop = ev.context.task.get("true_agop")
     # one fixed batch (the onset's) for every step, so PL_s and ‖K‖ compare like with like
     batch = scene.batch(ev.context.onset, max_samples=scene.settings.ntk_max_n)
@@ -68,17 +74,22 @@ def measure(ev: Evidence, scene) -> None:
         params = scene.params(step)
         res = empirical_ntk(replay.model, params, x, k=s, max_samples=None,
                             seed=scene.settings.seed)
-        with torch.no_grad():
-            out = replay.outputs(params, x)
-        r = _residual(replay, out, y, loss).reshape(-1)
-        n_out = r.numel()
+        gn, r = critical_lr(replay, params, x, y, scene.settings)
         lam = float(res.eigenvalues[0])
-        crit = eta_crit(lam, n_out, "mean" if loss == "mse" else "half_mean")
-        split = loss_split(res.eigenvectors, r, n_out)
+        crit = 2.0 / gn if gn > 0 else float("inf")
+        U = res.eigenvectors
+        split = loss_split(U, r, x.shape[0])
         lr = scene.lr(step)
-        row = {"ntk_lambda_max": lam, "ntk_n": res.n, "ntk_s": res.eigenvectors.shape[1],
-               "eta_crit": crit, "lr_over_eta_crit": lr / crit, "eta_crit_exact": float(loss == "mse"),
+        row = {"ntk_lambda_max": lam, "ntk_n": res.n, "ntk_s": U.shape[1], "gn_lambda_max": gn,
+               "eta_crit": crit, "lr_over_eta_crit": lr / crit,
                "pl_top": split["PL_s"], "pl_rest": split["PL_s_perp"], "ntk_loss": split["total"]}
+        if not ref:
+            ref["r"] = r
+        else:
+            e = (r - ref["r"]).to(U.dtype)
+            energy = float(e @ e)
+            if energy > 0:
+                row["excess_top_share"] = float((U.T @ e).pow(2).sum()) / energy
         if x.dim() == 2 and step in (scene.window.ref, scene.window.onset, scene.window.steps[-1]):
             G = agop(lambda xx: replay.outputs(params, xx), x)
             if task_agop in TRUE_AGOP_TASKS:

@@ -1,8 +1,8 @@
 """Rule `catapult`: the spike is a catapult in the top eigendirections of the tangent kernel.
 
-For loss L = (1/2n)‖F−y‖² gradient descent linearised around w is stable iff
-η < η_crit = 2n/λ_max(K), K = J Jᵀ the empirical NTK (for torch's mean-reduced MSE,
-L = (1/n)‖r‖², it is n/λ_max(K)). With η_crit < η < η_max the loss first grows, then
+Gradient descent linearised around w is stable iff η < η_crit = 2/λ_max(JᵀH_outJ), the
+Gauss–Newton matrix of the run's own loss; for L = (1/2n)‖F−y‖² that is 2n/λ_max(K), K = J Jᵀ
+the empirical NTK (for torch's mean-reduced MSE, L = (1/n)‖r‖², it is n/λ_max(K)). With η_crit < η < η_max the loss first grows, then
 λ_max(K) falls until η < η_crit again and the loss drops: a catapult (Lewkowycz, Bahri, Dyer,
 Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase of deep learning: the catapult
 mechanism", arXiv 2003.02218; Zhu, Liu, Radhakrishnan & Belkin 2023, "Catapults in SGD: spikes
@@ -10,8 +10,9 @@ in the training loss and their impact on generalization through feature learning
 2306.04815). Zhu et al. decompose the loss along K's top-s eigenvectors,
 PL_s = (1/n)‖U_sᵀ r‖², PL_s^⊥ = L − PL_s, and find the spike lives in PL_s.
 
-Fires when η > η_crit at onset, most of the loss increase from the quiet reference to the
-peak lies in the top-s eigenspace, and λ_max(K) is lower after the spike than before.
+Fires when η > η_crit at onset, most of the excess residual r_peak − r_ref (its energy, a share
+in [0, 1]; a share of the loss *difference* exceeds 100% when the rest of the residual falls) lies
+in the top-s eigenspace, and λ_max(K) is lower after the spike than before.
 
 Tie-break: a curvature-limit crossing can fire this rule and the Hessian one together; they
 differ in what moved. With minibatches that differ from step to step, a batch whose kernel is
@@ -36,10 +37,10 @@ LEWKOWYCZ_2020 = ("Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, \"The 
 ZHU_2023 = ("Zhu, Liu, Radhakrishnan & Belkin 2023, \"Catapults in SGD: spikes in the training "
             "loss and their impact on generalization through feature learning\", arXiv 2306.04815")
 T = Thresholds(
-    lr_over_eta_crit=(1.0, "the linearised model diverges for η > η_crit = 2n/λ_max(K) "
-                      "(n/λ_max(K) for torch's mean MSE); " + LEWKOWYCZ_2020),
+    lr_over_eta_crit=(1.0, "the linearised model diverges for η > η_crit = 2/λ_max(JᵀH_outJ) "
+                      "(2n/λ_max(K) for (1/2n)‖F−y‖²); " + LEWKOWYCZ_2020),
     min_top_share=(0.5, "the spike lives in the top-s NTK eigenspace (" + ZHU_2023 + "); "
-                   "rationale: 'most' of the increase = more than half"),
+                   "rationale: 'most' of the excess residual's energy = more than half"),
     max_kernel_ratio_after=(0.95, "the catapult ends when λ_max(K) has fallen below 2n/η ("
                             + LEWKOWYCZ_2020 + "); rationale: a fall of at least 5%, so that "
                             "estimation noise is not read as a fall"),
@@ -68,7 +69,8 @@ def judge(ev: EvidenceView) -> Finding:
     peak_step = peak[0]
     d_top = ev.at("pl_top", peak_step) - ev.at("pl_top", ref_step)
     d_all = ev.at("ntk_loss", peak_step) - ev.at("ntk_loss", ref_step)
-    top_share = d_top / d_all if d_all > 0 else float("nan")
+    excess = ev.at("excess_top_share", peak_step)
+    top_share = excess if (excess is not None and d_all > 0) else float("nan")
     k_before = ev.at("ntk_lambda_max", ref_step)
     k_after = last(ev, "ntk_lambda_max", (ctx.end if ctx.end is not None else peak_step), None)
     kernel_ratio = (k_after[1] / k_before) if (k_after and k_before and k_after[0] > peak_step) else None
@@ -77,7 +79,8 @@ def judge(ev: EvidenceView) -> Finding:
         "lr_over_eta_crit": at_onset[1], "at_step": at_onset[0],
         "eta_crit": ev.at("eta_crit", at_onset[0]),
         "ref_step": ref_step, "peak_step": peak_step, "top_s": ev.at("ntk_s", ref_step),
-        "loss_increase": d_all, "top_share_of_increase": top_share,
+        "loss_increase": d_all, "top_share_of_excess": top_share,
+        "pl_top_increase": d_top,
         "ntk_lambda_max_before": k_before,
         "ntk_lambda_max_after": k_after[1] if k_after else None,
         "kernel_ratio": kernel_ratio,
@@ -98,8 +101,8 @@ def judge(ev: EvidenceView) -> Finding:
         score = clip01(0.5 + 0.25 * clip01(top_share) + 0.25 * clip01(1 - kernel_ratio))
         return Finding(RULE, "fired", score,
                        f"η = {at_onset[1]:.3g}·η_crit at step {at_onset[0]}; {top_share:.0%} of "
-                       f"the loss increase lies in the top-{int(evidence['top_s'] or 0)} NTK "
-                       f"eigendirections; λ_max(K) fell ×{kernel_ratio:.3g} after the spike",
+                       f"the excess residual's energy lies in the top-{int(evidence['top_s'] or 0)} "
+                       f"NTK eigendirections; λ_max(K) fell ×{kernel_ratio:.3g} after the spike",
                        HINT, evidence=evidence, thresholds=thresholds)
     missing = [w for w, ok in (("η ≤ η_crit", above), ("increase not in the top eigenspace", in_top),
                                ("λ_max(K) did not fall", drop)) if not ok]
@@ -116,8 +119,8 @@ def minibatches(ev: EvidenceView) -> bool:
 
 SPEC = Mechanism(
     name=RULE, role="ascent", needs=("ntk", "data"), judge=judge, hint=HINT, thresholds=T,
-    summary=f"η > η_crit at onset, ≥ {T.min_top_share:.0%} of the loss increase (reference → "
-            f"peak) lies in the top-s NTK eigenspace, and λ_max(K) after the spike < "
+    summary=f"η > η_crit = 2/λ_max(JᵀH_outJ) at onset, ≥ {T.min_top_share:.0%} of the excess "
+            f"residual's energy (reference → peak) lies in the top-s NTK eigenspace, and λ_max(K) after the spike < "
             f"{T.max_kernel_ratio_after:g}× before. Inconclusive for Adam",
     badge="orange", colour="#ff7f0e", precedence=20,
     precedence_note=CURVATURE_LIMIT,
@@ -129,7 +132,7 @@ SPEC = Mechanism(
     panel=(Row(Lines("where the loss lives: PL_s vs PL_s^⊥",
                      {"pl_top": "PL_s (top-s NTK directions)", "pl_rest": "PL_s^⊥ (the rest)"},
                      y_title="loss share (log)", log_y=True),
-               Lines("lr against the NTK's critical lr 2n/λ_max(K)",
+               Lines("lr against the critical lr 2/λ_max(JᵀH_outJ)",
                      {"lr_over_eta_crit": "η / η_crit"}, y_title="η / η_crit",
                      limits=(Limit("1 (critical lr)", 1.0),))),),
 )
