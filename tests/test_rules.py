@@ -122,16 +122,54 @@ def adam(ev, step, ratio, pre, direc, eps_share=0.0):
                                "eta_pre_grad_curvature": direc, "eps_dominated_share": eps_share})
 
 
-def test_adam_lag_fires_and_reports_both_limits():
+def test_adam_rule_fires_on_the_limit_for_beta1_0_9_and_names_it():
+    """Known answer, β₁ = 0.9: limit (2+2·0.9)/(1−0.9) = 38; 0.95·38 = 36.1. Quiet step at 31,
+    crossing at step 8 (37.0), onset 10."""
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 4, 0.001, 31.0, 0.5)
+    adam(ev, 6, 0.01, 35.0, 20.0)
+    adam(ev, 8, 0.02, 37.0, 30.0)
+    adam(ev, 10, 0.03, 38.8, 38.6)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.status == "fired", f.message
+    assert f.thresholds["limit_cohen"] == pytest.approx(38.0)
+    assert f.evidence["crossed_at_step"] == 8 and f.evidence["separates_from_quiet"] is True
+    assert "38/η at β₁ = 0.9" in f.message and "first at step 8" in f.message
+    assert "quiet step 4 sat below it" in f.message
+
+
+def test_adam_rule_does_not_fire_past_2_over_eta_with_momentum():
+    """With β₁ = 0.9, η·λ_max(P⁻¹H) = 3.6 is past 2/η but far below 38/η; a low g²/v̂ with it
+    is no evidence (the old rule fired here)."""
     ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
     adam(ev, 6, 0.01, 3.0, 0.5)
     adam(ev, 8, 0.02, 3.5, 1.2)
     adam(ev, 10, 0.03, 3.6, 2.5)
     f = RULES["adam_beta2_lag"](ev)
-    assert f.status == "fired"
-    assert f.thresholds["limit_beta1_zero"] == 2.0
-    assert "seed" not in f.message and "2/η (β₁ = 0 analysis)" in f.message
-    assert f.thresholds["limit_cohen"] == pytest.approx(38.0)
+    assert f.status == "not_fired"
+    assert "a low g²/v̂ alone is not evidence" in f.message and "does not apply" in f.message
+
+
+@pytest.mark.parametrize("beta1, value, fires", [(0.0, 2.5, True), (0.0, 1.5, False),
+                                                 (0.5, 5.8, True), (0.5, 5.0, False)])
+def test_adam_limit_follows_the_runs_beta1(beta1, value, fires):
+    """(2+2β₁)/(1−β₁): 2 at β₁ = 0, 6 at β₁ = 0.5 (fires from 0.95× the limit)."""
+    ev = Evidence(ctx(optimizer="adam", betas=(beta1, 0.999)))
+    adam(ev, 8, 0.5, value, value)
+    adam(ev, 10, 0.5, value, value)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.fired is fires, f.message
+    assert f.thresholds["limit_cohen"] == pytest.approx((2 + 2 * beta1) / (1 - beta1))
+
+
+def test_adam_never_claims_separation_against_a_nan_quiet_step():
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 4, 0.01, float("nan"), 0.5)
+    adam(ev, 8, 0.01, 38.5, 38.0)
+    adam(ev, 10, 0.01, 38.8, 38.6)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.fired and f.evidence["separates_from_quiet"] is False
+    assert "no measured quiet step" in f.message and "separat" not in f.message
 
 
 def test_adam_lag_inconclusive_when_eps_caps_the_preconditioner():
@@ -141,12 +179,17 @@ def test_adam_lag_inconclusive_when_eps_caps_the_preconditioner():
     assert RULES["adam_beta2_lag"](ev).status == "inconclusive"
 
 
-def test_adam_lag_not_fired_without_lag():
+def test_adam_rule_says_when_there_is_no_lag():
     ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
     adam(ev, 8, 0.9, 3.0, 1.0)
     adam(ev, 10, 1.1, 3.0, 2.5)
     f = RULES["adam_beta2_lag"](ev)
-    assert f.status == "not_fired" and "no β₂ lag" in f.message
+    assert f.status == "not_fired" and "a low g²/v̂" not in f.message
+    ev = Evidence(ctx(optimizer="adam", betas=(0.9, 0.999)))
+    adam(ev, 8, 0.9, 38.0, 1.0)
+    adam(ev, 10, 1.1, 38.5, 2.5)
+    f = RULES["adam_beta2_lag"](ev)
+    assert f.fired and "no β₂ lag" in f.message and f.score < 0.8
     assert RULES["adam_beta2_lag"](Evidence(ctx(optimizer="other"))).status == "inconclusive"
 
 

@@ -9,11 +9,13 @@ curvature gᵀP⁻¹Hg/‖g‖² crosses 2/η (Bai, Zhou, Zhao, Li, Li, Xiong, Y
 arXiv 2207.14484) give the momentum-aware limit (2+2β₁)/((1−β₁)η), 38/η at β₁ = 0.9; both
 are reported.
 
-Fires when the pre-spike window is in the lag regime (median ρ = g²/v̂ below 0.1), the
-preconditioned sharpness is past 2/η before onset, and the directional curvature is past
-2/η at onset. The evidence says which limit separates the spike from the quiet reference
-step: on the shipped Adam run it is Cohen's 38/η (the quiet step sits at 31/η, already far
-past 2/η). Inconclusive when ε caps the preconditioner (then a low ρ means nothing).
+Fires when the preconditioned sharpness η·λ_max(P⁻¹H) reaches the stability limit for the
+run's β₁, (2+2β₁)/(1−β₁) (38 at β₁ = 0.9; 2 at β₁ = 0), at or before onset; the message names
+that limit and the step it was first crossed. 2/η alone does not separate: with β₁ = 0.9 the
+preconditioned sharpness sits above 2/η on most quiet steps. The β₂ lag (median ρ = g²/v̂ below
+0.1 before onset) and the directional curvature at the limit raise the score but are not
+evidence alone (ε can cap 1/P). "Separates" is claimed only against a measured quiet reference
+below the limit, never against a NaN. Inconclusive when ε caps the preconditioner.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ COHEN_2022 = ("Cohen, Ghorbani, Krishnan, Agarwal, Medapati, Badura, Suo, Cardoz
 T = Thresholds(
     max_ratio_median=(0.1, "the lag regime is g² ≪ v̂ (" + BAI_2025 + "); rationale: '≪' = a "
                       "median ratio below 0.1"),
-    limit_beta1_zero=(2.0, "η·λ_max(P⁻¹H) < 2, the β₁ = 0 stability analysis of " + BAI_2025),
+    limit_beta1_zero=(2.0, "η·λ_max(P⁻¹H) < 2, the β₁ = 0 stability analysis of " + BAI_2025
+                      + "; reported only: with β₁ > 0 it does not separate spiking from quiet steps"),
     limit_cohen=("(2+2β₁)/(1−β₁)", "Adam's edge of stability with momentum β₁ (38 at β₁ = 0.9); "
                  + COHEN_2022),
     cohen_margin=(0.95, "rationale: 'at' Adam's edge of stability = within 5% of its limit"),
@@ -43,11 +46,10 @@ T = Thresholds(
                    "is capped, and a low g²/v̂ proves nothing"),
 )
 BETA1_ZERO = "2/η (β₁ = 0 analysis)"
-COHEN = "(2+2β₁)/((1−β₁)η) (Cohen et al. 2022)"
 
 
 def judge(ev: EvidenceView) -> Finding:
-    """The β₂-lag regime, the preconditioned sharpness and the directional curvature at onset."""
+    """η·λ_max(P⁻¹H) against (2+2β₁)/(1−β₁) for the run's β₁, when it was crossed, and the lag."""
     ctx = ev.context
     if ctx.optimizer == "sgd":
         return Finding(RULE, "not_fired", 0.0, "not an Adam run: there is no second moment to lag")
@@ -59,67 +61,84 @@ def judge(ev: EvidenceView) -> Finding:
     _, ratio = window(ev, "ratio_median", None, ctx.onset)
     _, eps_share = window(ev, "eps_dominated_share", None, ctx.onset)
     _, decay = window(ev, "v_decay_vs_beta2", None, ctx.onset)
+    steps, sharp_pre = window(ev, "eta_pre_lambda_max", None, ctx.onset)
     pre_sharp = peak_value(ev, "eta_pre_lambda_max", None, ctx.onset)
-    quiet = first(ev, "eta_pre_lambda_max", None, ctx.onset)
     _, v_dir = window(ev, "eta_pre_grad_curvature", None, ctx.onset)
     lag = ratio.size > 0 and float(np.nanmedian(ratio)) < T.max_ratio_median
     capped = eps_share.size > 0 and float(np.nanmedian(eps_share)) > T.max_eps_share
-    beta1 = ctx.betas[0] if ctx.betas else 0.9
-    limit_cohen = (2 + 2 * beta1) / (1 - beta1)
-    dir_onset = float(v_dir[-1]) if v_dir.size else float("nan")
+    beta1 = float(ctx.betas[0]) if ctx.betas else 0.9
+    limit = limit_for(beta1)
+    bar = T.cohen_margin * limit
     sharp = pre_sharp[1] if pre_sharp else float("nan")
-    quiet_value = quiet[1] if quiet and pre_sharp and quiet[0] < pre_sharp[0] else float("nan")
-    # which limit tells the spiking steps from the quiet reference on this run
-    separating = [name for name, lim in ((BETA1_ZERO, T.limit_beta1_zero),
-                                         (COHEN, T.cohen_margin * limit_cohen))
-                  if sharp >= lim and not quiet_value >= lim]
+    crossed = [int(s) for s, v in zip(steps, sharp_pre) if np.isfinite(v) and v >= bar]
+    cross_step = crossed[0] if crossed else None
+    quiet = first(ev, "eta_pre_lambda_max", None, (cross_step - 1) if cross_step is not None else ctx.onset)
+    quiet_value = quiet[1] if quiet and (cross_step is None or quiet[0] < cross_step) else float("nan")
+    separates = bool(cross_step is not None and np.isfinite(quiet_value) and quiet_value < bar)
+    dir_onset = float(v_dir[-1]) if v_dir.size and np.isfinite(v_dir[-1]) else float("nan")
+    name = f"(2+2β₁)/((1−β₁)η) = {limit:.3g}/η at β₁ = {beta1:g} (Cohen et al. 2022)"
     evidence = {
         "ratio_median_pre": float(np.nanmedian(ratio)) if ratio.size else None,
         "eps_dominated_share": float(np.nanmedian(eps_share)) if eps_share.size else None,
         "v_decay_vs_beta2": float(np.nanmedian(decay)) if decay.size else None,
         "eta_pre_lambda_max": sharp if pre_sharp else None,
         "eta_pre_lambda_max_step": pre_sharp[0] if pre_sharp else None,
-        "eta_pre_lambda_max_quiet": quiet_value, "quiet_step": quiet[0] if quiet else None,
-        "eta_pre_grad_curvature_onset": dir_onset,
+        "crossed_at_step": cross_step, "limit": limit, "limit_name": name, "beta1": beta1,
+        "beta1_assumed": not ctx.betas,
+        "eta_pre_lambda_max_quiet": quiet_value if np.isfinite(quiet_value) else None,
+        "quiet_step": quiet[0] if quiet and np.isfinite(quiet_value) else None,
+        "separates_from_quiet": separates,
+        "eta_pre_grad_curvature_onset": dir_onset if np.isfinite(dir_onset) else None,
         "eta_pre_grad_curvature_sym_onset": ev.at("eta_pre_grad_curvature_sym", ctx.onset),
-        "separating_limits": separating,
+        "above_beta1_zero_limit": bool(sharp > T.limit_beta1_zero),
     }
     thresholds = {"max_ratio_median": T.max_ratio_median, "limit_beta1_zero": T.limit_beta1_zero,
-                  "limit_cohen": limit_cohen, "cohen_margin": T.cohen_margin,
+                  "limit_cohen": limit, "cohen_margin": T.cohen_margin,
                   "max_eps_share": T.max_eps_share, "units": "η × curvature (dimensionless)"}
     if capped:
         return inconclusive(RULE, f"ε dominates √v̂ for {evidence['eps_dominated_share']:.0%} of "
                             "coordinates: the preconditioner is capped, a low g²/v proves nothing",
                             **evidence)
-    past = sharp > T.limit_beta1_zero
-    if lag and past and dir_onset > T.limit_beta1_zero:
-        at_cohen = sharp >= T.cohen_margin * limit_cohen and dir_onset >= T.cohen_margin * limit_cohen
-        score = clip01(0.6 + 0.2 * at_cohen + 0.2 * bool(separating))
-        sep = (f"; separating limit: {', '.join(separating)}" if separating
-               else "; neither limit separates it from the quiet reference")
+    if cross_step is not None:
+        at_dir = bool(dir_onset >= bar)
+        score = clip01(0.6 + 0.15 * lag + 0.15 * separates + 0.1 * at_dir)
+        if separates:
+            versus = f"; the quiet step {quiet[0]} sat below it ({quiet_value:.3g})"
+        elif np.isfinite(quiet_value):
+            versus = f"; the quiet step {quiet[0]} was already past it ({quiet_value:.3g})"
+        else:
+            versus = "; no measured quiet step to compare with"
+        lag_text = (f"; β₂ lag: g²/v̂ median {evidence['ratio_median_pre']:.2g} before onset"
+                    if lag else "; no β₂ lag (g²/v̂ not ≪ 1)")
         return Finding(RULE, "fired", score,
-                       f"g²/v̂ median {evidence['ratio_median_pre']:.2g} before onset (v decays "
-                       f"like β₂^t); η·λ_max(P⁻¹H) = {sharp:.3g} (quiet step "
-                       f"{evidence['quiet_step']}: {quiet_value:.3g}) and η·gᵀP⁻¹Hg/‖g‖² = "
-                       f"{dir_onset:.3g} at onset, against the limits {BETA1_ZERO} and "
-                       f"{limit_cohen:.3g}/η (β₁ = {beta1:g}, Cohen et al. 2022){sep}", HINT,
+                       f"η·λ_max(P⁻¹H) reached {sharp:.3g}, past the limit {name}, first at step "
+                       f"{cross_step} (onset {ctx.onset}){versus}; η·gᵀP⁻¹Hg/‖g‖² = "
+                       f"{dir_onset:.3g} at onset{lag_text}", HINT,
                        evidence=evidence, thresholds=thresholds)
-    missing = [w for w, ok in (("no β₂ lag (g²/v̂ not ≪ 1)", lag),
-                               ("preconditioned sharpness below 2/η", past),
-                               ("directional curvature below 2/η at onset",
-                                dir_onset > T.limit_beta1_zero))
-               if not ok]
-    return Finding(RULE, "not_fired", clip01(0.2 * lag + 0.2 * past),
-                   "no β₂ lag instability: " + "; ".join(missing),
-                   evidence=evidence, thresholds=thresholds)
+    why = f"η·λ_max(P⁻¹H) peaked at {sharp:.3g} before onset, below the limit {name}"
+    if lag:
+        why += "; a low g²/v̂ alone is not evidence"
+    if sharp > T.limit_beta1_zero and beta1 > 0:
+        why += " (past 2/η, the β₁ = 0 limit, which does not apply with momentum)"
+    return Finding(RULE, "not_fired", clip01(0.2 * lag + 0.3 * clip01(sharp / bar)),
+                   "no β₂-lag instability: " + why, evidence=evidence, thresholds=thresholds)
+
+
+def limit_for(beta1: float) -> float:
+    """Adam's stability limit on η·λ_max(P⁻¹H) for momentum β₁: (2+2β₁)/(1−β₁) (Cohen et al.
+    2022, arXiv 2207.14484); 2 at β₁ = 0, 38 at β₁ = 0.9. ValueError for β₁ outside [0, 1)."""
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"β₁ must be in [0, 1), got {beta1!r}")
+    return (2 + 2 * beta1) / (1 - beta1)
 
 
 SPEC = Mechanism(
     name=RULE, role="ascent", needs=("adam",), judge=judge, hint=HINT, thresholds=T,
-    summary=f"median ρ = g²/v̂ < {T.max_ratio_median:g} before onset, η·λ_max(P⁻¹H) > 2 before "
-            "onset and η·gᵀP⁻¹Hg/‖g‖² > 2 at onset; the limit (2+2β₁)/(1−β₁) is reported and "
-            f"says which limit separates the spike from the quiet step. Inconclusive when ε "
-            f"dominates √v̂ on > {T.max_eps_share:.0%} of coordinates",
+    summary=f"η·λ_max(P⁻¹H) ≥ {T.cohen_margin:g}× (2+2β₁)/(1−β₁) for the run's β₁ (38 at 0.9, 2 "
+            "at 0) at or before onset; the step it was first crossed and whether a measured quiet "
+            f"step sat below it are reported; a β₂ lag (median ρ = g²/v̂ < {T.max_ratio_median:g}) "
+            "raises the score but is no evidence alone. Inconclusive when ε dominates √v̂ on > "
+            f"{T.max_eps_share:.0%} of coordinates",
     badge="violet", colour="#9467bd", precedence=20,
     precedence_note=CURVATURE_LIMIT,
     panel=(Lines("preconditioned sharpness against its stability limits",
