@@ -119,6 +119,10 @@ class Evidence:
         """Whether `metric` was measured at any step."""
         return any(m == metric for _, _, m, _ in self.rows)
 
+    def family(self, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every measured member `name@<suffix>` of a metric family: suffix -> (steps, values)."""
+        return _family(self.rows, name)
+
     def view(self, engines: tuple[str, ...]) -> "EvidenceView":
         """What a rule that needs `engines` may read: their rows, their skip reasons, and
         (with a catalog) only the metrics they declare."""
@@ -172,12 +176,22 @@ class EvidenceView:
         """As `Evidence.has`, for a declared metric of this view's engines."""
         return any(m == metric for _, _, m, _ in self._rows(metric))
 
+    def family(self, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """As `Evidence.family`, for a family `name@*` of this view's engines."""
+        return _family(self._rows(name + "@*"), name)
+
 
 def _series(rows, metric: str) -> tuple[np.ndarray, np.ndarray]:
     pairs = sorted((s, v) for s, _, m, v in rows if m == metric)
     steps = np.array([p[0] for p in pairs], dtype=np.int64)
     values = np.array([p[1] for p in pairs], dtype=np.float64)
     return steps, values
+
+
+def _family(rows, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    prefix = name + "@"
+    members = sorted({m for _, _, m, _ in rows if m.startswith(prefix)})
+    return {m[len(prefix):]: _series(rows, m) for m in members}
 
 
 def _at(rows, metric: str, step: int) -> float | None:

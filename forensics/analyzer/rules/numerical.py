@@ -1,7 +1,11 @@
 """Rule `numerical`: the loss, a gradient, a weight or an optimizer moment became NaN or Inf.
 
 A non-finite value is a spike of its own kind: whatever came before, the arithmetic broke.
-The rule names where it first appears (loss, gradient, weight, moment) and at which step.
+The rule names where it first appears (loss, gradient, weight, moment) and at which step, and
+the first tensor that went non-finite (a parameter's gradient, an optimizer moment, a weight
+or the batch input) with whether the loss was still finite at that step: a finite loss with a
+non-finite gradient points at the backward pass (e.g. a float16 overflow), a non-finite input
+at the data.
 """
 
 from __future__ import annotations
@@ -35,9 +39,40 @@ def judge(ev: EvidenceView) -> Finding:
                        "loss, gradients, weights and moments are finite in every snapshot")
     where, step = min(firsts.items(), key=lambda kv: (kv[1], _KINDS.index("nonfinite_" + kv[0])))
     parts = ", ".join(f"{k} at step {s}" for k, s in sorted(firsts.items(), key=lambda kv: kv[1]))
-    return Finding(RULE, "fired", 1.0,
-                   f"non-finite {where} first at step {step} ({parts})", HINT,
-                   evidence={"first_nonfinite": firsts, "first_kind": where, "first_step": step})
+    evidence = {"first_nonfinite": firsts, "first_kind": where, "first_step": step}
+    message = f"non-finite {where} first at step {step} ({parts})"
+    origin = _origin(ev)
+    if origin:
+        evidence.update(origin)
+        tensors = origin["first_tensors"]
+        loss = {1.0: "the loss was still finite", 0.0: "the loss was already non-finite"}.get(
+            origin["loss_finite_at_first"], "the loss at that step is unknown")
+        more = f" (and {len(tensors) - 1} more)" if len(tensors) > 1 else ""
+        message += (f"; first non-finite tensor: {_words(tensors[0])}{more} at step "
+                    f"{origin['first_tensor_step']}, when {loss}")
+    return Finding(RULE, "fired", 1.0, message, HINT, evidence=evidence)
+
+
+def _origin(ev: EvidenceView) -> dict:
+    """The first captured step with a non-finite tensor, and those tensors in step order."""
+    family = ev.family("first_nonfinite")
+    if not family:
+        return {}
+    step = min(int(steps[0]) for steps, _ in family.values())
+    order = {"state": 0, "param": 1, "batch": 2, "grad": 3}
+    tensors = sorted((k for k, (steps, _) in family.items() if int(steps[0]) == step),
+                     key=lambda k: (order.get(k.split(":", 1)[0].split("/", 1)[0], 4), k))
+    return {"first_tensor_step": step, "first_tensors": tensors,
+            "loss_finite_at_first": ev.at("loss_finite_at_first", step)}
+
+
+def _words(key: str) -> str:
+    """`grad:0.weight` -> "the gradient of 0.weight"; `state/exp_avg_sq:w` -> "exp_avg_sq of w"."""
+    kind, _, name = key.partition(":")
+    if kind.startswith("state/"):
+        return f"the optimizer moment {kind.split('/', 1)[1]} of {name}"
+    return {"grad": f"the gradient of {name}", "param": f"the weight {name}",
+            "batch": f"the batch input {name!r}"}.get(kind, key)
 
 
 SPEC = Mechanism(
