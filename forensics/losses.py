@@ -66,3 +66,24 @@ def reimport_problem(loss) -> str | None:
     except (ImportError, AttributeError) as exc:
         return f"loss {spec} does not resolve ({type(exc).__name__}: {exc}); {fix}"
     return None
+
+
+def from_running_main(spec: str) -> Callable | None:
+    """The callable `spec` = "__main__:name" names in this process's running script, or None.
+
+    Nothing is imported: `__main__` is already loaded (it is the script calling the analyzer
+    with its live model), so this only looks the name up there, as a plain dotted path of
+    public names, and returns it when it is callable and was defined in `__main__`.
+    """
+    import sys
+
+    if not isinstance(spec, str) or not spec.startswith("__main__:"):
+        return None
+    obj = sys.modules.get("__main__")
+    for part in spec.partition(":")[2].split("."):
+        if not part.isidentifier() or part.startswith("_") or obj is None:
+            return None
+        obj = getattr(obj, part, None)
+    if callable(obj) and getattr(obj, "__module__", None) == "__main__":
+        return obj
+    return None

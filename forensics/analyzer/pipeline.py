@@ -185,7 +185,8 @@ def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> 
         if progress:
             progress(spike_id, engine, i, len(engines))
         try:
-            ENGINES[engine].measure(ev, scene)
+            with _twice_differentiable_attention():
+                ENGINES[engine].measure(ev, scene)
         except Failed as why:
             ev.fail(engine, str(why))
         except Skip as why:
@@ -194,6 +195,14 @@ def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> 
             ev.fail(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
     if progress:
         progress(spike_id, "done", len(engines), len(engines))
+
+
+def _twice_differentiable_attention():
+    """`scaled_dot_product_attention` on its math kernel: the fused CPU/flash kernels have no
+    double backward, which every Hessian-vector product through attention needs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _measure_from_steps(ev: Evidence, run: Run, engines) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from forensics.losses import resolve_loss
+from forensics.losses import from_running_main, resolve_loss
 from forensics.rundir.model import build_model
 
 Params = dict[str, torch.Tensor]
@@ -46,9 +46,11 @@ class Replay:
                  allow_import: bool = False, dtype: torch.dtype = torch.float32,
                  loss_fn: Callable | None = None) -> "Replay":
         """Rebuild the run's model and loss, or take the live `model` / `loss_fn` (then the
-        factory / loss named in run.json is not imported). Raises PermissionError (an import
+        factory / loss named in run.json is not imported). With a live `model`, a loss named
+        "__main__:fn" is looked up in this process's running script (nothing imported). Raises PermissionError (an import
         without consent) or ValueError (unresolvable) naming what could not be rebuilt."""
         manifest = run.manifest
+        live = model is not None
         if model is None:
             try:
                 model = build_model(manifest, allow_import=allow_import)
@@ -57,6 +59,8 @@ class Replay:
         dev = pick_device(device)
         model = model.to(device=dev, dtype=dtype).train()
         keys = manifest.get("batch_keys") or {}
+        if loss_fn is None and live:
+            loss_fn = from_running_main(manifest.get("loss", "mse"))
         if loss_fn is None:
             try:
                 loss_fn = resolve_loss(manifest.get("loss", "mse"), allow_import=allow_import)

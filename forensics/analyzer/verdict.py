@@ -56,16 +56,18 @@ def choose_verdict(findings: list[Finding], evidence: Evidence,
 
 def _blocked(findings: list[Finding], evidence: Evidence, specs: Mapping[str, Mechanism],
              precedence: int | None) -> str:
-    """The failure that keeps an unfired ascent rule from being judged, when that rule could
-    have outranked precedence `precedence` (None: any); "" when there is none."""
+    """The failure that kept an ascent rule from being judged (it is inconclusive for that
+    reason), when that rule could have outranked precedence `precedence` (None: any); "" when
+    there is none. A rule inconclusive for another reason (e.g. it does not apply to Adam) is
+    not blocked by a failure of its engine."""
     failed = getattr(evidence, "failed", {}) or {}
     for f in findings:
         spec = specs.get(f.rule)
-        if f.fired or spec is None or not spec.is_verdict:
+        if f.status != "inconclusive" or spec is None or not spec.is_verdict:
             continue
         if precedence is not None and spec.precedence > precedence:
             continue
         for engine in spec.needs:
-            if engine in failed:
+            if engine in failed and failed[engine] and failed[engine] in (f.reason or f.message):
                 return f"{f.rule} could not be judged: {failed[engine]}"
     return ""

@@ -85,8 +85,8 @@ class Scene:
                 ev.add_many(step, engine, row)
         if failed and len(failed) == len(tuple(steps)):
             raise Failed(f"{engine} engine failed at every step: " + "; ".join(failed[:3]))
-        if failed:
-            ev.skip(engine, f"{len(failed)} step(s) not measured; " + "; ".join(failed[:3]))
+        if failed:  # a failure too: it blocks a verdict only where a rule could not judge for it
+            ev.fail(engine, f"{len(failed)} step(s) not measured; " + "; ".join(failed[:3]))
 
     def snapshot(self, step: int):
         """The snapshot of `step`, loaded once (on the CPU; engines move what they use)."""
