@@ -115,3 +115,30 @@ def test_spike_deep_link_renders_verdict_and_charts(server, analyzed_root, tmp_p
             assert shot.stat().st_size > 10_000
         finally:
             ctx.close()
+
+
+def test_runs_page_loss_chart_fits_its_column_at_1400px(server, tmp_path):
+    """The Runs page's loss chart (spikes at the last steps of the Adam run) lies inside its
+    column at a 1400 px window: nothing is cut off on the right."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1400, "height": 1600})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{server}/?page=runs&run={RUN}", wait_until="domcontentloaded")
+            chart = page.locator('[data-testid="stVegaLiteChart"]').first
+            chart.locator("svg").first.wait_for(timeout=30_000)
+            time.sleep(1.0)  # let Vega finish its last layout pass
+            sizes = chart.evaluate("""el => {
+                const svg = el.querySelector('svg').getBoundingClientRect();
+                const box = el.getBoundingClientRect();
+                return {svg_right: svg.right, box_right: box.right, window: window.innerWidth};
+            }""")
+            page.screenshot(path=str(tmp_path / "runs-1400.png"), full_page=True)
+            assert sizes["svg_right"] <= sizes["box_right"] + 1, sizes
+            assert sizes["svg_right"] <= sizes["window"], sizes
+        finally:
+            ctx.close()

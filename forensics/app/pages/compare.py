@@ -93,7 +93,8 @@ def _run_summary(root: str, info: dict) -> None:
     steps = data.steps(root, info["run_id"])
     spikes = data.spikes(root, info["run_id"])
     if len(steps):
-        st.altair_chart(charts.run_overview(steps, spikes, scalars=("adam_ratio_median",), width=520),
-                        width="stretch")
+        # a concatenated chart keeps its pixel width (width="stretch" stretched it past the column)
+        st.altair_chart(charts.run_overview(steps, spikes, scalars=("adam_ratio_median",), width=420)
+                        .configure_legend(orient="bottom", columns=3), width="content")
     if not len(spikes):
         st.success("no spikes", icon=":material/check_circle:")

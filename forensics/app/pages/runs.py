@@ -7,6 +7,7 @@ import streamlit as st
 
 from forensics.app import charts, data, ui
 
+CHART_WIDTH = 760  # px of each panel's plot area; + ≈ 80 px of axes < the ≈ 940 px column at 1400 px
 SCALARS = ("lr", "grad_norm", "update_norm", "param_norm", "adam_ratio_median",
            "adam_ratio_frac_small", "probe_loss")
 
@@ -62,8 +63,13 @@ def _render_run(root: str, info: dict) -> None:
     default = [s for s in ("lr", "grad_norm", "update_norm", "adam_ratio_median") if s in present]
     scalars = c2.multiselect("per-step scalars", present, default=default, key="runs_scalars",
                              format_func=lambda s: charts.SCALAR_LABELS.get(s, s))
-    chart = charts.run_overview(steps, spikes, log_scale=log_scale, scalars=scalars)
-    event = st.altair_chart(chart, width="stretch", on_select="rerun",
+    # Vega-Lite cannot fit a concatenated chart to its container ("container" widths overflow
+    # by the axes), so the width is fixed to fit the main column at 1400 px (≈ 940 px there) with
+    # the axes, and the verdict legend goes below in rows (on the right it pushed the last
+    # steps off-screen); checked in tests/test_app_browser.py
+    chart = charts.run_overview(steps, spikes, log_scale=log_scale, scalars=scalars,
+                                width=CHART_WIDTH).configure_legend(orient="bottom", columns=5)
+    event = st.altair_chart(chart, width="content", on_select="rerun",
                             selection_mode=["spike_pick"], key="runs_chart")
     picked = (event or {}).get("selection", {}).get("spike_pick") if event else None
     if picked:
