@@ -116,3 +116,12 @@ def test_a_short_batch_once_per_epoch_is_named_with_its_size_and_period(runs):
         assert f.evidence["batch_rows"] == 3 and f.evidence["usual_rows"] == 32
         assert "3 rows vs the run's usual 32" in f.message
         assert f.evidence["recurrence_period"] == 13 and "every 13 steps" in f.message
+
+
+def test_the_stated_false_alarm_count_holds(runs):
+    """The `data` spec's false_alarms: 0 of the 19 detected spikes that are not bad batches."""
+    ordinary = [s for s in runs["heavy"].spikes]
+    ordinary += [s for s in runs["planted"].spikes if s.context.onset != 300]
+    ordinary += [s for s in runs["short"].spikes if (s.context.onset + 1) % 13]
+    assert len(ordinary) == 19
+    assert not [s.context.onset for s in ordinary if s.verdict == "data"]

@@ -133,6 +133,10 @@ def limit_for(beta1: float) -> float:
 
 
 SPEC = Mechanism(
+    false_alarms="0 fired; not judged on the shipped clean Adam run (adam_control, step 3000: ε "
+                 "caps the preconditioner, inconclusive) by `python -m forensics.analyzer.false_alarms`; "
+                 "the adam_beta2_lag run's quiet step 3000 sits at η·λ_max(P⁻¹H) = 31.2 < 36.1 (not "
+                 "past the limit); few samples",
     name=RULE, role="ascent", needs=("adam",), judge=judge, hint=HINT, thresholds=T,
     summary=f"η·λ_max(P⁻¹H) ≥ {T.cohen_margin:g}× (2+2β₁)/(1−β₁) for the run's β₁ (38 at 0.9, 2 "
             "at 0) at or before onset; the step it was first crossed and whether a measured quiet "

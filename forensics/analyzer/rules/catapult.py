@@ -51,7 +51,7 @@ def judge(ev: EvidenceView) -> Finding:
     """η against the NTK's critical lr, where the loss increase lives, and whether λ_max(K) fell."""
     ctx = ev.context
     if ctx.optimizer == "adam":
-        return inconclusive(RULE, "the kernel's critical lr 2n/λ_max(K) is a (S)GD limit; "
+        return inconclusive(RULE, "the critical lr 2/λ_max(JᵀH_outJ) is a (S)GD limit; "
                             "Adam's limit is on the preconditioned curvature λ_max(P⁻¹H)")
     if not ev.has("lr_over_eta_crit"):
         return inconclusive(RULE, ev.skipped.get("ntk", "no NTK measurements"))
@@ -118,6 +118,7 @@ def minibatches(ev: EvidenceView) -> bool:
 
 
 SPEC = Mechanism(
+    false_alarms='0 of 4 (S)GD pseudo-spikes judged; measured by `python -m forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at each captured snapshot after the first); few samples',
     name=RULE, role="ascent", needs=("ntk", "data"), judge=judge, hint=HINT, thresholds=T,
     summary=f"η > η_crit = 2/λ_max(JᵀH_outJ) at onset, ≥ {T.min_top_share:.0%} of the excess "
             f"residual's energy (reference → peak) lies in the top-s NTK eigenspace, and λ_max(K) after the spike < "
