@@ -268,3 +268,25 @@ def test_sql_chart_only_with_a_step_column():
     assert charts.sql_chart(pd.DataFrame({"a": [1, 2]})) is None
     c = charts.sql_chart(pd.DataFrame({"step": [1, 2], "loss": [0.5, float("inf")]}))
     assert c is not None and c.to_dict()["mark"]["type"] == "line"
+
+
+def test_compare_page_table_puts_every_run_side_by_side(tmp_path, run_app):
+    """Seed 001's table from recorded runs: small vs large batch, spikes, AGOP alignment, loss."""
+    import shutil
+
+    from forensics.analyzer.pipeline import analyze
+
+    samples = Path(APP).parent / "sample_runs"
+    if not (samples / "small_batch" / "run.json").is_file():
+        pytest.skip("no sample runs")
+    for name in ("small_batch", "large_batch"):
+        shutil.copytree(samples / name, tmp_path / name, ignore=shutil.ignore_patterns("analysis"))
+        analyze(tmp_path / name, mechanisms=["numerical"])
+    at = run_app(root=tmp_path, page="compare")
+    table = next(d.value for d in at.dataframe if "AGOP alignment (true AGOP)" in d.value.columns)
+    rows = table.set_index("run_id")
+    small, large = rows.loc["small_batch"], rows.loc["large_batch"]
+    assert small["batch size"] < large["batch size"]
+    assert small["spikes"] > large["spikes"]
+    assert small["AGOP alignment (true AGOP)"] > large["AGOP alignment (true AGOP)"] > 0
+    assert small["final loss"] == small["final loss"] and large["final loss"] == large["final loss"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import forensics
+from forensics.analyzer.baselines import ENGINE as BASELINE_ENGINE, RUN_LEVEL, measure_baselines
 from forensics.analyzer.evidence import Evidence, Finding, SpikeContext, inconclusive
 from forensics.analyzer.measure import ENGINES, METRICS, Failed, Scene, Skip
 from forensics.analyzer.mechanisms import MECHANISMS, check_mechanisms, engines_for
@@ -77,6 +78,7 @@ class Analysis:
     device: str
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    baselines: list[tuple[int, str, float]] = field(default_factory=list)  # run level (baselines.py)
 
 
 def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, device=None,
@@ -140,8 +142,15 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
         verdict, score, message = choose_verdict(findings, ev)
         results.append(SpikeResult(ev.context, source, verdict, score, message, ev, findings))
 
+    baselines: list = []  # run-level numbers: a failure is a note, never a verdict
+    if replay is not None:
+        try:
+            with _twice_differentiable_attention():
+                baselines = measure_baselines(run, replay, settings)
+        except Exception as exc:
+            notes.append(f"baseline measurements failed: {type(exc).__name__}: {exc}")
     notes.extend(run.notes)  # files the reader skipped or tolerated, each named
-    analysis = Analysis(run_id, results, settings, str(dev), notes)
+    analysis = Analysis(run_id, results, settings, str(dev), notes, baselines=baselines)
     if write:
         analysis.path = write_analysis(run.path, _tables(analysis), _meta(analysis, rules))
     return analysis
@@ -275,6 +284,9 @@ def _tables(analysis: Analysis) -> dict[str, list[dict]]:
             measurements.append({"run_id": analysis.run_id, "spike_id": c.spike_id, "step": step,
                                  "engine": engine, "metric": metric, "value": value})
         findings.extend(f.to_row(analysis.run_id, c.spike_id) for f in r.findings)
+    measurements.extend({"run_id": analysis.run_id, "spike_id": RUN_LEVEL, "step": step,
+                         "engine": BASELINE_ENGINE, "metric": metric, "value": value}
+                        for step, metric, value in sorted(analysis.baselines))
     return {"spikes": spikes, "measurements": measurements, "findings": findings}
 
 

@@ -1,10 +1,17 @@
-"""The compare page: two runs (or two spikes) side by side, e.g. the Adam run and its quiet control.
+"""The compare page: every run in one table, then two runs (or two spikes) side by side.
 
-One overlay chart puts a per-step scalar of both on one axis (aligned on the spike onsets when
-spikes are chosen); below, each side shows its loss curve or its spike's verdict and evidence.
+The table is seed 001's comparison from the project's own numbers: per run, its batch size, its
+spike count, and at its last baseline snapshot the AGOP alignment (with the task's true AGOP),
+λ_max, the condensation index and the loss (`forensics.analyzer.baselines`, run-level rows of
+measurements.parquet), with the final recorded loss. One overlay chart then puts a per-step
+scalar of two runs on one axis (aligned on the spike onsets when spikes are chosen); below,
+each side shows its loss curve or its spike's verdict and evidence.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -47,6 +54,7 @@ def render(root: str) -> None:
     if not len(runs):
         ui.empty_folder_hint(root)
         return
+    side_by_side(root, runs)
     ids = list(runs["run_id"])
     da, db = _defaults(ids)
     ca, cb = st.columns(2)
@@ -98,3 +106,43 @@ def _run_summary(root: str, info: dict) -> None:
                         .configure_legend(orient="bottom", columns=3), width="content")
     if not len(spikes):
         st.success("no spikes", icon=":material/check_circle:")
+
+
+BASELINE_COLUMNS = {"agop_alignment": "AGOP alignment (true AGOP)",
+                    "agop_alignment_final": "AGOP alignment (vs final)", "lambda_max": "λ_max",
+                    "condensation_index": "condensation index", "loss": "baseline batch loss"}
+
+
+def side_by_side_table(root: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: batch size, spikes, the last baseline's run-level numbers, final loss."""
+    base = data.run_sql(root, "SELECT run_id, step, metric, value FROM measurements "
+                              "WHERE spike_id = -1 AND engine = 'baselines'")
+    final = data.run_sql(root, "SELECT run_id, arg_max(loss, step) AS final_loss FROM steps "
+                               "WHERE isfinite(loss) GROUP BY run_id")
+    table = runs[["run_id", "num_spikes"]].rename(columns={"num_spikes": "spikes"}).copy()
+    table.insert(1, "batch size", [_batch_size(p) for p in runs["path"]])
+    if len(base):
+        last = base.sort_values("step").groupby(["run_id", "metric"])["value"].last().unstack()
+        for metric, label in BASELINE_COLUMNS.items():
+            if metric in last:
+                table[label] = table["run_id"].map(last[metric])
+    table["final loss"] = table["run_id"].map(dict(zip(final["run_id"], final["final_loss"])))
+    return table
+
+
+def side_by_side(root: str, runs: pd.DataFrame) -> None:
+    table = side_by_side_table(root, runs)
+    st.subheader("All runs side by side")
+    st.caption("Spikes, AGOP alignment, λ_max and condensation at each run's last baseline "
+               "snapshot, and the final loss (seed 001: smaller batches, more catapults, better "
+               "alignment). Empty cells: the run is not analyzed yet, or the number does not apply.")
+    st.dataframe(table, hide_index=True, width="stretch", key="cmp_table")
+
+
+def _batch_size(path: str):
+    """task.batch_size from the run's run.json, else None."""
+    try:
+        task = json.loads((Path(path) / "run.json").read_text(encoding="utf-8")).get("task") or {}
+    except (OSError, ValueError):
+        return None
+    return task.get("batch_size")
