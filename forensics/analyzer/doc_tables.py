@@ -13,6 +13,7 @@ from itertools import groupby
 from pathlib import Path
 
 from forensics.analyzer.measure import METRICS
+from forensics.analyzer.mechanisms import NOT_ANALYZED, UNEXPLAINED
 from forensics.analyzer.rules import SPECS
 
 _BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
@@ -73,7 +74,13 @@ def verdict_list() -> str:
             ties = [f"`{s.name}` {s.tie_break_note}" for s in group if s.tie_break is not None]
             head += "; ".join(ties + ["otherwise the highest score (then the name)"])
         lines.append(head + ".")
-    lines.append(f"{len(lines) + 1}. `unexplained` when no ascent rule fired.")
+    lines.append(f"{len(lines) + 1}. `{NOT_ANALYZED}` when an ascent rule that could have outranked "
+                 "the answer (or any, when none fired) could not be judged because an engine it "
+                 "needs failed (it raised, the model or the loss could not be rebuilt, the onset "
+                 "was not captured): the verdict message is that reason, the score 0, and "
+                 "`forensics analyze` / `report` exit with 4.")
+    lines.append(f"{len(lines) + 1}. `{UNEXPLAINED}` when no ascent rule fired and every one "
+                 "could be judged.")
     others = [f"`{s.name}` ({s.role})" for s in SPECS.values() if not s.is_verdict]
     if others:
         lines.append("")
