@@ -56,7 +56,8 @@ def reimport_problem(loss) -> str | None:
     if not sep or not module_name or not qualname:
         return f"loss {loss!r} has no importable module:qualname; {fix}"
     if module_name == "__main__":
-        return f"loss {spec} lives in the script being run (__main__), which another process cannot import; {fix}"
+        return (f"loss {spec} lives in the script being run (__main__), which another process "
+                f"cannot import; {fix}")
     if "<lambda>" in qualname or "<locals>" in qualname:
         return f"loss {spec} is a lambda or a local function, which cannot be imported; {fix}"
     try:

@@ -47,8 +47,9 @@ class Replay:
                  loss_fn: Callable | None = None) -> "Replay":
         """Rebuild the run's model and loss, or take the live `model` / `loss_fn` (then the
         factory / loss named in run.json is not imported). With a live `model`, a loss named
-        "__main__:fn" is looked up in this process's running script (nothing imported). Raises PermissionError (an import
-        without consent) or ValueError (unresolvable) naming what could not be rebuilt."""
+        "__main__:fn" is looked up in this process's running script (nothing imported).
+        Raises PermissionError (an import without consent) or ValueError (unresolvable)
+        naming what could not be rebuilt."""
         manifest = run.manifest
         live = model is not None
         if model is None:

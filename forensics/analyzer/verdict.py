@@ -12,8 +12,9 @@ No fired ascent rule: "unexplained" — but only when every engine an ascent rul
 measure. An engine that *failed* (`Evidence.failed`: it raised, the model or the loss could not
 be rebuilt, the onset was not captured) makes the spike "not_analyzed", with that reason first,
 whenever a rule that needs it could have outranked the answer (precedence ≤ the winner's, or
-no winner): a failure never reads as "nothing found" or as a lesser cause. The order and the notes are listed in docs/analysis.md
-(generated from the specs by `forensics.analyzer.doc_tables`).
+no winner): a failure never reads as "nothing found" or as a lesser cause. The order and the
+notes are listed in docs/analysis.md (generated from the specs by
+`forensics.analyzer.doc_tables`).
 """
 
 from __future__ import annotations

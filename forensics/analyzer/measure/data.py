@@ -154,8 +154,8 @@ def _micro(replay, params, batch, meta) -> dict:
         return {}
     size = rows // m
     with torch.no_grad():
-        losses = np.array([float(replay.loss(params, {k: v[i * size:(i + 1) * size] for k, v in batch.items()}))
-                           for i in range(m)])
+        parts = [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(m)]
+        losses = np.array([float(replay.loss(params, part)) for part in parts])
     worst = int(np.nanargmax(losses))
     rest = np.delete(losses, worst)
     return {"micro_batches": m, "worst_micro_batch": worst,

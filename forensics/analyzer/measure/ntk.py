@@ -17,7 +17,6 @@ one (`task.true_agop`), else with the AGOP at the reference step.
 
 from __future__ import annotations
 
-import torch
 
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip

@@ -2,9 +2,9 @@
 
 Gradient descent linearised around w is stable iff η < η_crit = 2/λ_max(JᵀH_outJ), the
 Gauss–Newton matrix of the run's own loss; for L = (1/2n)‖F−y‖² that is 2n/λ_max(K), K = J Jᵀ
-the empirical NTK (for torch's mean-reduced MSE, L = (1/n)‖r‖², it is n/λ_max(K)). With η_crit < η < η_max the loss first grows, then
-λ_max(K) falls until η < η_crit again and the loss drops: a catapult (Lewkowycz, Bahri, Dyer,
-Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase of deep learning: the catapult
+the empirical NTK (for torch's mean-reduced MSE, L = (1/n)‖r‖², it is n/λ_max(K)). With
+η_crit < η < η_max the loss first grows, then λ_max(K) falls until η < η_crit again and the
+loss drops: a catapult (Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase of deep learning: the catapult
 mechanism", arXiv 2003.02218; Zhu, Liu, Radhakrishnan & Belkin 2023, "Catapults in SGD: spikes
 in the training loss and their impact on generalization through feature learning", arXiv
 2306.04815). Zhu et al. decompose the loss along K's top-s eigenvectors,
@@ -118,11 +118,14 @@ def minibatches(ev: EvidenceView) -> bool:
 
 
 SPEC = Mechanism(
-    false_alarms='0 of 4 (S)GD pseudo-spikes judged; measured by `python -m forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at each captured snapshot after the first); few samples',
+    false_alarms=('0 of 4 (S)GD pseudo-spikes judged; measured by `python -m '
+                  'forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, '
+                  'adam_control, large_batch; a pseudo-spike at each captured snapshot after the first); '
+                  'few samples'),
     name=RULE, role="ascent", needs=("ntk", "data"), judge=judge, hint=HINT, thresholds=T,
     summary=f"η > η_crit = 2/λ_max(JᵀH_outJ) at onset, ≥ {T.min_top_share:.0%} of the excess "
-            f"residual's energy (reference → peak) lies in the top-s NTK eigenspace, and λ_max(K) after the spike < "
-            f"{T.max_kernel_ratio_after:g}× before. Inconclusive for Adam",
+            f"residual's energy (reference → peak) lies in the top-s NTK eigenspace, and "
+            f"λ_max(K) after the spike < {T.max_kernel_ratio_after:g}× before. Inconclusive for Adam",
     badge="orange", colour="#ff7f0e", precedence=20,
     precedence_note=CURVATURE_LIMIT,
     tie_break=minibatches,

@@ -48,7 +48,8 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms='not measured: an aftermath rule needs steps after a spike, which a pseudo-spike on a clean run lacks',
+    false_alarms=('not measured: an aftermath rule needs steps after a spike, which a pseudo-spike on a '
+                  'clean run lacks'),
     name=RULE, role="aftermath", needs=("condensation",), judge=judge, hint=HINT, thresholds=T,
     summary=f"the share of first-layer neuron pairs with |cos| > {T.pair_cosine:g} grows by ≥ "
             f"{T.min_share_gain:g} from before the spike to after it (never a verdict)",

@@ -52,7 +52,8 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms='not measured: a descent rule needs steps after a peak, which a pseudo-spike on a clean run lacks',
+    false_alarms=('not measured: a descent rule needs steps after a peak, which a pseudo-spike on a clean '
+                  'run lacks'),
     name=RULE, role="descent", needs=("frequency",), judge=judge, hint=HINT, thresholds=T,
     summary=f"≥ {T.min_low_share:.0%} of both the excess residual at the peak and the rapid "
             "descent after it are low-frequency (describes the descent; never a verdict)",

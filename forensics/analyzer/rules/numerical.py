@@ -76,7 +76,9 @@ def _words(key: str) -> str:
 
 
 SPEC = Mechanism(
-    false_alarms='0 of 6 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at each captured snapshot after the first)',
+    false_alarms=('0 of 6 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms` on the '
+                  'shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at '
+                  'each captured snapshot after the first)'),
     name=RULE, role="ascent", needs=("numerical",), judge=judge, hint=HINT, thresholds=Thresholds(),
     summary="any non-finite loss, gradient, weight or optimizer moment in the spike",
     badge="red", colour="#e377c2", precedence=0,

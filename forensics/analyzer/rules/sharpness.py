@@ -110,7 +110,10 @@ def _dlog(a, b) -> float:
 
 
 SPEC = Mechanism(
-    false_alarms='0 of 4 (S)GD pseudo-spikes judged; measured by `python -m forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at each captured snapshot after the first); few samples',
+    false_alarms=('0 of 4 (S)GD pseudo-spikes judged; measured by `python -m '
+                  'forensics.analyzer.false_alarms` on the shipped clean runs (clean_gd, clean_sgd, '
+                  'adam_control, large_batch; a pseudo-spike at each captured snapshot after the first); '
+                  'few samples'),
     name=RULE, role="ascent", needs=("curvature",), judge=judge, hint=HINT, thresholds=T,
     summary="η·λ_max ≥ 2+2β at or before onset, and curvature (not the lr) drove the crossing; "
             "a lower-loss-as-sharper phase (loss down, λ_max up over the pre-window) raises the "
