@@ -107,8 +107,7 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
         run = open_run(run)
     dev = pick_device(device)
     notes: list[str] = []
-    manifest = run.manifest
-    run_id = str(manifest.get("run_id", Path(run.path).name))
+    run_id = str(run.manifest.get("run_id", Path(run.path).name))
 
     replay, replay_error = None, ""
     try:
