@@ -56,20 +56,31 @@ def test_a_model_that_cannot_be_rebuilt_makes_the_spike_not_analyzed(tmp_path):
     assert "model not rebuilt" in meta["failed"]["0"]["data"]
 
 
-class TupleOutput(torch.nn.Module):
-    """A model whose forward returns a tuple (like a ModelOutput): every loss call raises."""
+def Wrapped(model, kind):  # noqa: N802
+    """The same model (same parameter names), its forward returning `kind` around its output."""
+    plain = model.forward
 
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
+    def forward(x):
+        out = plain(x)
+        if kind == "tuple":
+            return (out, None)
+        if kind == "logits":  # like a Hugging Face ModelOutput
+            return {"logits": out, "loss": None}
+        return {"hidden": out}  # no tensor the loss could take
 
-    def forward(self, x):
-        return (self.inner(x), None)
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tuple", "logits"])
+def test_a_live_model_with_structured_outputs_works(tmp_path, kind):
+    run_dir, model = _copy(tmp_path)
+    assert analyze(run_dir, model=Wrapped(model, kind)).spikes[0].verdict == "data"
 
 
 def test_an_engine_that_raises_is_not_read_as_nothing_found(tmp_path):
     run_dir, model = _copy(tmp_path)
-    spike = analyze(run_dir, model=TupleOutput(model)).spikes[0]
+    spike = analyze(run_dir, model=Wrapped(model, "hidden")).spikes[0]
     assert spike.verdict == "not_analyzed", spike.verdict_message
     assert "TypeError" in spike.verdict_message or "AttributeError" in spike.verdict_message
 

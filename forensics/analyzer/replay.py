@@ -23,6 +23,19 @@ from forensics.rundir.model import build_model
 Params = dict[str, torch.Tensor]
 
 
+def output_tensor(out):
+    """`out` if it is a tensor; else its "logits" (ModelOutput, dict) or a tuple's first tensor;
+    else `out` unchanged (the loss then raises, and the engine's failure names it)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if hasattr(out, "get") else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)):
+        return next((o for o in out if isinstance(o, torch.Tensor)), out)
+    return out
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present and not overridden, else the CPU."""
     if device is not None:
@@ -76,8 +89,11 @@ class Replay:
                 for k, v in named.items()}
 
     def outputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """The model's outputs at `params` on input `x` (functional: the module is untouched)."""
-        return functional_call(self.model, params, (x,), tie_weights=True, strict=False)
+        """The model's outputs at `params` on input `x` (functional: the module is untouched).
+        A live model's structured output is reduced to the tensor the loss takes: `.logits`
+        of a Hugging Face `ModelOutput` (or a dict's "logits"), or a tuple's first tensor."""
+        return output_tensor(functional_call(self.model, params, (x,), tie_weights=True,
+                                             strict=False))
 
     def loss(self, params: Params, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x, y = batch[self.input_key], batch[self.target_key]
