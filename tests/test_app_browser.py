@@ -109,7 +109,7 @@ def test_spike_deep_link_renders_verdict_and_charts(server, analyzed_root, tmp_p
             assert svg.count() >= 5
             assert page.locator('[data-testid="stException"]').count() == 0
             # the preconditioned-sharpness chart drew its two limits
-            page.get_by_text("38 (Cohen)").first.wait_for(timeout=10_000)
+            page.get_by_text("38/η (β₁-aware").first.wait_for(timeout=10_000)
             time.sleep(1.0)  # let Vega finish its last layout pass
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
