@@ -39,6 +39,14 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+def usage_error(result, option: str) -> str:
+    """The message of a usage error typer/click reports itself (in a box), on one line."""
+    assert "Traceback" not in result.output and result.stdout == ""
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())
+    assert f"Invalid value for '{option}'" in text, result.stderr
+    return text
+
+
 # --- report --------------------------------------------------------------------------------
 
 def test_report_text_is_grouped_per_spike_like_a_linter(runs):
@@ -103,7 +111,12 @@ def test_report_on_a_path_that_is_no_run_is_a_usage_error(tmp_path):
     r = invoke("report", tmp_path / "empty")
     assert r.exit_code == 2 and "not a run directory" in one_error_line(r)
     r = invoke("report", tmp_path / "empty", "--format", "xml")
-    assert r.exit_code == 2 and "--format" in one_error_line(r)
+    assert r.exit_code == 2 and "'xml' is not one of 'text', 'json'" in usage_error(r, "--format")
+
+
+def test_sql_bad_format_is_a_usage_error_before_any_run_is_read(tmp_path):
+    r = invoke("sql", "SELECT 1", tmp_path / "nope", "--format", "xml")
+    assert r.exit_code == 2 and "'xml' is not one of 'table', 'csv', 'json'" in usage_error(r, "--format")
 
 
 # --- sql -----------------------------------------------------------------------------------

@@ -11,14 +11,14 @@ from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import EXIT_OK, EXIT_PARTIAL, _fail, _open, _print_table, app
+from forensics.cli.common import EXIT_OK, EXIT_PARTIAL, TableFormat, _fail, _open, _print_table, app
 
 
 @app.command()
 def sql(
     statement: str = typer.Argument(..., help="one read-only SELECT, e.g. \"SELECT * FROM spikes\""),
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
-    format: str = typer.Option("table", "--format", help="table, csv or json"),
+    format: TableFormat = typer.Option(TableFormat.table, "--format", help="table, csv or json"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop the query after this many seconds (default 10 or $FORENSICS_SQL_TIMEOUT; 0 = none)"),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", help="print at most this many rows, saying so on stderr (default 10000 or $FORENSICS_SQL_MAX_ROWS; 0 = all)"),
 ):
@@ -32,8 +32,6 @@ def sql(
     from forensics.catalog.guard import check_read_only
     from forensics.catalog.views import run_query
 
-    if format not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, got {format!r}")
     try:
         timeout_s, row_limit = limits.resolve(timeout, max_rows)
         check_read_only(duckdb.connect(":memory:"), statement)  # refuse a write before touching any run

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, _check_device, _fail, _one_line, _open,
-                                  _progress, app)
+from forensics.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, ReportFormat, _check_device, _fail,
+                                  _one_line, _open, _progress, app)
 
 
 @app.command()
@@ -90,7 +90,7 @@ def analyze(
 @app.command()
 def report(
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
-    format: str = typer.Option("text", "--format", help="text or json"),
+    format: ReportFormat = typer.Option(ReportFormat.text, "--format", help="text or json"),
     hints: bool = typer.Option(True, "--hints/--no-hints", help="print the mitigation hint under fired findings"),
 ):
     """Report each spike's verdict and findings, like a linter: run:step  mechanism  status  message.
@@ -101,11 +101,9 @@ def report(
     """
     from forensics.catalog.report import collect, render_text, summary
 
-    if format not in ("text", "json"):
-        _fail(f"--format must be text or json, got {format!r}")
     with _open(runs) as catalog:
         spikes = collect(catalog)
-        if format == "json":
+        if format is ReportFormat.json:
             typer.echo(json.dumps(spikes, indent=2, ensure_ascii=False))
         else:
             for line in render_text(spikes, catalog.runs, hints=hints):
