@@ -197,3 +197,29 @@ def test_integrations_package_imports_no_framework():
     code = ("import sys, forensics.integrations; "
             "assert not {'lightning', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_json_is_written_once_by_the_recorder_with_config_and_loss(tmp_path, monkeypatch):
+    """The adapter passes hf_config and loss into the Recorder instead of editing its manifest and
+    rewriting run.json: the one write of run.json already names the config file and the loss."""
+    from forensics.rundir import atomic
+
+    writes, real = [], atomic.write_bytes
+
+    def spy(final, data, **kw):
+        if str(final).endswith("run.json"):
+            writes.append(json.loads(data))
+        return real(final, data, **kw)
+
+    monkeypatch.setattr(atomic, "write_bytes", spy)
+    model = _model()
+    cb = SpikeForensicsTrainerCallback(tmp_path / "hf", **REC)
+    state = transformers.TrainerState()
+    cb.on_train_begin(None, state, None, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+    cb._close()
+    assert len(writes) == 1
+    assert writes[0]["hf_config"] == "hf_config.json"
+    assert writes[0]["loss"] in ("forensics.integrations.huggingface:causal_lm_loss",
+                                 "forensics.integrations.huggingface:causal_lm_loss_label_count")
+    assert json.loads((tmp_path / "hf" / "hf_config.json").read_text())["n_embd"] == 16
+    assert open_run(tmp_path / "hf").manifest["hf_config"] == "hf_config.json"

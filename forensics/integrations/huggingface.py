@@ -154,7 +154,6 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             self._warn("no-model", "the Trainer passed no model/optimizer to on_train_begin; nothing is recorded")
             return
         from forensics.record.recorder import Recorder, unwrap_model
-        from forensics.rundir.manifest import write_manifest
 
         model = unwrap_model(model)  # torch.compile: the names, config and class of the model inside
         factory, factory_kwargs = self.model_factory, self.model_kwargs
@@ -165,13 +164,13 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
                               "architecture": type(model).__name__}
         loss = self.loss or (_CAUSAL_LOSS if _is_causal_lm(model) else "cross_entropy")
         self._model = model
+        # run.json is written once, by the Recorder, with the config's file name; the file itself is
+        # saved after the Recorder has made the run directory ready (overwrite=True clears an old run)
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
-                                 **self.recorder_options)
+                                 hf_config=None if config is None else CONFIG_FILE, **self.recorder_options)
         if config is not None:
             config.to_json_file(str(self.run_dir / CONFIG_FILE))
-            self.recorder.manifest["hf_config"] = CONFIG_FILE
-            write_manifest(self.run_dir, self.recorder.manifest)
         self._handle = model.register_forward_hook(self._forward_hook, with_kwargs=True)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -57,7 +57,7 @@ class Recorder:
         baseline_every: int = 500, max_spikes: int = 20, max_bytes: int = 2 * 1024**3, probe=None,
         probe_every: int = 10, task: dict | None = None, seed: int | None = None, run_id: str | None = None,
         strict: bool = False, steps_chunk: int = 256, overwrite: bool = False,
-        max_pending_rows: int = MAX_PENDING_ROWS,
+        max_pending_rows: int = MAX_PENDING_ROWS, hf_config: str | None = None,
     ):
         check_counts(ring_size=(ring_size, 1), stride=(stride, 1), tail=(tail, 0), baseline_every=(baseline_every, 0),
                      max_spikes=(max_spikes, 0), max_bytes=(max_bytes, 0), probe_every=(probe_every, 1),
@@ -84,7 +84,7 @@ class Recorder:
             recorder={"ring_size": ring_size, "stride": stride, "tail": tail, "baseline_every": baseline_every,
                       "max_spikes": max_spikes, "max_bytes": max_bytes, "probe_every": probe_every,
                       "probe": self.probe is not None, "steps_chunk": steps_chunk},
-            task=task, seed=seed)
+            task=task, seed=seed, hf_config=hf_config)
         write_manifest(self.run_dir, self.manifest)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
