@@ -162,6 +162,12 @@ class Recorder:
         """Rows, events and snapshots written / waiting for a retry / lost, and why writing stopped."""
         return self._sink.status
 
+    def set_loss(self, loss) -> None:
+        """Name another loss for replay and rewrite run.json (atomically): for an adapter that learns
+        the loss's normalisation only at the first step. `loss` as in the constructor; ValueError otherwise."""
+        self.loss_spec = self.manifest["loss"] = loss_spec(loss)
+        write_manifest(self.run_dir, self.manifest)
+
     def flush(self) -> None:
         """Write buffered rows as a (partial) chunk, retry earlier failed writes, wait until queued files are on disk."""
         self._sink.flush()
