@@ -163,8 +163,7 @@ class Recorder:
         return self._sink.status
 
     def set_loss(self, loss) -> None:
-        """Name another loss for replay and rewrite run.json (atomically): for an adapter that learns
-        the loss's normalisation only at the first step. `loss` as in the constructor; ValueError otherwise."""
+        """Rename the replay loss in run.json (an adapter may learn it at step 0); ValueError if no spec."""
         self.loss_spec = self.manifest["loss"] = loss_spec(loss)
         write_manifest(self.run_dir, self.manifest)
 
