@@ -77,7 +77,8 @@ def analyze(
             except Exception as e:  # one broken run must not stop the others
                 bar.update(task, description=f"{path.name}: failed", completed=1, total=1)
                 kind = "" if isinstance(e, (RunFormatError, ValueError, OSError)) else f"{type(e).__name__}: "
-                bar.console.print(f"error: {path}: {kind}{_one_line(e)}", markup=False, highlight=False)
+                bar.console.print(f"error: {path}: {kind}{_one_line(e)}", markup=False, highlight=False,
+                                  soft_wrap=True)
                 failed += 1
                 continue
             verdicts = ", ".join(s.verdict for s in result.spikes) or "no spikes"
