@@ -61,15 +61,17 @@ def _hint(ev: EvidenceView, step: int, at_start: bool) -> str:
 
 
 def _in_run(ev: EvidenceView, lo: int, hi: int, start):
-    """(reset step, how it was seen) of the latest reset in [lo, hi] that is not the run's start."""
-    found = []
+    """(reset step, how it was seen) of the latest reset in [lo, hi] that is not the run's start:
+    by the step counter when it went back, else by the moments."""
     steps, _ = window(ev, "counter_before_reset", lo, hi)
-    found += [(int(s), "counter") for s in steps]
+    if steps.size:
+        return int(steps[-1]), "counter"
+    found = []
     for metric, limit in (("moments_empty", 1.0), ("v_one_gradient_share", T.min_v_share)):
         steps, values = window(ev, metric, lo, hi)
-        found += [(int(s), "moments") for s, v in zip(steps, values)
+        found += [int(s) for s, v in zip(steps, values)
                   if v >= limit and (start is None or s > start[0])]
-    return max(found) if found else None
+    return (max(found), "moments") if found else None
 
 
 def judge(ev: EvidenceView) -> Finding:
