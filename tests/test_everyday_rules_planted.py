@@ -67,10 +67,11 @@ def train(model, opt, batches, rec=None, before_step=None, sched=None):
             sched.step()
 
 
-def pretend(run_dir, onset, end, rules=EVERYDAY):
-    """Findings of `rules` on a spike placed by hand at onset..end, measured and judged as the
-    pipeline does (with its snapshots when the onset was captured, else from steps/)."""
-    run = open_run(run_dir)
+def pretend(run, onset, end, rules=EVERYDAY):
+    """Findings of `rules` on a spike placed by hand at onset..end of `run` (a directory or an
+    opened Run), measured and judged as the pipeline does (with its snapshots when the onset was
+    captured, else from steps/)."""
+    run = open_run(run) if isinstance(run, (str, Path)) else run
     spike = Spike(spike_id=0, onset=onset, peak=onset, end=end, peak_loss=1.0, baseline=1.0, magnitude=1.0)
     ev = Evidence(pipeline._context(run, spike, "pretend"), catalog=METRICS)
     engines = engines_for(rules)
@@ -198,7 +199,7 @@ def test_no_false_alarm_on_the_clean_sample_runs(name, tmp_path):
     onsets = sorted(set(steps[::5]) | {i.step for i in run.snapshots})
     fired = []
     for onset in onsets:
-        for rule, f in pretend(run_dir, onset, onset + 2).items():
+        for rule, f in pretend(run, onset, onset + 2).items():
             assert f.status != "inconclusive" or rule != "hyperparameter_jump", (onset, f.message)
             if f.fired:
                 fired.append((onset, rule, f.message))

@@ -23,6 +23,7 @@ arXiv 1412.6980, §2: |Δθ| ≤ lr, ≈ lr when m̂/√v̂ = ±1). This engine 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -79,16 +80,13 @@ def measure(ev: Evidence, scene) -> None:
 def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
     steps, counter = column(run, "optimizer_step", lo, hi)
     norm_steps, norms = column(run, "update_norm", lo - MEDIAN_OF, hi)
-    medians = {}
-    for i, s in enumerate(norm_steps):
-        before = norms[max(0, i - MEDIAN_OF):i]
-        before = before[np.isfinite(before)]
-        if before.size:
-            medians[int(s)] = float(np.median(before))
-        if s >= lo and math.isfinite(norms[i]):
-            ev.add(int(s), "optimizer_state", "update_norm", float(norms[i]))
-            if int(s) in medians:
-                ev.add(int(s), "optimizer_state", "update_norm_median", medians[int(s)])
+    running = _running_median(norms, MEDIAN_OF)
+    medians = {int(s): float(m) for s, m in zip(norm_steps, running) if math.isfinite(m)}
+    for s, value in zip(norm_steps.tolist(), norms.tolist()):
+        if s >= lo and math.isfinite(value):
+            ev.add(s, "optimizer_state", "update_norm", value)
+            if s in medians:
+                ev.add(s, "optimizer_state", "update_norm_median", medians[s])
     norm_at = dict(zip(norm_steps.tolist(), norms.tolist()))
     for s, c in zip(steps.tolist(), counter.tolist()):
         if math.isfinite(c):
@@ -110,6 +108,18 @@ def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
         if math.isfinite(norm_at.get(reset, math.nan)) and medians.get(reset, 0) > 0:
             row["update_norm_jump"] = norm_at[reset] / medians[reset]
         ev.add_many(reset, "optimizer_state", row)
+
+
+def _running_median(values: np.ndarray, n: int) -> np.ndarray:
+    """out[i] = the median of the finite values among values[i−n:i] (NaN when there are none)."""
+    out = np.full(len(values), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window is NaN, said here
+        for i in range(1, min(n, len(values))):
+            out[i] = np.nanmedian(values[:i])
+        if len(values) > n:
+            out[n:] = np.nanmedian(np.lib.stride_tricks.sliding_window_view(values[:-1], n), axis=1)
+    return out
 
 
 def _per_param(meta: dict, names, key: str, index: int | None = None) -> dict:
