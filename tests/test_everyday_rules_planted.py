@@ -86,13 +86,31 @@ def pretend(run, onset, end, rules=EVERYDAY):
     return {r: SPECS[r].run(ev) for r in rules}
 
 
+def drawn(monkeypatch, spike, rule) -> int:
+    """How many charts the spike page draws for `rule`'s panel from this spike's measurements."""
+    pytest.importorskip("streamlit")
+    import pandas as pd
+
+    from forensics.app import panels
+
+    charts = []
+    monkeypatch.setattr(panels.ui, "show_chart", lambda chart, **kw: charts.append(chart))
+    c = spike.context
+    m = pd.DataFrame(spike.evidence.rows, columns=["step", "engine", "metric", "value"])
+    frames = panels.SpikeFrames(root="", run={"path": ""}, m=m, steps=pd.DataFrame({"step": []}),
+                                spike={"onset_step": c.onset, "peak_step": c.peak, "end_step": c.end},
+                                snaps=pd.DataFrame({"step": []}))
+    panels.draw_finding(rule, frames)
+    return len(charts)
+
+
 def verdicts(result):
     return [(s.context.onset, s.verdict) for s in result.spikes]
 
 
 # ------------------------------------------------------------------ optimizer_state_reset
 
-def test_adam_state_cleared_in_run_is_named_with_the_step(tmp_path):
+def test_adam_state_cleared_in_run_is_named_with_the_step(tmp_path, monkeypatch):
     k = 300
     model = mlp(256)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -111,6 +129,7 @@ def test_adam_state_cleared_in_run_is_named_with_the_step(tmp_path):
     assert f"reset at step {k}" in f.message and "0.003" in f.hint
     # spikes before the reset are not called a reset
     assert all(s.verdict != "optimizer_state_reset" for s in result.spikes if s.context.onset < k)
+    assert drawn(monkeypatch, spike, "optimizer_state_reset") == 3  # update norms, counter, lr
 
 
 def test_resumed_run_with_trained_weights_and_empty_state(tmp_path):
@@ -130,7 +149,7 @@ def test_resumed_run_with_trained_weights_and_empty_state(tmp_path):
 
 # ------------------------------------------------------------------ hyperparameter_jump
 
-def test_scheduler_jumping_the_lr_x25_is_named_with_old_new_and_step(tmp_path):
+def test_scheduler_jumping_the_lr_x25_is_named_with_old_new_and_step(tmp_path, monkeypatch):
     k = 200
 
     def schedule(step):  # cosine 1 -> 0.04 over k steps, then a rebuilt schedule ×25
@@ -152,11 +171,12 @@ def test_scheduler_jumping_the_lr_x25_is_named_with_old_new_and_step(tmp_path):
     assert f.evidence["new"] == pytest.approx(0.1)
     assert f"at step {k}" in f.message
     assert all(s.verdict != "hyperparameter_jump" for s in result.spikes if s.context.onset < k)
+    assert drawn(monkeypatch, after[0], "hyperparameter_jump") == 1
 
 
 # ------------------------------------------------------------------ short_batch
 
-def test_last_partial_batch_of_each_epoch_is_named_with_size_and_period(tmp_path):
+def test_last_partial_batch_of_each_epoch_is_named_with_size_and_period(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
     g = torch.Generator().manual_seed(1)
@@ -184,6 +204,7 @@ def test_last_partial_batch_of_each_epoch_is_named_with_size_and_period(tmp_path
         f = next(f for f in spike.findings if f.rule == "short_batch")
         assert (f.evidence["batch_rows"], f.evidence["usual"]) == (3, 32)
         assert f.evidence["period"] == steps_per_epoch
+    assert drawn(monkeypatch, result.spikes[0], "short_batch") == 1
 
 
 # ------------------------------------------------------------------ control
