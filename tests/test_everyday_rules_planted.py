@@ -226,3 +226,45 @@ def test_no_false_alarm_on_the_clean_sample_runs(name, tmp_path):
                 fired.append((onset, rule, f.message))
     assert len(onsets) > 40
     assert fired == []
+
+
+def test_last_partial_batch_through_the_lightning_callback(tmp_path):
+    """The same kind through the Lightning adapter (the field case's setting, fewer epochs)."""
+    lightning = pytest.importorskip("lightning.pytorch")
+    import warnings
+
+    from forensics.integrations.lightning import SpikeForensicsCallback
+
+    def loss_fn(out, y):  # normalised by B twice: the 3-sample batch's loss is ×32/3 too large
+        return ((out - y) ** 2).sum() / out.shape[0] ** 2 * 32
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+
+        def training_step(self, batch, i):
+            return loss_fn(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.003, momentum=0.9)
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 12 + 3, 8, generator=g)
+    data = torch.utils.data.TensorDataset(x, torch.sin(x @ torch.randn(8, 1, generator=g) * 0.5))
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=False,
+                                         generator=torch.Generator().manual_seed(2))
+    module = Module()
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=30, logger=False,
+                                callbacks=[SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net")],
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    result = pipeline.analyze(tmp_path / "run", model=module.net)
+    assert result.spikes
+    for spike in result.spikes:
+        assert spike.verdict == "short_batch", (verdicts(result), spike.verdict_message)
+        f = next(f for f in spike.findings if f.rule == "short_batch")
+        assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)
