@@ -30,7 +30,7 @@ def judge(rule, ev):
 
 
 def lrs(ev, steps, values):
-    for s, v in zip(steps, values):
+    for s, v in zip(steps, values, strict=True):
         ev.add(s, "hyperparams", "lr_recorded", v)
 
 
@@ -210,3 +210,16 @@ def test_short_batch_outranks_data_and_a_jump_outranks_curvature():
     ev.add(51, "data", "batch_loss_ratio", 10.0)
     findings = [SPECS[name].run(ev) for name in ("data", "short_batch")]
     assert choose_verdict(findings, ev)[0] == "short_batch"
+
+
+def test_reset_hint_never_advises_the_ramp_the_run_already_does():
+    ev = reset_evidence()
+    f = judge("optimizer_state_reset", ev)
+    assert "0.0003 back to 0.003" in f.hint
+    ramped = Evidence(ctx())
+    for row in reset_evidence().rows:
+        if row[2] != "lr_recorded":
+            ramped.add(*row)
+    lrs(ramped, range(495, 504), [3e-3] * 5 + [3e-5 * (1 + s) for s in range(4)])  # a warmup restarts at 500
+    f = judge("optimizer_state_reset", ramped)
+    assert "already restarts at 3e-05" in f.hint and "back to" not in f.hint

@@ -256,9 +256,11 @@ def test_last_partial_batch_through_the_lightning_callback(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=False,
                                          generator=torch.Generator().manual_seed(2))
     module = Module()
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net")
+    quiet = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=30, logger=False,
-                                callbacks=[SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net")],
-                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                                callbacks=[callback],
+                                **quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, loader)

@@ -52,7 +52,7 @@ def measure(ev: Evidence, scene) -> None:
     """The recorded lr per step and every group's hyperparameters at the nearby snapshots."""
     lo, hi = spike_range(ev.context)
     steps, lrs = column(scene.run, "lr", lo, hi)
-    for s, lr in zip(steps.tolist(), lrs.tolist()):
+    for s, lr in zip(steps.tolist(), lrs.tolist(), strict=True):
         if math.isfinite(lr):
             ev.add(s, "hyperparams", "lr_recorded", lr)
     infos = [i for i in scene.run.snapshots if i.step <= hi]

@@ -81,14 +81,14 @@ def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
     steps, counter = column(run, "optimizer_step", lo, hi)
     norm_steps, norms = column(run, "update_norm", lo - MEDIAN_OF, hi)
     running = _running_median(norms, MEDIAN_OF)
-    medians = {int(s): float(m) for s, m in zip(norm_steps, running) if math.isfinite(m)}
-    for s, value in zip(norm_steps.tolist(), norms.tolist()):
+    medians = {int(s): float(m) for s, m in zip(norm_steps, running, strict=True) if math.isfinite(m)}
+    for s, value in zip(norm_steps.tolist(), norms.tolist(), strict=True):
         if s >= lo and math.isfinite(value):
             ev.add(s, "optimizer_state", "update_norm", value)
             if s in medians:
                 ev.add(s, "optimizer_state", "update_norm_median", medians[s])
-    norm_at = dict(zip(norm_steps.tolist(), norms.tolist()))
-    for s, c in zip(steps.tolist(), counter.tolist()):
+    norm_at = dict(zip(norm_steps.tolist(), norms.tolist(), strict=True))
+    for s, c in zip(steps.tolist(), counter.tolist(), strict=True):
         if math.isfinite(c):
             ev.add(s, "optimizer_state", "step_counter", c)
     start = first_step(run)

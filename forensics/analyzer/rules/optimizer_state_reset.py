@@ -39,22 +39,24 @@ T = Thresholds(
 )
 
 
-def _lr_at(ev: EvidenceView, step: int):
-    got = last(ev, "lr_recorded", None, step)
-    return got[1] if got else None
-
-
 def _hint(ev: EvidenceView, step: int, at_start: bool) -> str:
-    """Restore the state; else warm the lr up, from a tenth of the run's lr, over v̂'s memory."""
-    lr = _lr_at(ev, step)
+    """Restore the state; else warm the lr up, from a tenth of the run's lr, over v̂'s memory.
+    The run's lr is the one before the reset (at a run start: the one at onset); when the lr at
+    the reset is already below half of it, the run ramps already: advise starting lower."""
+    before = last(ev, "lr_recorded", None, step - 1)
+    now = last(ev, "lr_recorded", None, step)
+    ref = before or last(ev, "lr_recorded", None, ev.context.onset)
+    lr = ref[1] if ref else None
     beta2 = ev.context.betas[1] if ev.context.betas else 0.999
     steps = int(min(1000, round(1 / (1 - beta2)))) if beta2 < 1 else 1000
-    start = first(ev, "lr_recorded", step, step + T.max_lag)
-    warmed = start is not None and lr and start[1] < 0.5 * lr
-    ramp = (f"ramp the lr from {lr / 10:.3g} back to {lr:.3g} over ~{steps} steps (β₂ = {beta2:g}: v̂ "
-            f"settles over ~1/(1−β₂) updates)") if lr else "re-warm the lr over ~1/(1−β₂) steps"
-    if warmed:
-        ramp = "the lr is already ramped after the reset: start it lower or ramp over more steps"
+    if not lr:
+        ramp = "re-warm the lr over ~1/(1−β₂) steps"
+    elif now and now[1] < 0.5 * lr:
+        ramp = (f"the lr already restarts at {now[1]:.3g} (of {lr:.3g}): start it lower or ramp "
+                f"over more steps (β₂ = {beta2:g}: v̂ settles over ~{steps} updates)")
+    else:
+        ramp = (f"ramp the lr from {lr / 10:.3g} back to {lr:.3g} over ~{steps} steps (β₂ = {beta2:g}: "
+                f"v̂ settles over ~1/(1−β₂) updates)")
     what = "load the optimizer state saved with these weights" if at_start else \
         "restore the optimizer state with the weights (optimizer.load_state_dict)"
     return f"{what}; if it is lost, {ramp}"
@@ -69,7 +71,7 @@ def _in_run(ev: EvidenceView, lo: int, hi: int, start):
     found = []
     for metric, limit in (("moments_empty", 1.0), ("v_one_gradient_share", T.min_v_share)):
         steps, values = window(ev, metric, lo, hi)
-        found += [int(s) for s, v in zip(steps, values)
+        found += [int(s) for s, v in zip(steps, values, strict=True)
                   if v >= limit and (start is None or s > start[0])]
     return (max(found), "moments") if found else None
 

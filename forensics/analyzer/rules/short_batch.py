@@ -18,7 +18,6 @@ from math import gcd
 
 from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
 from forensics.analyzer.plots import Limit, Lines
-from forensics.analyzer.rules._series import window
 from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "short_batch"
@@ -35,7 +34,7 @@ T = Thresholds(
 
 def _period(steps) -> int | None:
     """The gcd of the gaps between short-batch steps (None with fewer than two, or gcd 1)."""
-    gaps = [int(b - a) for a, b in zip(steps[:-1], steps[1:])]
+    gaps = [int(b - a) for a, b in zip(steps[:-1], steps[1:], strict=True)]
     if not gaps:
         return None
     g = 0
@@ -51,7 +50,7 @@ def judge(ev: EvidenceView) -> Finding:
     if usual is None:
         return inconclusive(RULE, ev.skipped.get("batches", "no batch sizes were read"))
     steps, rows = ev.series("batch_rows")
-    short_steps = [int(s) for s, r in zip(steps, rows) if r <= T.max_share * usual]
+    short_steps = [int(s) for s, r in zip(steps, rows, strict=True) if r <= T.max_share * usual]
     near = [s for s in short_steps if ctx.onset - T.lookback <= s <= ctx.onset]
     at = near[-1] if near else ctx.onset
     size = ev.at("batch_rows", at)
