@@ -70,6 +70,8 @@ def test_reset_seen_only_in_the_moments():
     ev = Evidence(ctx())
     ev.add(0, "optimizer_state", "run_start_counter", 0)
     ev.add_many(500, "optimizer_state", {"moments_empty": 1.0, "lr_sized_share": 0.99})
+    assert judge("optimizer_state_reset", ev).status == "not_fired"  # never seen filled: not a reset
+    ev.add(496, "optimizer_state", "moments_empty", 0.0)
     f = judge("optimizer_state_reset", ev)
     assert f.status == "fired" and f.evidence["seen_in"] == "moments" and f.evidence["reset_step"] == 500
 

@@ -64,15 +64,19 @@ def _hint(ev: EvidenceView, step: int, at_start: bool) -> str:
 
 def _in_run(ev: EvidenceView, lo: int, hi: int, start):
     """(reset step, how it was seen) of the latest reset in [lo, hi] that is not the run's start:
-    by the step counter when it went back, else by the moments."""
+    by the step counter when it went back, else by the moments (empty, or v of one gradient) at
+    a snapshot after one whose moments were not empty (a state that was emptied, not one that
+    was never filled: AMP's skipped first steps leave it empty too)."""
     steps, _ = window(ev, "counter_before_reset", lo, hi)
     if steps.size:
         return int(steps[-1]), "counter"
+    filled_steps, empty = ev.series("moments_empty")
+    filled = filled_steps[empty == 0]
     found = []
     for metric, limit in (("moments_empty", 1.0), ("v_one_gradient_share", T.min_v_share)):
         steps, values = window(ev, metric, lo, hi)
         found += [int(s) for s, v in zip(steps, values, strict=True)
-                  if v >= limit and (start is None or s > start[0])]
+                  if v >= limit and (start is None or s > start[0]) and (filled < s).any()]
     return (max(found), "moments") if found else None
 
 
@@ -162,8 +166,8 @@ def _judge_start(ev: EvidenceView, start) -> Finding:
 SPEC = Mechanism(
     name=RULE, role="ascent", needs=("optimizer_state", "hyperparams"), judge=judge, hint=HINT,
     thresholds=T,
-    summary=f"Adam only: the step counter went back (or the moments were reset: all zero, or v = "
-            f"(1−β₂)g² on ≥ {T.min_v_share:.0%} of coordinates) ≤ {T.max_lag} steps before onset, "
+    summary=f"Adam only: the step counter went back (or moments seen filled were reset: all zero, or "
+            f"v = (1−β₂)g² on ≥ {T.min_v_share:.0%} of coordinates) ≤ {T.max_lag} steps before onset, "
             f"unless that update was measured ordinary (< ×{T.min_update_jump:g} the running median "
             f"and < {T.min_lr_share:.0%} of coordinates moving by ≈ lr); or a run starting "
             f"≤ {T.max_lag} steps before onset from trained weights (σ_max/(rms(√m+√n)) ≥ "
