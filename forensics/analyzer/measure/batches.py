@@ -8,12 +8,15 @@ first (at most `MAX_SNAPSHOTS`), without loading a tensor. Rows = the tensor's f
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
 
 MAX_SNAPSHOTS = 2000
+_READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # run -> {step: rows or the error}
 METRICS = {
     "batch_rows": ("samples", "rows of the snapshot's input batch (its first dimension)"),
     "batch_rows_usual": ("samples", "at the onset: the median of batch_rows over the run's snapshots"),
@@ -41,12 +44,17 @@ def measure(ev: Evidence, scene) -> None:
     if not any(i.step == ctx.onset for i in infos):
         raise Skip(f"the onset step {ctx.onset} was not captured")
     keys = scene.run.manifest.get("batch_keys") or {}
+    read = _READ.setdefault(scene.run, {})  # each header once per run, whatever the spikes
     sizes, failed = {}, []
     for info in infos:
-        try:
-            rows = _rows(info.path, keys)
-        except Exception as exc:  # a broken header loses only its own step
-            failed.append(f"step {info.step}: {type(exc).__name__}: {exc}")
+        if info.step not in read:
+            try:
+                read[info.step] = _rows(info.path, keys)
+            except Exception as exc:  # a broken header loses only its own step
+                read[info.step] = f"step {info.step}: {type(exc).__name__}: {exc}"
+        rows = read[info.step]
+        if isinstance(rows, str):
+            failed.append(rows)
             continue
         if rows is not None:
             sizes[info.step] = rows
