@@ -225,3 +225,31 @@ def test_reset_hint_never_advises_the_ramp_the_run_already_does():
     lrs(ramped, range(495, 504), [3e-3] * 5 + [3e-5 * (1 + s) for s in range(4)])  # a warmup restarts at 500
     f = judge("optimizer_state_reset", ramped)
     assert "already restarts at 3e-05" in f.hint and "back to" not in f.hint
+
+
+class _Steps:
+    """A run whose steps/ holds the given columns (what the steps-only engines read)."""
+
+    def __init__(self, **columns):
+        import pyarrow as pa
+
+        self.steps = pa.table(columns)
+
+
+@pytest.mark.parametrize("counter, reset", [
+    ([498, 499, 500, 1, 2, 3], 500),  # the empty state's counter written as the recorder's own count
+    ([498, 499, 0, 1, 2, 3], 500),    # ... or as 0: the same reset step, the same "500 → 1"
+    ([498, 499, 500, 301, 302, 303], None),  # an older state reloaded (a rollback): not a fresh state
+    ([498, 499, 500, 501, 502, 503], None),  # nothing happened
+])
+def test_the_reset_step_is_found_from_the_counter_whatever_the_empty_state_reads(counter, reset):
+    from forensics.analyzer.measure import optimizer_state
+
+    run = _Steps(step=list(range(498, 504)), optimizer_step=counter,
+                 update_norm=[0.04, 0.05, 0.8, 0.5, 0.4, 0.3])
+    ev = Evidence(ctx())
+    found = optimizer_state._from_steps(ev, run, 400, 520)
+    assert found == ([] if reset is None else [reset])
+    if reset is not None:
+        assert ev.at("counter_before_reset", reset) == 500 and ev.at("counter_after_reset", reset) == 1
+        assert ev.at("update_norm_jump", reset) == pytest.approx(0.8 / 0.045)

@@ -33,7 +33,7 @@ from forensics.analyzer.measure._steps import LOOKBACK, column, first_step, spik
 
 WITHOUT_SNAPSHOTS = True  # the counter and the update norms are in steps/
 MEDIAN_OF = 50  # update norms in the running median
-NEAR = 40  # snapshot pairs (s, s+1) read this many steps before onset
+NEAR = 40  # selected snapshots (and their s+1) read up to this many steps before onset
 TOLERANCE = 0.1  # "≈ lr": within 10%
 EXACT = 1e-3  # v = (1 − β₂)·g² holds to float rounding after a reset; a grown g² comes close only
 MIN_SIDE = 8  # matrices with a smaller side are left out of the spectral test
@@ -64,11 +64,14 @@ def measure(ev: Evidence, scene) -> None:
     """The counter and update norms from steps/, then the snapshot evidence when there is any."""
     ctx = ev.context
     lo, hi = spike_range(ctx)
-    _from_steps(ev, scene.run, lo, hi)
+    resets = _from_steps(ev, scene.run, lo, hi)
     available = {i.step for i in scene.run.snapshots}
     if not available:
         return
-    for s in sorted(x for x in available if ctx.onset - NEAR <= x <= ctx.onset):
+    # the spike's selected snapshots (loaded for the other engines anyway) and each reset step:
+    # a bounded number of loads whatever the run's capture
+    near = {x for x in scene.window.steps if ctx.onset - NEAR <= x <= ctx.onset}
+    for s in sorted(near | (set(resets) & available)):
         _snapshot_evidence(ev, scene, s, available)
     start = first_step(scene.run)
     first = min(available)
@@ -77,7 +80,8 @@ def measure(ev: Evidence, scene) -> None:
         ev.add_many(first, "optimizer_state", _init_distance(scene.snapshot(first).params))
 
 
-def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
+def _from_steps(ev: Evidence, run, lo: int, hi: int) -> list[int]:
+    """Counter, update norms and their running median in [lo, hi]; the reset steps found."""
     steps, counter = column(run, "optimizer_step", lo, hi)
     norm_steps, norms = column(run, "update_norm", lo - MEDIAN_OF, hi)
     running = _running_median(norms, MEDIAN_OF)
@@ -96,11 +100,14 @@ def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
         _, c0 = column(run, "optimizer_step", start, start)
         if c0.size and math.isfinite(c0[0]):
             ev.add(start, "optimizer_state", "run_start_counter", float(c0[0]))
+    resets = []
     for i in range(1, len(steps)):
         prev, now = counter[i - 1], counter[i]
         if not (math.isfinite(prev) and math.isfinite(now)) or now >= prev:
             continue
         reset = int(steps[i] - now)  # `now` updates ran on the fresh state, the first at `reset`
+        if reset < steps[i - 1]:
+            continue  # more updates than steps since the last row: an older state reloaded, not a fresh one
         before = column(run, "optimizer_step", reset - 1, reset - 1)[1]
         after = column(run, "optimizer_step", reset + 1, reset + 1)[1]
         row = {"counter_before_reset": float(before[0]) + 1 if before.size else float(prev) + 1,
@@ -108,6 +115,8 @@ def _from_steps(ev: Evidence, run, lo: int, hi: int) -> None:
         if math.isfinite(norm_at.get(reset, math.nan)) and medians.get(reset, 0) > 0:
             row["update_norm_jump"] = norm_at[reset] / medians[reset]
         ev.add_many(reset, "optimizer_state", row)
+        resets.append(reset)
+    return resets
 
 
 def _running_median(values: np.ndarray, n: int) -> np.ndarray:
