@@ -290,3 +290,23 @@ def test_compare_page_table_puts_every_run_side_by_side(tmp_path, run_app):
     assert small["spikes"] > large["spikes"]
     assert small["AGOP alignment (true AGOP)"] > large["AGOP alignment (true AGOP)"] > 0
     assert small["final loss"] == small["final loss"] and large["final loss"] == large["final loss"]
+
+
+def test_a_not_analyzed_spike_is_shown_as_a_failure(tmp_path, run_app):
+    """The reason in an error box with the not_analyzed badge, never a success box."""
+    import shutil
+
+    from forensics.analyzer.pipeline import analyze
+
+    samples = Path(APP).parent / "sample_runs"
+    if not (samples / "bad_batch" / "run.json").is_file():
+        pytest.skip("no sample runs")
+    dst = tmp_path / "bad_batch"
+    shutil.copytree(samples / "bad_batch", dst, ignore=shutil.ignore_patterns("analysis"))
+    manifest = json.loads((dst / "run.json").read_text())
+    manifest["model"]["factory"] = "not_a_module_anywhere:make"
+    (dst / "run.json").write_text(json.dumps(manifest))
+    assert analyze(dst).spikes[0].verdict == "not_analyzed"
+    at = run_app(root=tmp_path, run="bad_batch", spike="0")
+    assert any("model not rebuilt" in e.value for e in at.error)
+    assert not any("model not rebuilt" in s.value for s in at.success)

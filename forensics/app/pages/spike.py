@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from forensics.analyzer.mechanisms import NOT_ANALYZED, UNEXPLAINED
 from forensics.app import charts, data, panels, ui
 
 STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
@@ -76,7 +77,8 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
     if verdict == "not analyzed":
         ui.not_analyzed_hint(run["path"])
     elif spike.get("verdict_message"):
-        (st.warning if verdict == "unexplained" else st.success)(spike["verdict_message"])
+        show = {NOT_ANALYZED: st.error, UNEXPLAINED: st.warning}.get(verdict, st.success)
+        show(spike["verdict_message"])  # a failure is never shown as an answer
 
     snap_steps = [int(s) for s in ctx.snaps["step"]] if len(ctx.snaps) else []
     lo, hi = charts.window(spike)
