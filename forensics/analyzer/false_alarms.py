@@ -59,6 +59,7 @@ def pseudo_findings(path, *, settings: Settings | None = None, device=None):
 
 
 def main(paths) -> None:
+    """Print, per rule, fired / judged / pseudo-spikes over the clean runs at `paths`."""
     torch.set_num_threads(1)
     fired, judged, total = Counter(), Counter(), Counter()
     for path in paths:

@@ -96,6 +96,7 @@ class Replay:
                                              strict=False))
 
     def loss(self, params: Params, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The run's loss of the model at `params` on `batch` (a scalar tensor)."""
         x, y = batch[self.input_key], batch[self.target_key]
         return self.loss_fn(self.outputs(params, x), y)
 

@@ -23,6 +23,7 @@ class Window:
 
     @property
     def steps(self) -> tuple[int, ...]:
+        """Every selected step, sorted, each once."""
         parts = ((self.ref,) if self.ref is not None else ()) + self.pre + \
             ((self.onset,) if self.onset is not None else ()) + self.during + self.post
         return tuple(sorted(set(parts)))

@@ -53,7 +53,7 @@ class GaussNewtonOperator:
                  loss_of_outputs: Callable[[Tensor], Tensor]) -> None:
         self._inputs = [v.detach().clone().requires_grad_(True) for v in params.values()]
         with torch.enable_grad():
-            out = f(dict(zip(params.keys(), self._inputs)), x)
+            out = f(dict(zip(params.keys(), self._inputs, strict=True)), x)
             self._z = torch.zeros_like(out, requires_grad=True)
             g = torch.autograd.grad(out, self._inputs, self._z, create_graph=True,
                                     allow_unused=True)
@@ -86,6 +86,6 @@ class GaussNewtonOperator:
         back = torch.autograd.grad(self._out, self._inputs, hjv, retain_graph=True,
                                    allow_unused=True)
         return torch.cat([(b if b is not None else torch.zeros_like(p)).reshape(-1)
-                          for b, p in zip(back, self._inputs)]).detach()
+                          for b, p in zip(back, self._inputs, strict=True)]).detach()
 
     __call__ = matvec

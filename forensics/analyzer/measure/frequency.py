@@ -62,6 +62,14 @@ def _bands(scene, x: torch.Tensor, n: int):
     return (lambda r: band_energies(r, x=xx, delta=delta)), delta, False
 
 
+def _finite(steps, res):
+    """(steps, residuals, dropped steps): the steps whose residual is all finite, and the others."""
+    keep = torch.isfinite(res).flatten(1).all(dim=1).tolist()
+    dropped = [s for s, k in zip(steps, keep, strict=True) if not k]
+    kept = [s for s, k in zip(steps, keep, strict=True) if k]
+    return kept, res[torch.tensor(keep, dtype=torch.bool)], dropped
+
+
 def _share(bands, v: torch.Tensor) -> float:
     e = bands(v.unsqueeze(0))[0]
     total = float(e.sum())
@@ -89,14 +97,7 @@ def measure(ev: Evidence, scene) -> None:
             out = replay.outputs(scene.params(step), x)
         return (n * loss_residual(lambda o: replay.loss_fn(o, y), out)).reshape(n, -1)
 
-    res = torch.stack([residual(s) for s in steps])  # (T, n, c)
-    if not bool(torch.isfinite(res).all()):
-        keep = torch.isfinite(res).flatten(1).all(dim=1)
-        dropped = [s for s, k in zip(steps, keep.tolist()) if not k]
-        steps = [s for s, k in zip(steps, keep.tolist()) if k]
-        res = res[keep]
-    else:
-        dropped = []
+    steps, res, dropped = _finite(steps, torch.stack([residual(s) for s in steps]))  # (T, n, c)
     pre = [i for i, s in enumerate(steps) if s < ctx.onset]
     if not pre:
         raise Skip("no captured step before onset to compare against")
@@ -123,7 +124,7 @@ def measure(ev: Evidence, scene) -> None:
     row = {"low_share_excess": _share(bands, excess), "low_share_descent": _share(bands, descent),
            "freq_cutoff": cutoff, "freq_method_dft": float(is_dft), "freq_n": n,
            "descent_to_step": steps[peak_i + 1], "reference_step": steps[ref_i]}
-    for band, off in zip(("recovery_low", "recovery_high"), rec):
+    for band, off in zip(("recovery_low", "recovery_high"), rec, strict=True):
         if off is not None:
             row[band] = steps[peak_i + off] - peak_step
     if not is_dft:

@@ -78,7 +78,7 @@ def measure(ev: Evidence, scene) -> None:
         s = np.asarray(steps.column("step").to_numpy(zero_copy_only=False))
         v = np.asarray(steps.column("loss").to_numpy(zero_copy_only=False), dtype=float)
         hi = ctx.end if ctx.end is not None else s.max()
-        for step, loss in zip(s[(s >= ctx.onset) & (s <= hi)], v[(s >= ctx.onset) & (s <= hi)]):
+        for step, loss in zip(s[(s >= ctx.onset) & (s <= hi)], v[(s >= ctx.onset) & (s <= hi)], strict=True):
             if not math.isfinite(loss):
                 ev.add(int(step), "numerical", "nonfinite_loss", 1.0)
     for step in scene.window.steps:

@@ -70,7 +70,7 @@ def judge(ev: EvidenceView) -> Finding:
     limit = limit_for(beta1)
     bar = T.cohen_margin * limit
     sharp = pre_sharp[1] if pre_sharp else float("nan")
-    crossed = [int(s) for s, v in zip(steps, sharp_pre) if np.isfinite(v) and v >= bar]
+    crossed = [int(s) for s, v in zip(steps, sharp_pre, strict=True) if np.isfinite(v) and v >= bar]
     cross_step = crossed[0] if crossed else None
     quiet = first(ev, "eta_pre_lambda_max", None, (cross_step - 1) if cross_step is not None else ctx.onset)
     quiet_value = quiet[1] if quiet and (cross_step is None or quiet[0] < cross_step) else float("nan")

@@ -4,7 +4,8 @@ Gradient descent linearised around w is stable iff η < η_crit = 2/λ_max(JᵀH
 Gauss–Newton matrix of the run's own loss; for L = (1/2n)‖F−y‖² that is 2n/λ_max(K), K = J Jᵀ
 the empirical NTK (for torch's mean-reduced MSE, L = (1/n)‖r‖², it is n/λ_max(K)). With
 η_crit < η < η_max the loss first grows, then λ_max(K) falls until η < η_crit again and the
-loss drops: a catapult (Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase of deep learning: the catapult
+loss drops: a catapult (Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, "The large
+learning rate phase of deep learning: the catapult
 mechanism", arXiv 2003.02218; Zhu, Liu, Radhakrishnan & Belkin 2023, "Catapults in SGD: spikes
 in the training loss and their impact on generalization through feature learning", arXiv
 2306.04815). Zhu et al. decompose the loss along K's top-s eigenvectors,

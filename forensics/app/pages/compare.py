@@ -49,6 +49,7 @@ def _side(root: str, col, side: str, default: str, ids: list[str]):
 
 
 def render(root: str) -> None:
+    """The compare page: the all-runs table, then run (or spike) A against B."""
     st.title("Compare")
     runs = data.runs(root)
     if not len(runs):
@@ -126,11 +127,12 @@ def side_by_side_table(root: str, runs: pd.DataFrame) -> pd.DataFrame:
         for metric, label in BASELINE_COLUMNS.items():
             if metric in last:
                 table[label] = table["run_id"].map(last[metric])
-    table["final loss"] = table["run_id"].map(dict(zip(final["run_id"], final["final_loss"])))
+    table["final loss"] = table["run_id"].map(dict(zip(final["run_id"], final["final_loss"], strict=True)))
     return table
 
 
 def side_by_side(root: str, runs: pd.DataFrame) -> None:
+    """The all-runs table (`side_by_side_table`) under its heading and caption."""
     table = side_by_side_table(root, runs)
     st.subheader("All runs side by side")
     st.caption("Spikes, AGOP alignment, λ_max and condensation at each run's last baseline "

@@ -13,6 +13,7 @@ SCALARS = ("lr", "grad_norm", "update_norm", "param_norm", "adam_ratio_median",
 
 
 def render(root: str) -> None:
+    """The runs page: every run with its verdicts, then the chosen run's loss curve and scalars."""
     st.title("Runs")
     for problem in data.skipped(root):  # a bad run is named, the others are still shown
         st.warning(f"{problem} — this run is left out; the others are shown.",
