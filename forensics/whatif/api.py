@@ -1,0 +1,190 @@
+"""`whatif(run, spike, changes)`: replay a spike's window from its earliest pre-onset snapshot,
+first without a change (the self-check), then once per change, and say what each did."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from forensics.whatif.changes import NONE, Change, ChangeError, parse_change
+from forensics.whatif.outcome import GONE_RATIO, baseline, outcome
+
+# The no-change replay reproduces the run when every step's loss and every later snapshot's
+# weights are within this relative distance of the recording (rationale: replaying the same
+# float32 ops on the same device is exact up to reordering; 1e-4 leaves room for a different
+# thread count while a missing input — dropout, clipping, a reset — moves them by far more).
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ChangeResult:
+    """One counterfactual. losses: the replayed training loss per step (None where skipped);
+    curve: what peak_ratio is measured on ("loss", or "reference" for a probe-watching run)."""
+
+    change: str
+    peak_ratio: float
+    recorded_peak_ratio: float
+    spike_gone: bool
+    recover_steps: int | None
+    losses: list
+    reference: list | None = None
+    rule: str | None = None
+
+
+@dataclass
+class WhatIf:
+    """The answer for one spike. reproduced: replay_error ≤ tolerance; when False, `diagnosis`
+    says what is missing and `changes` is empty (no counterfactual is claimed)."""
+
+    run: str
+    spike_id: int
+    reproduced: bool
+    replay_error: float
+    tolerance: float
+    steps: list[int]
+    recorded_losses: list
+    baseline: float | None = None
+    curve: str = "loss"
+    criterion: str = ""
+    diagnosis: str = ""
+    notes: list[str] = field(default_factory=list)
+    changes: list[ChangeResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The JSON object of `forensics whatif --format json` (non-finite numbers as strings)."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "cpu",
+           allow_import: bool = False, tolerance: float = TOLERANCE, gone_ratio: float = GONE_RATIO) -> WhatIf:
+    """Replay spike `spike` of `run` (a path or an open `Run`) without a change, then with each
+    of `changes` (texts like "beta2=0.95", "lr=x0.5", "skip_batch=400", or `Change`s; None: the
+    hints of the spike's fired rules, which needs the run analyzed).
+
+    model: the live model to replay (copied, never changed); default: rebuilt from run.json
+        (trusted factories only unless allow_import). The optimizer class is resolved among
+        torch.optim's own classes only, unless allow_import.
+    Returns a `WhatIf`; when the no-change replay is off the recording by more than
+    `tolerance`, `reproduced` is False, `diagnosis` says why, and no change is replayed.
+
+    Raises:
+        KeyError: no such spike. ChangeError (ValueError): a change that does not parse or apply.
+        ValueError: nothing to replay (no snapshots, no batch before the peak, not analyzed and
+            no changes given). PermissionError: code would have to be imported without consent.
+    """
+    from forensics.replay import resolve_optimizer_class, spike_window
+    from forensics.rundir.reader import Run, open_run
+    from forensics.whatif.defaults import default_changes
+    from forensics.whatif.trace import Setup, recorded_clip, replay
+
+    run = run if isinstance(run, Run) else open_run(Path(run))
+    window = spike_window(run, spike)
+    notes = list(window.notes)
+    if not window.reaches_peak:
+        raise ValueError(f"{run.path}: spike {spike}: the batches of the window stop at step {window.steps[-1]}, "
+                         f"before the peak ({window.spike.peak}); {' '.join(window.notes)}")
+    rules: list = []
+    if changes is None:
+        texts, rules = default_changes(run, window.spike)
+        if not texts:
+            notes.append("no fired rule of this spike declares a counterfactual: only the self-check ran")
+        changes = texts
+    parsed = [c if isinstance(c, Change) else parse_change(c) for c in changes]
+    setup = _setup(run, window, model, device, allow_import, notes)
+    setup.clip = recorded_clip(run, window, setup.notes)
+    check = replay(setup, NONE, check=True)
+    errors = [e for e in check.loss_errors + check.weight_errors if not math.isnan(e)]
+    err = max(errors) if errors else 0.0
+    metas_loss = [_recorded_loss(window, t) for t in window.steps]
+    result = WhatIf(str(run.run_id), spike, err <= tolerance, err, tolerance, list(window.steps), metas_loss,
+                    curve="reference" if setup.reference else "loss",
+                    criterion=f"spike_gone: the {'reference' if setup.reference else 'training'} loss stays below "
+                              f"{gone_ratio:g}× the pre-onset baseline from the onset on",
+                    notes=setup.notes)
+    if not result.reproduced:
+        result.diagnosis = _diagnose(setup, check, tolerance)
+        return result
+    rec_curve = check.reference if setup.reference else metas_loss
+    base = baseline(check.steps, rec_curve, window.spike.onset)
+    result.baseline = base
+    rec = outcome(check.steps, rec_curve, window.spike.onset, base, gone_ratio)
+    for i, change in enumerate(parsed):
+        tr = replay(setup, change)
+        curve = tr.reference if setup.reference else tr.losses
+        out = outcome(tr.steps, curve, window.spike.onset, base, gone_ratio)
+        result.changes.append(ChangeResult(change.text, out.peak_ratio, rec.peak_ratio, out.spike_gone,
+                                           out.recover_steps, tr.losses, tr.reference,
+                                           rules[i] if i < len(rules) else None))
+    return result
+
+
+def _recorded_loss(window, t) -> float:
+    from forensics.rundir.snapshots import read_meta
+
+    v = read_meta(window.snapshots[t].path).get("loss")
+    return float(v) if v is not None else math.nan
+
+
+def _setup(run, window, model, device, allow_import, notes):
+    from forensics.analyzer.replay import Replay
+    from forensics.replay import resolve_optimizer_class
+    from forensics.whatif.trace import Setup
+
+    dev = torch.device(device or "cpu")
+    base = Replay.from_run(run, model=copy.deepcopy(model) if model is not None else None, device=dev,
+                           allow_import=allow_import)
+    template = base.model
+    dtype = next(iter(window.snapshots[window.start].load("cpu", include=("param",)).params.values())).dtype
+    template = template.to(dtype=dtype)
+    opt = run.info.optimizer
+    if opt is None:
+        raise ValueError(f"{run.path}/run.json records no optimizer: nothing to rebuild")
+    cls = resolve_optimizer_class(opt.class_path, allow_import=allow_import)
+    signal = (run.manifest.get("detector") or {}).get("signal", "loss")
+    if signal == "probe":
+        notes.append("the run's detector watches a probe batch, which is not recorded: the spike is measured "
+                      "on the reference loss, the mean loss of the window's recorded batches at each step's weights")
+    return Setup(run, window, lambda: copy.deepcopy(template), base.loss_fn, (base.input_key, base.target_key),
+                 dev, cls, reference=signal == "probe", notes=notes)
+
+
+def _diagnose(setup, check, tolerance) -> str:
+    """Why the no-change replay is off: where it first diverged and the inputs a replay lacks."""
+    steps = check.steps
+    first = next((t for t, a, b in zip(steps, check.loss_errors, check.weight_errors)
+                  if a > tolerance or (not math.isnan(b) and b > tolerance)), steps[0])
+    i = steps.index(first)
+    what = (f"the loss of step {first} is off by {check.loss_errors[i]:.3g} (relative)"
+            if check.loss_errors[i] > tolerance else
+            f"the weights before step {first} are off by {check.weight_errors[i]:.3g} (relative)")
+    causes = []
+    model = setup.make_model()
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        causes.append("the model has dropout, and the dropout RNG state is not recorded")
+    if any(True for _ in model.buffers()):
+        causes.append("the model has buffers (e.g. BatchNorm statistics), which snapshots do not record")
+    if any("grad_clipped is 'unknown'" in n for n in setup.notes):
+        causes.append("the run did not say whether it clipped gradients")
+    if first == steps[0]:
+        causes.append("the first step already differs: the rebuilt model or loss is not the one trained "
+                      "(factory, kwargs, loss or batch keys)")
+    causes = causes or ["non-determinism or a hardware fault (nothing the replay knows of is missing)"]
+    return (f"this spike does not reproduce from its snapshot: {what}, above the tolerance {tolerance:g}; "
+            f"possible causes: {'; '.join(causes)}")
+
+
+__all__ = ["ChangeError", "ChangeResult", "TOLERANCE", "WhatIf", "whatif"]
