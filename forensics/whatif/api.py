@@ -47,7 +47,10 @@ class WhatIf:
     tolerance: float
     steps: list[int]
     recorded_losses: list
+    replay_losses: list = field(default_factory=list)
+    recorded_curve: list = field(default_factory=list)
     baseline: float | None = None
+    spike_visible: bool = True
     curve: str = "loss"
     criterion: str = ""
     diagnosis: str = ""
@@ -89,7 +92,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     from forensics.replay import resolve_optimizer_class, spike_window
     from forensics.rundir.reader import Run, open_run
     from forensics.whatif.defaults import default_changes
-    from forensics.whatif.trace import Setup, recorded_clip, replay
+    from forensics.whatif.trace import recorded_clip, reference_curve, replay
 
     run = run if isinstance(run, Run) else open_run(Path(run))
     window = spike_window(run, spike)
@@ -111,6 +114,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     err = max(errors) if errors else 0.0
     metas_loss = [_recorded_loss(window, t) for t in window.steps]
     result = WhatIf(str(run.run_id), spike, err <= tolerance, err, tolerance, list(window.steps), metas_loss,
+                    replay_losses=check.losses,
                     curve="reference" if setup.reference else "loss",
                     criterion=f"spike_gone: the {'reference' if setup.reference else 'training'} loss stays below "
                               f"{gone_ratio:g}× the pre-onset baseline from the onset on",
@@ -118,16 +122,28 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     if not result.reproduced:
         result.diagnosis = _diagnose(setup, check, tolerance)
         return result
-    rec_curve = check.reference if setup.reference else metas_loss
-    base = baseline(check.steps, rec_curve, window.spike.onset)
-    result.baseline = base
-    rec = outcome(check.steps, rec_curve, window.spike.onset, base, gone_ratio)
+    onset = window.spike.onset
+
+    def curves(trace, skips):
+        return reference_curve(trace.per_batch, skips) if setup.reference else trace.losses
+
+    result.recorded_curve = curves(check, set()) if setup.reference else metas_loss
+    result.baseline = baseline(check.steps, result.recorded_curve, onset)
+    seen = outcome(check.steps, result.recorded_curve, onset, result.baseline, gone_ratio)
+    result.spike_visible = not seen.spike_gone
+    if not result.spike_visible:
+        result.notes.append(f"the spike is not visible on the replayed {result.curve} curve (peak ×{seen.peak_ratio:.3g} "
+                            f"< {gone_ratio:g}): no change can be judged to remove it")
     for i, change in enumerate(parsed):
         tr = replay(setup, change)
-        curve = tr.reference if setup.reference else tr.losses
-        out = outcome(tr.steps, curve, window.spike.onset, base, gone_ratio)
-        result.changes.append(ChangeResult(change.text, out.peak_ratio, rec.peak_ratio, out.spike_gone,
-                                           out.recover_steps, tr.losses, tr.reference,
+        rec_curve = curves(check, change.skips) if setup.reference else metas_loss
+        base = baseline(check.steps, rec_curve, onset)
+        rec = outcome(check.steps, rec_curve, onset, base, gone_ratio)
+        out = outcome(tr.steps, curves(tr, change.skips), onset, base, gone_ratio)
+        result.changes.append(ChangeResult(change.text, out.peak_ratio, rec.peak_ratio,
+                                           out.spike_gone and result.spike_visible,
+                                           out.recover_steps, tr.losses,
+                                           curves(tr, change.skips) if setup.reference else None,
                                            rules[i] if i < len(rules) else None))
     return result
 
@@ -154,12 +170,15 @@ def _setup(run, window, model, device, allow_import, notes):
     if opt is None:
         raise ValueError(f"{run.path}/run.json records no optimizer: nothing to rebuild")
     cls = resolve_optimizer_class(opt.class_path, allow_import=allow_import)
-    signal = (run.manifest.get("detector") or {}).get("signal", "loss")
-    if signal == "probe":
-        notes.append("the run's detector watches a probe batch, which is not recorded: the spike is measured "
-                      "on the reference loss, the mean loss of the window's recorded batches at each step's weights")
+    from forensics.whatif.trace import reference_steps
+
+    ref = reference_steps(window)
+    if ref:
+        notes.append(f"the window's batches differ (minibatches), so one batch's loss is noise: the spike is "
+                     f"measured on the reference loss, the mean loss of {len(ref)} of the window's recorded "
+                     f"batches at each step's weights (a skipped batch left out)")
     return Setup(run, window, lambda: copy.deepcopy(template), base.loss_fn, (base.input_key, base.target_key),
-                 dev, cls, reference=signal == "probe", notes=notes)
+                 dev, cls, reference=ref, notes=notes)
 
 
 def _diagnose(setup, check, tolerance) -> str:

@@ -1,4 +1,5 @@
-"""Counterfactual changes: parse `beta2=0.95`, `lr=x0.5`, `eps=1e-6`, `clip=1.0`,
+"""Counterfactual changes: parse `beta2=0.95`, `lr=x0.5`, `lr=hold` (the first replayed step's
+lr throughout: the schedule switched off), `eps=1e-6`, `clip=1.0`,
 `skip_batch=400`, `restore_optimizer` (several joined by `+`), and apply one to the replay's
 per-step inputs. A change holds from the first replayed step on, for every param group."""
 
@@ -24,8 +25,11 @@ class Edit:
     name: str
     value: float | None = None
     relative: bool = False
+    hold: bool = False  # keep the value of the first replayed step (`lr=hold`: no schedule)
 
     def text(self) -> str:
+        if self.hold:
+            return f"{self.name}=hold"
         if self.name == "restore_optimizer":
             return self.name
         if self.name == "skip_batch":
@@ -56,12 +60,13 @@ class Change:
     def restores_optimizer(self) -> bool:
         return any(e.name == "restore_optimizer" for e in self.edits)
 
-    def apply_groups(self, groups: list[dict]) -> list[dict]:
-        """Recorded per-group hyperparameters with this change's edits applied (new dicts).
+    def apply_groups(self, groups: list[dict], first: list[dict] | None = None) -> list[dict]:
+        """Recorded per-group hyperparameters with this change's edits applied (new dicts);
+        `first`: the groups of the first replayed step (what `=hold` keeps).
 
         Raises ChangeError when a group lacks the hyperparameter (e.g. beta2 for SGD)."""
         out = []
-        for g in groups:
+        for gi, g in enumerate(groups):
             g = {**g}
             for e in self.edits:
                 if e.name not in HPARAMS:
@@ -71,7 +76,11 @@ class Change:
                     raise ChangeError(f"{e.text()}: this optimizer's param groups have no {key!r} "
                                       f"(they have {sorted(k for k in g if k != 'params')})")
                 old = g[key] if idx is None else g[key][idx]
-                new = float(old) * e.value if e.relative else e.value
+                if e.hold:
+                    src = (first or groups)[gi][key]
+                    new = src if idx is None else src[idx]
+                else:
+                    new = float(old) * e.value if e.relative else e.value
                 if idx is None:
                     g[key] = new
                 else:
@@ -102,10 +111,13 @@ def parse_change(text: str) -> Change:
             continue
         if name not in HPARAMS and name not in OTHER:
             raise ChangeError(f"unknown change {part!r}: use one of {', '.join([*HPARAMS, *OTHER])} "
-                              f"(e.g. beta2=0.95, lr=x0.5, eps=1e-6, clip=1.0, skip_batch=400, restore_optimizer)")
+                              f"(e.g. beta2=0.95, lr=x0.5, lr=hold, eps=1e-6, clip=1.0, skip_batch=400, restore_optimizer)")
         if not eq or not raw.strip():
             raise ChangeError(f"change {part!r} needs a value: {name}=VALUE")
         raw = raw.strip()
+        if raw == "hold" and name in HPARAMS:
+            edits.append(Edit(name, hold=True))
+            continue
         relative = raw[:1] in ("x", "*", "×")
         try:
             value = float(raw[1:] if relative else raw)

@@ -27,7 +27,7 @@ class Trace:
     change: Change
     steps: list[int]
     losses: list[float | None]
-    reference: list[float] | None = None
+    per_batch: list[dict] | None = None  # per step: {reference batch step: loss at this step's weights}
     loss_errors: list[float] = field(default_factory=list)
     weight_errors: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
@@ -44,7 +44,7 @@ class Setup:
     keys: tuple[str, str]
     device: torch.device
     optimizer_cls: type
-    reference: bool = False
+    reference: list[int] = field(default_factory=list)  # steps whose batches form the reference set
     clip: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -147,25 +147,26 @@ def replay(setup: Setup, change: Change, *, check: bool = False) -> Trace:
     metas = {t: (start.meta if t == w.start else _meta(w.snapshots[t])) for t in w.steps}
     state, count = _start_state(setup, change, start)
     opt = build_optimizer(setup.optimizer_cls, named, change.apply_groups(start.meta["param_groups"]), state, count)
+    first = start.meta["param_groups"]
     resets = _reset_from(setup, change, metas)
     batches = {t: (start.batch if t == w.start else w.snapshots[t].load(dev, include=("batch",)).batch)
                for t in w.steps}
     batches = {t: {k: v.to(setup.device) for k, v in b.items()} for t, b in batches.items()}
     clip = change.clip if change.clip is not None else setup.clip
-    inputs = [StepInput(t, batches[t], change.apply_groups(metas[t]["param_groups"]), clip,
+    inputs = [StepInput(t, batches[t], change.apply_groups(metas[t]["param_groups"], first), clip,
                         t in change.skips, resets.get(t)) for t in w.steps]
     unknown = change.skips - set(w.steps)
     if unknown:
         raise ChangeError(f"skip_batch={min(unknown)}: step not in the replayed window {w.start}..{w.steps[-1]}")
-    ref_batches = [batches[t] for t in w.steps] if setup.reference else []
+    ref_batches = {t: batches[t] for t in setup.reference}
     x_key, y_key = setup.keys
 
     def before(inp, model, optimizer):
         extra = {}
         if ref_batches:
             with torch.no_grad():
-                extra["reference"] = float(sum(setup.loss_fn(model(b[x_key]), b[y_key]) for b in ref_batches)
-                                           / len(ref_batches))
+                extra["per_batch"] = {t: float(setup.loss_fn(model(b[x_key]), b[y_key]))
+                                      for t, b in ref_batches.items()}
         if check:
             extra["weight_error"] = math.nan if inp.step == w.start else _weight_error(
                 model, w.snapshots[inp.step].load(dev, include=("param",)).params)
@@ -173,12 +174,12 @@ def replay(setup: Setup, change: Change, *, check: bool = False) -> Trace:
 
     def load_state(optimizer, st):
         state, count, groups = st
-        fresh = build_optimizer(setup.optimizer_cls, named, change.apply_groups(groups), state, count)
+        fresh = build_optimizer(setup.optimizer_cls, named, change.apply_groups(groups, first), state, count)
         optimizer.load_state_dict(fresh.state_dict())
 
     outcomes = replay_steps(model, opt, setup.loss_fn, setup.keys, inputs, before=before, load_state=load_state)
     trace = Trace(change, list(w.steps), [None if o.skipped else o.loss for o in outcomes],
-                  [o.extra["reference"] for o in outcomes] if ref_batches else None,
+                  [o.extra["per_batch"] for o in outcomes] if ref_batches else None,
                   grad_norms=[o.grad_norm for o in outcomes])
     if check:
         trace.loss_errors = [rel_error(o.loss, float(metas[o.step]["loss"])) for o in outcomes]
@@ -198,3 +199,28 @@ def _weight_error(model, recorded: dict) -> float:
     if not math.isfinite(num):
         return math.inf
     return math.sqrt(num) / max(math.sqrt(den), 1e-30)
+
+
+def reference_curve(per_batch: list[dict], exclude: set[int]) -> list[float]:
+    """Per step, the mean loss over the reference batches not in `exclude` (e.g. a skipped one)."""
+    out = []
+    for row in per_batch:
+        vals = [v for t, v in row.items() if t not in exclude]
+        out.append(sum(vals) / len(vals) if vals else math.nan)
+    return out
+
+
+def reference_steps(window: Window, most: int = 16) -> list[int]:
+    """Up to `most` steps of the window, evenly spaced, whose batches form the reference set;
+    [] when every batch of the window is the same (full batch: the training loss is the objective)."""
+    from forensics.rundir.snapshots import load_snapshot
+
+    batches = [load_snapshot(window.snapshots[t].path, include=("batch",), verify=False).batch
+               for t in window.steps]
+    first = batches[0]
+    same = all(b.keys() == first.keys() and all(torch.equal(b[k], first[k]) for k in b) for b in batches[1:])
+    if same:
+        return []
+    n = len(window.steps)
+    idx = sorted({round(i * (n - 1) / max(most - 1, 1)) for i in range(min(most, n))})
+    return [window.steps[i] for i in idx]

@@ -132,4 +132,5 @@ SPEC = Mechanism(
                Lines("lr against the NTK's critical lr 2n/λ_max(K)",
                      {"lr_over_eta_crit": "η / η_crit"}, y_title="η / η_crit",
                      limits=(Limit("1 (critical lr)", 1.0),))),),
+    counterfactuals=("lr=x0.5",),
 )
