@@ -56,22 +56,26 @@ def spike_window(run: Run, spike_id: int) -> Window:
     if not own:
         raise ValueError(f"{run.path}: spike {spike_id} has no snapshots (recorded after the spike "
                          f"budget ran out, or with capture off): nothing to replay from")
-    start = own[0]
-    # a sparse baseline snapshot just before the ring's first one extends the window backwards
-    while start - 1 in by_step and start - 1 < spike.onset and by_step[start - 1].role in ("baseline", "pre"):
+    # the longest stretch of consecutive snapshots through the onset: back to the earliest
+    # pre-onset one (a sparse baseline just before the ring's first extends it), forward to the last
+    anchor = spike.onset if spike.onset in by_step else own[0]
+    start = anchor
+    while start - 1 in by_step and (start - 1 >= own[0] or by_step[start - 1].role in ("baseline", "pre")):
         start -= 1
-    end = own[-1]
-    missing = [t for t in range(start, end + 1) if t not in by_step]
-    last = (missing[0] - 1) if missing else end
+    last = anchor
+    while last + 1 in by_step and last + 1 <= own[-1]:
+        last += 1
+    lo, hi = min(start, own[0]), own[-1]
+    missing = [t for t in range(lo, hi + 1) if t not in by_step]
     win = Window(spike, list(range(start, last + 1)), {t: by_step[t] for t in range(start, last + 1)},
-                 end, missing)
+                 hi, missing)
     if start >= spike.onset:
-        win.notes.append(f"no snapshot before the onset (step {spike.onset}): the replay starts at the "
-                         f"onset, so the baseline is the onset's own loss")
+        win.notes.append(f"no snapshot before the onset (step {spike.onset}) joins the window: the replay "
+                         f"starts at step {start}, so the baseline is its own loss")
     if missing:
         stride = (run.manifest.get("recorder") or {}).get("stride")
         win.notes.append(f"batches not recorded for steps {_ranges(missing)} (recorder stride = {stride}; "
-                         f"every step of the window needs its batch): the replay stops at step {last}")
+                         f"every step of the window needs its batch): the replay runs steps {start}..{last}")
     return win
 
 

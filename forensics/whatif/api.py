@@ -124,28 +124,50 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
         return result
     onset = window.spike.onset
 
+    outliers = _outliers(check, setup.notes) if setup.reference else set()
+
     def curves(trace, skips):
-        return reference_curve(trace.per_batch, skips) if setup.reference else trace.losses
+        return reference_curve(trace.per_batch, skips | outliers) if setup.reference else trace.losses
 
     result.recorded_curve = curves(check, set()) if setup.reference else metas_loss
     result.baseline = baseline(check.steps, result.recorded_curve, onset)
     seen = outcome(check.steps, result.recorded_curve, onset, result.baseline, gone_ratio)
-    result.spike_visible = not seen.spike_gone
-    if not result.spike_visible:
-        result.notes.append(f"the spike is not visible on the replayed {result.curve} curve (peak ×{seen.peak_ratio:.3g} "
-                            f"< {gone_ratio:g}): no change can be judged to remove it")
+    visible = [not seen.spike_gone]
     for i, change in enumerate(parsed):
         tr = replay(setup, change)
         rec_curve = curves(check, change.skips) if setup.reference else metas_loss
         base = baseline(check.steps, rec_curve, onset)
         rec = outcome(check.steps, rec_curve, onset, base, gone_ratio)
         out = outcome(tr.steps, curves(tr, change.skips), onset, base, gone_ratio)
+        visible.append(not rec.spike_gone)  # judged on the curve this change is measured on
         result.changes.append(ChangeResult(change.text, out.peak_ratio, rec.peak_ratio,
-                                           out.spike_gone and result.spike_visible,
+                                           out.spike_gone and not rec.spike_gone,
                                            out.recover_steps, tr.losses,
                                            curves(tr, change.skips) if setup.reference else None,
                                            rules[i] if i < len(rules) else None))
+    result.spike_visible = any(visible)
+    if not result.spike_visible:
+        result.notes.append(f"the spike is not visible on the replayed {result.curve} curve (peak ×{seen.peak_ratio:.3g} "
+                            f"< {gone_ratio:g}): no change can be judged to remove it")
     return result
+
+
+# A batch whose loss at the window's first weights is this many times the median of the reference
+# batches is left out of the reference (rationale: the data rule's own outlier test; a corrupted batch
+# would otherwise dominate the mean and hide the spike it caused).
+OUTLIER_RATIO = 10.0
+
+
+def _outliers(check, notes) -> set[int]:
+    import statistics
+
+    first = check.per_batch[0]
+    med = statistics.median(first.values())
+    out = {t for t, v in first.items() if not math.isfinite(v) or v > OUTLIER_RATIO * med}
+    if out:
+        notes.append(f"batch(es) {sorted(out)} left out of the reference: loss at the first weights above "
+                     f"{OUTLIER_RATIO:g}× the median of the reference batches")
+    return out
 
 
 def _recorded_loss(window, t) -> float:
