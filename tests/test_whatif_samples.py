@@ -86,7 +86,9 @@ def test_cli_text_and_report_line(analyzed):
     assert res.exit_code == 0, res.output
     assert "with lr ×0.5 the spike does not occur: peak ×0.939 instead of ×15.1" in res.stdout
     rep = CliRunner().invoke(app, ["report", str(analyzed / "eos")])
-    assert "what if: with lr ×0.5 the spike does not occur" in rep.stdout
+    line = next(x for x in rep.stdout.splitlines() if "what if" in x)
+    assert line.split()[:4] == ["eos:127", "what", "if", "replayed"]
+    assert line.endswith("with lr ×0.5 the spike does not occur: peak ×0.939 instead of ×15.1")
 
 
 @pytest.mark.parametrize("args, message", [

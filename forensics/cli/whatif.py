@@ -57,7 +57,7 @@ def whatif(
         typer.echo(f"{result.run} spike {spike}: {selfcheck(result.reproduced, result.replay_error, result.tolerance, result.steps, result.diagnosis)}")
         for c in result.changes:
             typer.echo("  " + sentence(c.change, c.peak_ratio, c.recorded_peak_ratio, c.spike_gone,
-                                       c.recover_steps, visible=result.spike_visible))
+                                       c.recover_steps))
         if result.changes:
             typer.echo(f"  ({result.criterion})")
         for note in result.notes:

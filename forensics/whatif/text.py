@@ -33,11 +33,17 @@ def ratio(x) -> str:
     return "×∞ (non-finite)" if math.isinf(x) else f"×{x:.3g}"
 
 
-def sentence(change: str, peak_ratio, recorded_peak_ratio, spike_gone, recover_steps, *, visible: bool = True) -> str:
-    """The finding of one counterfactual, honest either way."""
+def sentence(change: str, peak_ratio, recorded_peak_ratio, spike_gone, recover_steps, *, visible=None) -> str:
+    """The finding of one counterfactual, honest either way. `visible` (default: the recorded
+    peak ratio reaches the criterion) False: the recorded curve shows no spike to remove."""
+    from forensics.whatif.outcome import GONE_RATIO
+
     head = f"with {change_words(change)}"
+    if visible is None:
+        visible = recorded_peak_ratio is None or not recorded_peak_ratio < GONE_RATIO
     if not visible:
-        return f"{head}: cannot judge, the spike is not visible on the replayed curve (peak {ratio(peak_ratio)})"
+        return (f"{head}: cannot judge, the spike is not visible on the replayed curve (recorded peak "
+                f"{ratio(recorded_peak_ratio)}, with the change {ratio(peak_ratio)})")
     if spike_gone:
         return f"{head} the spike does not occur: peak {ratio(peak_ratio)} instead of {ratio(recorded_peak_ratio)}"
     rec = ("never recovers in the window" if recover_steps is None
