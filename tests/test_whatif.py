@@ -93,7 +93,7 @@ def test_known_answer_sgd_replay_and_counterfactuals(tmp_path):
     # the planted batch is the spike: skipping it removes it, halving the lr does not
     assert skip.spike_gone and skip.recover_steps == 0
     assert not half.spike_gone and half.recorded_peak_ratio > 100
-    assert skip.peak_ratio < 1.5 <= half.peak_ratio
+    assert skip.peak_ratio < 10 and half.peak_ratio > 1000  # minibatch noise alone reaches ×4
 
 
 def test_unreported_clipping_does_not_reproduce_and_says_why(tmp_path):

@@ -116,8 +116,10 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     result = WhatIf(str(run.run_id), spike, err <= tolerance, err, tolerance, list(window.steps), metas_loss,
                     replay_losses=check.losses,
                     curve="reference" if setup.reference else "loss",
-                    criterion=f"spike_gone: the {'reference' if setup.reference else 'training'} loss stays below "
-                              f"{gone_ratio:g}× the pre-onset baseline from the onset on",
+                    criterion=(f"spike_gone: the reference loss stays below {gone_ratio:g}× the pre-onset baseline "
+                               f"from the onset on" if setup.reference else
+                               "spike_gone: the run's own detector (run.json), fed the recorded losses before "
+                               "the window and then the replayed ones, flags no spike in the window"),
                     notes=setup.notes)
     if not result.reproduced:
         result.diagnosis = _diagnose(setup, check, tolerance)
@@ -131,14 +133,15 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
 
     result.recorded_curve = curves(check, set()) if setup.reference else metas_loss
     result.baseline = baseline(check.steps, result.recorded_curve, onset)
-    seen = outcome(check.steps, result.recorded_curve, onset, result.baseline, gone_ratio)
+    judge = _judge(run, setup, onset, gone_ratio)
+    seen = judge(check.steps, result.recorded_curve, result.baseline)
     visible = [not seen.spike_gone]
     for i, change in enumerate(parsed):
         tr = replay(setup, change)
         rec_curve = curves(check, change.skips) if setup.reference else metas_loss
         base = baseline(check.steps, rec_curve, onset)
-        rec = outcome(check.steps, rec_curve, onset, base, gone_ratio)
-        out = outcome(tr.steps, curves(tr, change.skips), onset, base, gone_ratio)
+        rec = judge(check.steps, rec_curve, base)
+        out = judge(tr.steps, curves(tr, change.skips), base)
         visible.append(not rec.spike_gone)  # judged on the curve this change is measured on
         result.changes.append(ChangeResult(change.text, out.peak_ratio, rec.peak_ratio,
                                            out.spike_gone and not rec.spike_gone,
@@ -150,6 +153,19 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
         result.notes.append(f"the spike is not visible on the replayed {result.curve} curve (peak ×{seen.peak_ratio:.3g} "
                             f"< {gone_ratio:g}): no change can be judged to remove it")
     return result
+
+
+def _judge(run, setup, onset, gone_ratio):
+    """(steps, curve, baseline) -> Outcome: the run's own detector on the training loss, or the
+    ratio criterion on the reference loss (no recorded history exists for it)."""
+    from forensics.whatif.outcome import detector_outcome
+
+    if setup.reference:
+        return lambda steps, curve, base: outcome(steps, curve, onset, base, gone_ratio)
+    table = run.steps.select(["step", "loss"]).to_pydict()
+    config = {**(run.manifest.get("detector") or {}), "signal": "loss"}
+    return lambda steps, curve, base: detector_outcome((table["step"], table["loss"]), steps, curve, onset,
+                                                       base, config)
 
 
 # A batch whose loss at the window's first weights is this many times the median of the reference
@@ -194,11 +210,12 @@ def _setup(run, window, model, device, allow_import, notes):
     cls = resolve_optimizer_class(opt.class_path, allow_import=allow_import)
     from forensics.whatif.trace import reference_steps
 
-    ref = reference_steps(window)
+    signal = (run.manifest.get("detector") or {}).get("signal", "loss")
+    ref = reference_steps(window) if signal in ("probe", "both") else []
     if ref:
-        notes.append(f"the window's batches differ (minibatches), so one batch's loss is noise: the spike is "
+        notes.append(f"the detector watched a probe batch, which the recording does not hold: the spike is "
                      f"measured on the reference loss, the mean loss of {len(ref)} of the window's recorded "
-                     f"batches at each step's weights (a skipped batch left out)")
+                     f"batches at each step's weights (a skipped or outlier batch left out)")
     return Setup(run, window, lambda: copy.deepcopy(template), base.loss_fn, (base.input_key, base.target_key),
                  dev, cls, reference=ref, notes=notes)
 

@@ -47,3 +47,22 @@ def outcome(steps: list[int], curve: list[float | None], onset: int, base: float
         return Outcome(peak, True, 0)
     back = [t for t, r in ratios if t > peak_t and r < gone_ratio]
     return Outcome(peak, False, (back[0] - onset) if back else None)
+
+
+def detector_outcome(history: tuple[list, list], steps: list[int], curve: list[float | None], onset: int,
+                     base: float, config) -> Outcome:
+    """The outcome judged by the run's own detector: fed the recorded losses before the window
+    (`history` = (steps, losses)), then `curve` (a skipped step, None, is not fed: the loop never
+    saw it). The spike is gone when the detector flags no spike from the window's first step on;
+    else recover_steps = its end − onset (None while still open at the window's end).
+    peak_ratio is reported against `base` as in `outcome`."""
+    from forensics.record.detector import detect_offline
+
+    fed = [(t, v) for t, v in zip(*history) if t < steps[0]] + \
+          [(t, v) for t, v in zip(steps, curve) if v is not None]
+    flagged = [s for s in detect_offline([t for t, _ in fed], [v for _, v in fed], config) if s.onset >= steps[0]]
+    peak = outcome(steps, curve, onset, base, math.inf).peak_ratio
+    if not flagged:
+        return Outcome(peak, True, 0)
+    first = flagged[0]
+    return Outcome(peak, False, None if first.end is None else first.end - onset)

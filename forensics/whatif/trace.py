@@ -211,8 +211,9 @@ def reference_curve(per_batch: list[dict], exclude: set[int]) -> list[float]:
 
 
 def reference_steps(window: Window, most: int = 16) -> list[int]:
-    """Up to `most` steps of the window, evenly spaced, whose batches form the reference set;
-    [] when every batch of the window is the same (full batch: the training loss is the objective)."""
+    """Up to `most` steps of the window, evenly spaced, whose batches form the reference set (a
+    stand-in for a probe batch the recording does not hold); [] when every batch of the window is
+    the same (full batch: the training loss is the objective)."""
     from forensics.rundir.snapshots import load_snapshot
 
     batches = [load_snapshot(window.snapshots[t].path, include=("batch",), verify=False).batch
