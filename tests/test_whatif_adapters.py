@@ -30,3 +30,25 @@ def test_hf_trainer_run_replays(tmp_path):
     assert result.replay_error <= 1e-4
     skip = result.changes[0]
     assert skip.recorded_peak_ratio > 1.5 and skip.spike_gone
+
+
+def test_lightning_runs_replay(tmp_path):
+    """Lightning (Adam): a plain fit, and one with gradient accumulation (2 micro-batches per step,
+    recorded together) and clipping at 0.5 (the recorded clip threshold is inferred)."""
+    pytest.importorskip("lightning.pytorch")
+    from test_integrations_lightning import FACTORY, REC, Regressor, _batches, _fit
+
+    from forensics.integrations.lightning import SpikeForensicsCallback
+
+    _fit(Regressor(), _batches(100, poison={70}), SpikeForensicsCallback(tmp_path / "pl", **FACTORY, **REC))
+    result = whatif(tmp_path / "pl", 0, ["skip_batch=70", "lr=x0.5"])
+    assert result.reproduced and result.replay_error <= 1e-4, result.diagnosis
+    skip, half = result.changes
+    assert skip.spike_gone and not half.spike_gone
+
+    cb = SpikeForensicsCallback(tmp_path / "acc", **FACTORY, **REC)
+    _fit(Regressor(), _batches(120, poison={80}), cb, accumulate_grad_batches=2, gradient_clip_val=0.5)
+    result = whatif(tmp_path / "acc", 0, ["skip_batch=40"])
+    assert result.reproduced and result.replay_error <= 1e-4, result.diagnosis
+    assert any("max-norm 0.5" in n for n in result.notes)
+    assert result.changes[0].spike_gone
