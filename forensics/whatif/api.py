@@ -158,14 +158,13 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
 def _judge(run, setup, onset, gone_ratio):
     """(steps, curve, baseline) -> Outcome: the run's own detector on the training loss, or the
     ratio criterion on the reference loss (no recorded history exists for it)."""
-    from forensics.whatif.outcome import detector_outcome
+    from forensics.whatif.outcome import DetectorJudge
 
     if setup.reference:
         return lambda steps, curve, base: outcome(steps, curve, onset, base, gone_ratio)
     table = run.steps.select(["step", "loss"]).to_pydict()
     config = {**(run.manifest.get("detector") or {}), "signal": "loss"}
-    return lambda steps, curve, base: detector_outcome((table["step"], table["loss"]), steps, curve, onset,
-                                                       base, config)
+    return DetectorJudge((table["step"], table["loss"]), setup.window.start, onset, config)
 
 
 # A batch whose loss at the window's first weights is this many times the median of the reference

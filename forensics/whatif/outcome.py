@@ -3,6 +3,7 @@ gone (the stated criterion), steps to recover."""
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from dataclasses import dataclass
@@ -49,20 +50,36 @@ def outcome(steps: list[int], curve: list[float | None], onset: int, base: float
     return Outcome(peak, False, (back[0] - onset) if back else None)
 
 
-def detector_outcome(history: tuple[list, list], steps: list[int], curve: list[float | None], onset: int,
-                     base: float, config) -> Outcome:
-    """The outcome judged by the run's own detector: fed the recorded losses before the window
-    (`history` = (steps, losses)), then `curve` (a skipped step, None, is not fed: the loop never
-    saw it). The spike is gone when the detector flags no spike from the window's first step on;
-    else recover_steps = its end − onset (None while still open at the window's end).
-    peak_ratio is reported against `base` as in `outcome`."""
-    from forensics.record.detector import detect_offline
+class DetectorJudge:
+    """The run's own detector, fed once with the recorded losses before the window, then copied
+    (its state_dict) for each curve to judge: the cost is the window's, not the run's length."""
 
-    fed = [(t, v) for t, v in zip(*history) if t < steps[0]] + \
-          [(t, v) for t, v in zip(steps, curve) if v is not None]
-    flagged = [s for s in detect_offline([t for t, _ in fed], [v for _, v in fed], config) if s.onset >= steps[0]]
-    peak = outcome(steps, curve, onset, base, math.inf).peak_ratio
-    if not flagged:
-        return Outcome(peak, True, 0)
-    first = flagged[0]
-    return Outcome(peak, False, None if first.end is None else first.end - onset)
+    def __init__(self, history: tuple[list, list], start: int, onset: int, config):
+        from forensics.record.detector import SpikeDetector
+
+        det = SpikeDetector(config)
+        for t, v in zip(*history):
+            if t < start:
+                det.update(int(t), None if v is None else float(v))
+        self.state, self.config, self.start, self.onset = copy.deepcopy(det.state_dict()), config, start, onset
+
+    def __call__(self, steps: list[int], curve: list[float | None], base: float) -> Outcome:
+        """The outcome of `curve` (a skipped step, None, is not fed: the loop never saw it). The spike
+        is gone when the detector flags no spike from the window's first step on; else recover_steps
+        = its end − onset (None while still open at the window's end). peak_ratio is against `base`."""
+        from forensics.record.detector import SpikeDetector
+        from forensics.rundir.spikes import Spike
+
+        det = SpikeDetector(self.config)
+        det.load_state_dict(copy.deepcopy(self.state))
+        events = []
+        for t, v in zip(steps, curve):
+            if v is not None:
+                events += [e for e in det.update(int(t), v) if e["type"] == "spike"]
+        events += det.finish()
+        flagged = [s for s in map(Spike.from_event, events) if s.onset >= self.start]
+        peak = outcome(steps, curve, self.onset, base, math.inf).peak_ratio
+        if not flagged:
+            return Outcome(peak, True, 0)
+        end = flagged[0].end
+        return Outcome(peak, False, None if end is None else end - self.onset)
