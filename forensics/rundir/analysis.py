@@ -31,7 +31,7 @@ EXTRA_TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("curve", "VARCHAR", "'loss' (training loss) or 'reference' (mean loss of the window's batches)"),
         ("steps", "JSON", "the replayed steps"),
         ("losses", "JSON", "replayed training loss per step (null where skipped)"),
-        ("values", "JSON", "the curve peak_ratio is measured on, per step"),
+        ("curve_values", "JSON", "the curve peak_ratio is measured on, per step"),
         ("recorded", "JSON", "the recorded curve per step"),
         ("diagnosis", "VARCHAR", "why the replay did not reproduce, else empty"),
         ("created", "VARCHAR", "ISO-8601 UTC time of the replay"),

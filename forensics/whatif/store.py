@@ -27,13 +27,13 @@ def rows(result) -> list[dict]:
             "steps": json.dumps(result.steps), "recorded": _json(result.recorded_curve),
             "diagnosis": result.diagnosis, "created": now}
     out = [{**base, "change": "none", "rule": None, "losses": _json(result.replay_losses),
-            "values": _json(result.recorded_curve), "peak_ratio": None, "recorded_peak_ratio": None,
+            "curve_values": _json(result.recorded_curve), "peak_ratio": None, "recorded_peak_ratio": None,
             "spike_gone": None, "recover_steps": None}]
     for c in result.changes:
         out.append({**base, "change": c.change, "rule": c.rule, "peak_ratio": c.peak_ratio,
                     "recorded_peak_ratio": c.recorded_peak_ratio, "spike_gone": c.spike_gone,
                     "recover_steps": c.recover_steps, "losses": _json(c.losses),
-                    "values": _json(c.reference if c.reference is not None else c.losses)})
+                    "curve_values": _json(c.reference if c.reference is not None else c.losses)})
     return out
 
 
@@ -56,7 +56,7 @@ def load(run_dir: Path | str, spike_id: int | None = None) -> list[dict]:
     for r in read_extra_table(run_dir, TABLE):
         if spike_id is not None and r["spike_id"] != spike_id:
             continue
-        for k in ("steps", "losses", "values", "recorded"):
+        for k in ("steps", "losses", "curve_values", "recorded"):
             r[k] = [(float(v) if isinstance(v, str) else v) for v in json.loads(r[k] or "[]")]
         out.append(r)
     return out
