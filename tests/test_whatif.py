@@ -174,3 +174,37 @@ def test_apply_groups_relative_absolute_and_hold():
     assert parse_change("lr=hold").apply_groups(groups, first)[0]["lr"] == 0.01
     assert groups[0]["lr"] == 0.1  # not changed in place
     assert math.isclose(parse_change("eps=x1000").apply_groups(groups)[0]["eps"], 1e-5)
+
+
+def _record_reset(path, reset_at=1000, steps=1030):
+    """Adam on a small tanh MLP; at `reset_at` the optimizer state is cleared (a resume that lost it)."""
+    from forensics.zoo.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp([3, 16, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = x.sum(1, keepdim=True).sin()
+    with Recorder(model, opt, path, model_factory="forensics.zoo.models:mlp", model_kwargs={"sizes": [3, 16, 1]},
+                  ring_size=4, tail=8, baseline_every=0) as rec:
+        for t in range(steps):
+            if t == reset_at:
+                opt.state.clear()
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+    return open_run(path)
+
+
+def test_optimizer_reset_is_replayed_and_restoring_it_removes_the_spike(tmp_path):
+    run = _record_reset(tmp_path / "run")
+    spike = run.spikes[-1]  # (Adam's own small edge-of-stability spikes come before it)
+    assert spike.onset == 1001 and spike.magnitude > 1000  # the first update after the reset is a sign step
+    result = whatif(run, spike.spike_id, ["restore_optimizer", "lr=x0.5"])
+    assert result.reproduced and result.replay_error <= 1e-4, result.diagnosis
+    restore, half = result.changes
+    assert restore.spike_gone and restore.peak_ratio < 1.5
+    assert not half.spike_gone

@@ -45,6 +45,7 @@ class Setup:
     device: torch.device
     optimizer_cls: type
     reference: list[int] = field(default_factory=list)  # steps whose batches form the reference set
+    resets: dict | None = None  # recorded optimizer resets in the window (recorded_resets)
     clip: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -85,34 +86,49 @@ def _state_of(snap) -> dict:
     return {k: v for k, v in snap.state.items()}
 
 
-def _reset_from(setup: Setup, change: Change, metas: dict) -> dict:
-    """{step: (state, count)} where the recorded optimizer state was reset inside the window (its
-    step count went down); a change that restores the optimizer keeps the replayed state instead."""
-    out, prev = {}, None
+def _zeroed(state: dict) -> bool:
+    """Every recorded optimizer state tensor is zero (what a cleared optimizer is recorded as)."""
+    tensors = [v for per in state.values() for v in per.values()]
+    return bool(tensors) and all(not bool(v.any()) for v in tensors)
+
+
+def recorded_resets(setup: Setup) -> dict:
+    """{step: (state, count, groups)} where the recorded optimizer state was reset inside the
+    window: its step count went down, or its moments went from non-zero to all zero (a cleared
+    optimizer; the recorder then falls back to its own step counter). Computed once per setup."""
+    if setup.resets is not None:
+        return setup.resets
+    out, prev_count, prev_zero = {}, None, None
     for t in setup.window.steps:
-        count = metas[t].get("optimizer_step")
-        if prev is not None and count is not None and count < prev + 1 and not change.restores_optimizer:
-            snap = setup.window.snapshots[t].load(str(setup.device), include=("state",))
-            out[t] = (_state_of(snap), count, metas[t]["param_groups"])
-        prev = count if count is not None else prev
+        info = setup.window.snapshots[t]
+        meta = _meta(info)
+        state = _state_of(info.load(str(setup.device), include=("state",)))
+        count, zero = meta.get("optimizer_step"), _zeroed(state)
+        went_down = prev_count is not None and count is not None and count < prev_count + 1
+        if t != setup.window.start and (went_down or (zero and prev_zero is False)):
+            out[t] = ({} if zero else state, 0 if zero else count, meta["param_groups"])
+        prev_count, prev_zero = count, zero
+    setup.resets = out
     return out
+
+
+def _reset_from(setup: Setup, change: Change, metas: dict) -> dict:
+    """The recorded resets to replay; a change that restores the optimizer keeps the replayed state."""
+    return {} if change.restores_optimizer else recorded_resets(setup)
 
 
 def _start_state(setup: Setup, change: Change, start_snap) -> tuple[dict, int | None]:
     state, count = _state_of(start_snap), start_snap.meta.get("optimizer_step")
     if not change.restores_optimizer:
         return state, count
-    w = setup.window
-    counts = [w.snapshots[t] for t in w.steps]
-    resets = any((b_meta := _meta(b)).get("optimizer_step") is not None and _meta(a).get("optimizer_step") is not None
-                 and b_meta["optimizer_step"] < _meta(a)["optimizer_step"] + 1 for a, b in zip(counts, counts[1:]))
-    if resets:
+    if recorded_resets(setup):  # a reset inside the window: start as recorded, keep the state at the reset
         return state, count
-    earlier = [s for s in setup.run.snapshots if s.step < w.start
-               and (_meta(s).get("optimizer_step") or 0) > (count or 0)]
+    w = setup.window
+    earlier = [s for s in setup.run.snapshots if s.step < w.start and not _zeroed(
+        _state_of(s.load(str(setup.device), include=("state",))))] if _zeroed(state) else []
     if not earlier:
         raise ChangeError("restore_optimizer: the recorded optimizer state is never reset in or before this "
-                          "window (its step count only grows), so there is nothing to restore")
+                          "window, so there is nothing to restore")
     src = earlier[-1].load(str(setup.device), include=("state",))
     setup.notes.append(f"restore_optimizer: optimizer state taken from step {src.step} (step count "
                        f"{src.meta.get('optimizer_step')}), the last one before the reset")
