@@ -25,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common as C
 import torch
 import torch.nn.functional as F
 
-import _common as C  # noqa: E402
-from forensics.record.recorder import Recorder  # noqa: E402
-from forensics.rundir.reader import open_run  # noqa: E402
-from forensics.whatif import whatif  # noqa: E402
+from forensics.record.recorder import Recorder
+from forensics.rundir.reader import open_run
+from forensics.whatif import whatif
 
 RUNS = {"adam_beta2_lag": "eps=x1000", "bad_batch": "skip_batch=400", "catapult": "lr=x0.5",
         "eos": "lr=x0.5", "low_frequency": "lr=x0.5", "numerical": "lr=x0.1", "small_batch": "lr=x0.5"}

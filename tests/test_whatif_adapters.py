@@ -14,10 +14,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_integrations_hf import _train  # noqa: E402
+from test_integrations_hf import _train
 
-from forensics.rundir.reader import open_run  # noqa: E402
-from forensics.whatif import whatif  # noqa: E402
+from forensics.rundir.reader import open_run
+from forensics.whatif import whatif
 
 
 def test_hf_trainer_run_replays(tmp_path):

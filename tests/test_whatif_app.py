@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from tests.test_app import app, chart, text  # noqa: E402
+from tests.test_app import app, chart, text
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 

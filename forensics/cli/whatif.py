@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import EXIT_OK, EXIT_PARTIAL, _check_device, _fail, _one_line, app
+from forensics.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    _check_device,
+    _fail,
+    _one_line,
+    app,
+)
 
 
 @app.command()
 def whatif(
     run: Path = typer.Argument(..., help="the run directory"),
     spike: int = typer.Option(..., "--spike", help="spike id (see `forensics report RUN`)"),
-    change: Optional[List[str]] = typer.Option(
+    change: list[str] | None = typer.Option(
         None, "--change", help="a counterfactual: beta2=0.95, lr=x0.5, lr=hold, eps=1e-6, clip=1.0, "
                                "skip_batch=STEP, restore_optimizer; join with + to combine; repeat for "
                                "several (default: the hints of the spike's fired rules)"),
     format: str = typer.Option("text", "--format", help="text or json"),
-    device: Optional[str] = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:1"),
+    device: str | None = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:1"),
     save: bool = typer.Option(True, "--save/--no-save", help="store the result in analysis/whatif.parquet"),
     allow_import: bool = typer.Option(False, "--allow-import",
                                       help="allow importing the model factory / loss / optimizer named in run.json"),
@@ -35,8 +41,8 @@ def whatif(
     """
     from forensics.rundir.format import RunFormatError
     from forensics.rundir.reader import open_run
-    from forensics.whatif import whatif as run_whatif
     from forensics.whatif import store
+    from forensics.whatif import whatif as run_whatif
     from forensics.whatif.text import selfcheck, sentence
 
     if format not in ("text", "json"):

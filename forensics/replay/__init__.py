@@ -3,7 +3,11 @@
 (`spike_window`). The counterfactual layer (`forensics.whatif`) and a keyframe recorder build
 on these."""
 
-from forensics.replay.optimizer import build_optimizer, resolve_optimizer_class, set_hparams
+from forensics.replay.optimizer import (
+           build_optimizer,
+           resolve_optimizer_class,
+           set_hparams,
+)
 from forensics.replay.stepper import StepInput, StepOutcome, replay_steps
 from forensics.replay.window import Window, spike_window
 

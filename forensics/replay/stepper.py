@@ -9,8 +9,8 @@ inputs) and a keyframe recorder recomputing the states between two keyframes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

@@ -89,7 +89,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
         ValueError: nothing to replay (no snapshots, no batch before the peak, not analyzed and
             no changes given). PermissionError: code would have to be imported without consent.
     """
-    from forensics.replay import resolve_optimizer_class, spike_window
+    from forensics.replay import spike_window
     from forensics.rundir.reader import Run, open_run
     from forensics.whatif.defaults import default_changes
     from forensics.whatif.trace import recorded_clip, reference_curve, replay
@@ -244,4 +244,4 @@ def _diagnose(setup, check, tolerance) -> str:
             f"possible causes: {'; '.join(causes)}")
 
 
-__all__ = ["ChangeError", "ChangeResult", "TOLERANCE", "WhatIf", "whatif"]
+__all__ = ["TOLERANCE", "ChangeError", "ChangeResult", "WhatIf", "whatif"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from forensics.rundir.analysis import read_extra_table, write_extra_table
@@ -21,7 +21,7 @@ def _json(values) -> str:
 
 def rows(result) -> list[dict]:
     """The table rows of a `WhatIf`."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     base = {"run_id": result.run, "spike_id": result.spike_id, "reproduced": result.reproduced,
             "replay_error": result.replay_error, "tolerance": result.tolerance, "curve": result.curve,
             "steps": json.dumps(result.steps), "recorded": _json(result.recorded_curve),

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forensics.replay import StepInput, build_optimizer, replay_steps, resolve_optimizer_class
+from forensics.replay import (
+    StepInput,
+    build_optimizer,
+    replay_steps,
+)
 from forensics.replay.window import Window
 from forensics.rundir.reader import Run
 from forensics.whatif.changes import Change, ChangeError
