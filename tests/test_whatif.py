@@ -208,3 +208,41 @@ def test_optimizer_reset_is_replayed_and_restoring_it_removes_the_spike(tmp_path
     restore, half = result.changes
     assert restore.spike_gone and restore.peak_ratio < 1.5
     assert not half.spike_gone
+
+
+class MySGD(torch.optim.SGD):
+    """A user's optimizer class: run.json names it by an import path outside torch.optim."""
+
+
+def test_optimizer_class_resolves_only_inside_torch_optim(tmp_path):
+    from forensics.replay import resolve_optimizer_class
+
+    assert resolve_optimizer_class("torch.optim.adam.Adam") is torch.optim.Adam
+    assert resolve_optimizer_class("torch.optim.AdamW") is torch.optim.AdamW
+    for path in ("os.system", "subprocess.Popen", f"{__name__}.MySGD"):
+        with pytest.raises(PermissionError, match="not one of torch.optim's own classes"):
+            resolve_optimizer_class(path)
+    with pytest.raises(ValueError, match="not a torch.optim.Optimizer subclass"):
+        resolve_optimizer_class("collections.OrderedDict", allow_import=True)
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    opt = MySGD(model.parameters(), lr=0.05)
+    with Recorder(model, opt, tmp_path / "run", model_factory="forensics.zoo.models:mlp",
+                  model_kwargs={"sizes": [1, 1]}, ring_size=4, tail=2, baseline_every=0) as rec:
+        for x, y in _data():
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+    with pytest.raises(PermissionError, match="MySGD"):
+        whatif(tmp_path / "run", 0, ["skip_batch=70"])
+
+
+def test_a_live_model_is_copied_not_changed(tmp_path):
+    run = _record(tmp_path / "run", _data())
+    live = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    before = [p.detach().clone() for p in live.parameters()]
+    result = whatif(run, 0, ["lr=x0.5"], model=live)
+    assert result.reproduced
+    assert all(torch.equal(a, b) for a, b in zip(before, live.parameters()))
