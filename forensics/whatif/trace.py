@@ -14,6 +14,7 @@ from forensics.replay import (
     StepInput,
     build_optimizer,
     replay_steps,
+    restore,
 )
 from forensics.replay.window import Window
 from forensics.rundir.reader import Run
@@ -154,19 +155,11 @@ def replay(setup: Setup, change: Change, *, check: bool = False) -> Trace:
     w, dev = setup.window, str(setup.device)
     start = w.snapshots[w.start].load(dev)
     model = setup.make_model()
-    named = dict(model.named_parameters())
-    missing = sorted(set(named) - set(start.params))
-    if missing:
-        raise ValueError(f"snapshot of step {w.start} lacks parameters of the rebuilt model: {missing[:5]}")
-    with torch.no_grad():
-        for name, p in named.items():
-            if p.shape != start.params[name].shape:
-                raise ValueError(f"parameter {name}: snapshot shape {tuple(start.params[name].shape)} "
-                                 f"!= model {tuple(p.shape)}")
-            p.copy_(start.params[name])
     metas = {t: (start.meta if t == w.start else _meta(w.snapshots[t])) for t in w.steps}
     state, count = _start_state(setup, change, start)
-    opt = build_optimizer(setup.optimizer_cls, named, change.apply_groups(start.meta["param_groups"]), state, count)
+    opt = restore(model, start, setup.optimizer_cls, groups=change.apply_groups(start.meta["param_groups"]),
+                  state=state, optimizer_step=count)
+    named = dict(model.named_parameters())
     first = start.meta["param_groups"]
     resets = _reset_from(setup, change, metas)
     batches = {t: (start.batch if t == w.start else w.snapshots[t].load(dev, include=("batch",)).batch)
