@@ -236,6 +236,11 @@ def _diagnose(setup, check, tolerance) -> str:
         causes.append("the model has buffers (e.g. BatchNorm statistics), which snapshots do not record")
     if any("grad_clipped is 'unknown'" in n for n in setup.notes):
         causes.append("the run did not say whether it clipped gradients")
+    recorded_on = str(setup.run.manifest.get("device") or "")
+    kind = recorded_on.split(":")[0]
+    if kind and kind != setup.device.type:
+        causes.append(f"the run was recorded on {recorded_on} and replayed on {setup.device}: other kernels "
+                      f"round differently (replay with --device {kind})")
     if first == steps[0]:
         causes.append("the first step already differs: the rebuilt model or loss is not the one trained "
                       "(factory, kwargs, loss or batch keys)")
