@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from forensics.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    ReportFormat,
     _check_device,
     _fail,
     _one_line,
@@ -25,7 +25,7 @@ def whatif(
         None, "--change", help="a counterfactual: beta2=0.95, lr=x0.5, lr=hold, eps=1e-6, clip=1.0, "
                                "skip_batch=STEP, restore_optimizer; join with + to combine; repeat for "
                                "several (default: the hints of the spike's fired rules)"),
-    format: str = typer.Option("text", "--format", help="text or json"),
+    format: ReportFormat = typer.Option(ReportFormat.text, "--format", help="text or json"),
     device: str | None = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:1"),
     save: bool = typer.Option(True, "--save/--no-save", help="store the result in analysis/whatif.parquet"),
     allow_import: bool = typer.Option(False, "--allow-import",
@@ -40,13 +40,12 @@ def whatif(
     that does not parse or apply, nothing to replay); 3 = the spike does not reproduce from its snapshot.
     """
     from forensics.rundir.format import RunFormatError
+    from forensics.rundir.jsonsafe import dumps
     from forensics.rundir.reader import open_run
     from forensics.whatif import store
     from forensics.whatif import whatif as run_whatif
     from forensics.whatif.text import selfcheck, sentence
 
-    if format not in ("text", "json"):
-        _fail(f"--format must be text or json, got {format!r}")
     dev = _check_device(device)
     try:
         result = run_whatif(open_run(run), spike, change or None, device=dev, allow_import=allow_import)
@@ -57,8 +56,8 @@ def whatif(
             store.save(run, result)
         except (ValueError, OSError) as e:
             typer.echo(f"note: {run}: result not stored: {_one_line(e)}", err=True)
-    if format == "json":
-        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    if format is ReportFormat.json:
+        typer.echo(dumps(result.to_json(), ensure_ascii=False))
     else:
         typer.echo(f"{result.run} spike {spike}: {selfcheck(result.reproduced, result.replay_error, result.tolerance, result.steps, result.diagnosis)}")
         for c in result.changes:

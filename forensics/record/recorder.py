@@ -57,7 +57,7 @@ class Recorder:
         baseline_every: int = 500, max_spikes: int = 20, max_bytes: int = 2 * 1024**3, probe=None,
         probe_every: int = 10, task: dict | None = None, seed: int | None = None, run_id: str | None = None,
         strict: bool = False, steps_chunk: int = 256, overwrite: bool = False,
-        max_pending_rows: int = MAX_PENDING_ROWS,
+        max_pending_rows: int = MAX_PENDING_ROWS, hf_config: str | None = None,
     ):
         check_counts(ring_size=(ring_size, 1), stride=(stride, 1), tail=(tail, 0), baseline_every=(baseline_every, 0),
                      max_spikes=(max_spikes, 0), max_bytes=(max_bytes, 0), probe_every=(probe_every, 1),
@@ -84,7 +84,7 @@ class Recorder:
             recorder={"ring_size": ring_size, "stride": stride, "tail": tail, "baseline_every": baseline_every,
                       "max_spikes": max_spikes, "max_bytes": max_bytes, "probe_every": probe_every,
                       "probe": self.probe is not None, "steps_chunk": steps_chunk},
-            task=task, seed=seed)
+            task=task, seed=seed, hf_config=hf_config)
         write_manifest(self.run_dir, self.manifest)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
@@ -161,6 +161,11 @@ class Recorder:
     def status(self) -> WriteStatus:
         """Rows, events and snapshots written / waiting for a retry / lost, and why writing stopped."""
         return self._sink.status
+
+    def set_loss(self, loss) -> None:
+        """Rename the replay loss in run.json (an adapter may learn it at step 0); ValueError if no spec."""
+        self.loss_spec = self.manifest["loss"] = loss_spec(loss)
+        write_manifest(self.run_dir, self.manifest)
 
     def flush(self) -> None:
         """Write buffered rows as a (partial) chunk, retry earlier failed writes, wait until queued files are on disk."""

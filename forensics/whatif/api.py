@@ -59,17 +59,9 @@ class WhatIf:
 
     def to_json(self) -> dict:
         """The JSON object of `forensics whatif --format json` (non-finite numbers as strings)."""
-        return _jsonable(asdict(self))
+        from forensics.rundir.jsonsafe import jsonsafe
 
-
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return repr(v)
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    return v
+        return jsonsafe(asdict(self))
 
 
 def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "cpu",

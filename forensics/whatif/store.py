@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from forensics.rundir.analysis import read_extra_table, write_extra_table
+from forensics.rundir.jsonsafe import dumps
 
 TABLE = "whatif"
 
 
 def _json(values) -> str:
-    return json.dumps([None if v is None or (isinstance(v, float) and math.isnan(v)) else
-                       (repr(v) if isinstance(v, float) and not math.isfinite(v) else v) for v in values])
+    """A JSON list; a skipped step (None or NaN) is null, ±inf "inf"/"-inf" (forensics.rundir.jsonsafe)."""
+    return dumps([None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values])
 
 
 def rows(result) -> list[dict]:
