@@ -76,9 +76,10 @@ def plain_step_ms(run, repeats: int) -> float:
 
 
 def measure(name: str, path: Path, change: str, repeats: int) -> dict:
+    """One table row: the whatif call on spike 0 of `path` with `change`, against the step times."""
     run = open_run(path)
     dt = run.steps.column("wall_time").to_pylist()
-    recorded = 1e3 * statistics.median(b - a for a, b in zip(dt, dt[1:]))
+    recorded = 1e3 * statistics.median(b - a for a, b in zip(dt, dt[1:], strict=False))
     times, result = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -88,13 +89,15 @@ def measure(name: str, path: Path, change: str, repeats: int) -> dict:
     replayed = len(result.steps) * 2
     per = 1e3 * total / replayed
     plain = plain_step_ms(run, repeats)
-    return {"run": name, "params": sum(p["numel"] for p in run.manifest["params"]), "window": len(result.steps),
+    params = sum(p["numel"] for p in run.manifest["params"])
+    return {"run": name, "params": params, "window": len(result.steps),
             "change": change, "whatif s": total, "per replayed step ms": per,
             "recorded step ms": recorded, "× recorded": per / recorded, "plain step ms": plain,
             "× plain": per / plain, "reproduced": result.reproduced}
 
 
 def main() -> None:
+    """Measure every run, write bench/results/whatif.md."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -109,7 +112,8 @@ def main() -> None:
         f"- one intra-op thread; {args.repeats} repeats, medians; a call replays the window twice "
         "(self-check + one change): 'per replayed step' = call time / (2 × window)",
         "- 'recorded step' = median wall_time step of the run (training + recorder, where it was recorded: "
-        "the sample runs on this kind of machine); 'plain step' = forward + backward + step here, no recorder",
+        "the sample runs on this kind of machine); 'plain step' = forward + backward + step here, "
+        "no recorder",
         "- the call also reads every snapshot of the window (weights for the self-check, batches), verifies "
         "their digests and rebuilds model and optimizer twice; on tiny models these fixed costs dominate",
     ]

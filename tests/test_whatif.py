@@ -56,12 +56,12 @@ def _by_hand(w, b, data, steps, *, skip=(), lr_factor=1.0):
     losses = []
     for t in steps:
         x, y = (v.double().flatten().tolist() for v in data[t])
-        r = [w * xi + b - yi for xi, yi in zip(x, y)]
+        r = [w * xi + b - yi for xi, yi in zip(x, y, strict=True)]
         if t in skip:
             losses.append(None)
             continue
         losses.append(sum(ri * ri for ri in r) / len(r))
-        dw = sum(2 * ri * xi for ri, xi in zip(r, x)) / len(r)
+        dw = sum(2 * ri * xi for ri, xi in zip(r, x, strict=True)) / len(r)
         db = sum(2 * ri for ri in r) / len(r)
         w, b = w - lr_factor * _lr(t) * dw, b - lr_factor * _lr(t) * db
     return losses
@@ -70,7 +70,7 @@ def _by_hand(w, b, data, steps, *, skip=(), lr_factor=1.0):
 def _close(replayed, expected, rtol=1e-4):
     """float32 replay against float64 by hand: residuals ~0.03 on values ~3 leave ~1e-5 relative."""
     assert len(replayed) == len(expected)
-    for a, e in zip(replayed, expected):
+    for a, e in zip(replayed, expected, strict=True):
         assert (a is None) == (e is None)
         if e is not None:
             assert a == pytest.approx(e, rel=rtol)
@@ -154,7 +154,8 @@ def test_change_that_does_not_apply(tmp_path):
 
 @pytest.mark.parametrize("text, words", [("beta2=0.95", "beta2=0.95"), ("lr=x0.5", "lr=x0.5"),
                                          ("eps=1e-6+clip=1", "eps=1e-06+clip=1"), ("lr=hold", "lr=hold"),
-                                         ("skip_batch=400", "skip_batch=400"), ("restore_optimizer", "restore_optimizer")])
+                                         ("skip_batch=400", "skip_batch=400"),
+                                         ("restore_optimizer", "restore_optimizer")])
 def test_parse_change(text, words):
     assert parse_change(text).text == words
 
@@ -186,7 +187,8 @@ def _record_reset(path, reset_at=1000, steps=1030):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g)
     y = x.sum(1, keepdim=True).sin()
-    with Recorder(model, opt, path, model_factory="forensics.zoo.models:mlp", model_kwargs={"sizes": [3, 16, 1]},
+    with Recorder(model, opt, path, model_factory="forensics.zoo.models:mlp",
+                  model_kwargs={"sizes": [3, 16, 1]},
                   ring_size=4, tail=8, baseline_every=0) as rec:
         for t in range(steps):
             if t == reset_at:
@@ -245,4 +247,4 @@ def test_a_live_model_is_copied_not_changed(tmp_path):
     before = [p.detach().clone() for p in live.parameters()]
     result = whatif(run, 0, ["lr=x0.5"], model=live)
     assert result.reproduced
-    assert all(torch.equal(a, b) for a, b in zip(before, live.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, live.parameters(), strict=True))

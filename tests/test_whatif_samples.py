@@ -18,7 +18,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
 
 # (run, spike, verdict's literature fix that must remove the spike, a change that must not)
 FIXES = [
-    ("adam_beta2_lag", 0, "eps=x1000", "beta2=0.95"),  # β₂ lag: larger ε; β₂ = 0.95 from 3 steps before is too late
+    # β₂ lag: larger ε; β₂ = 0.95 from 3 steps before the onset is too late
+    ("adam_beta2_lag", 0, "eps=x1000", "beta2=0.95"),
     ("bad_batch", 0, "skip_batch=400", "lr=x0.5"),      # data: skip the batch
     ("catapult", 0, "lr=x0.5", None),                   # catapult: lower lr
     ("eos", 0, "lr=x0.5", "clip=1.0"),                  # sharpness: lower lr; clipping at 1 only damps it
@@ -73,7 +74,8 @@ def test_cli_json_defaults_to_fired_rules_hints_and_stores(analyzed):
     assert obj["reproduced"] is True
     (change,) = obj["changes"]  # the data rule's hint: skip the onset batch
     assert change["change"] == "skip_batch=400" and change["rule"] == "data" and change["spike_gone"] is True
-    assert {"change", "peak_ratio", "recorded_peak_ratio", "spike_gone", "recover_steps", "losses"} <= set(change)
+    keys = {"change", "peak_ratio", "recorded_peak_ratio", "spike_gone", "recover_steps", "losses"}
+    assert keys <= set(change)
     from forensics.whatif import store
 
     rows = store.load(analyzed / "bad_batch", 0)

@@ -14,11 +14,11 @@ from forensics.app import charts, data, ui
 
 def rows(root: str, run_id: str, spike_id: int) -> pd.DataFrame:
     """The whatif rows of one spike (JSON columns as text)."""
-    return data.run_sql(root, "SELECT change, reproduced, replay_error, tolerance, peak_ratio, recorded_peak_ratio, "
-                              "spike_gone, recover_steps, curve, CAST(steps AS VARCHAR) AS steps, "
-                              "CAST(curve_values AS VARCHAR) AS curve_values, CAST(recorded AS VARCHAR) AS recorded, "
-                              "diagnosis FROM whatif WHERE run_id = ? AND spike_id = ? ORDER BY change",
-                        [run_id, int(spike_id)])
+    sql = ("SELECT change, reproduced, replay_error, tolerance, peak_ratio, recorded_peak_ratio, "
+           "spike_gone, recover_steps, curve, CAST(steps AS VARCHAR) AS steps, "
+           "CAST(curve_values AS VARCHAR) AS curve_values, CAST(recorded AS VARCHAR) AS recorded, "
+           "diagnosis FROM whatif WHERE run_id = ? AND spike_id = ? ORDER BY change")
+    return data.run_sql(root, sql, [run_id, int(spike_id)])
 
 
 def curves(df: pd.DataFrame) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def curves(df: pd.DataFrame) -> pd.DataFrame:
             series, values = "recorded", json.loads(r["recorded"] or "[]")
         else:
             series, values = f"with {r['change']}", json.loads(r["curve_values"] or "[]")
-        for t, v in zip(steps, values):
+        for t, v in zip(steps, values, strict=True):
             v = float(v) if isinstance(v, str) else v
             if v is not None and math.isfinite(v):
                 out.append({"step": t, "loss": v, "series": series})
@@ -54,10 +54,12 @@ def show(root: str, run_id: str, spike_id: int, run_path: str = "RUN") -> None:
     if len(check):
         r = check.iloc[0]
         st.caption(f"the no-change replay reproduces the recording: error {r['replay_error']:.2g} ≤ "
-                   f"{r['tolerance']:g}; measured on the {'training' if r['curve'] == 'loss' else 'reference'} loss")
+                   f"{r['tolerance']:g}; measured on the "
+                   f"{'training' if r['curve'] == 'loss' else 'reference'} loss")
     for r in df[df["change"] != "none"].to_dict("records"):
         recover = None if pd.isna(r["recover_steps"]) else int(r["recover_steps"])
-        text = sentence(r["change"], r["peak_ratio"], r["recorded_peak_ratio"], bool(r["spike_gone"]), recover)
+        text = sentence(r["change"], r["peak_ratio"], r["recorded_peak_ratio"], bool(r["spike_gone"]),
+                        recover)
         (st.success if r["spike_gone"] else st.info)(text)
     long = curves(df)
     if len(long):

@@ -21,8 +21,9 @@ def collect(catalog) -> list[dict]:
     Keys: run, run_path, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss,
     magnitude, source, analyzed, verdict, verdict_score, verdict_message, findings (each:
     mechanism, status, score, primary, message, hint, reason, evidence, thresholds; the last
-    two parsed from JSON), whatif (the stored `forensics whatif` rows of the spike). Non-finite numbers become the strings "nan" / "inf" / "-inf",
-    as in the analyzer's evidence, so the result is strict JSON.
+    two parsed from JSON), whatif (the stored `forensics whatif` rows of the spike). Non-finite
+    numbers become the strings "nan" / "inf" / "-inf", as in the analyzer's evidence, so the
+    result is strict JSON.
     """
     from forensics.catalog.views import query
 
@@ -42,8 +43,9 @@ def collect(catalog) -> list[dict]:
             "evidence": _parse(f["evidence"]), "thresholds": _parse(f["thresholds"]),
         })
     whatifs: dict[tuple[str, int], list[dict]] = {}
-    for w in query(catalog, "SELECT run_id, spike_id, change, reproduced, replay_error, peak_ratio, "
-                            "recorded_peak_ratio, spike_gone, recover_steps, diagnosis FROM whatif").to_pylist():
+    sql = ("SELECT run_id, spike_id, change, reproduced, replay_error, peak_ratio, recorded_peak_ratio, "
+           "spike_gone, recover_steps, diagnosis FROM whatif")
+    for w in query(catalog, sql).to_pylist():
         whatifs.setdefault((w.pop("run_id"), w.pop("spike_id")), []).append(
             {k: jsonsafe(v) for k, v in w.items()})
     out = []
@@ -109,8 +111,8 @@ def _whatif_lines(s: dict, width: int) -> list[str]:
             if not w["reproduced"]:
                 lines.append(f"  {where}  {'what if':<{width}}  {'':<12}  {_flat(w['diagnosis'])}")
             continue
-        text = sentence(w["change"], _float(w["peak_ratio"]), _float(w["recorded_peak_ratio"]), w["spike_gone"],
-                        w["recover_steps"])
+        text = sentence(w["change"], _float(w["peak_ratio"]), _float(w["recorded_peak_ratio"]),
+                        w["spike_gone"], w["recover_steps"])
         lines.append(f"  {where}  {'what if':<{width}}  {'replayed':<12}  {text}")
     return lines
 

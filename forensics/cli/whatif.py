@@ -29,7 +29,8 @@ def whatif(
     device: str | None = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:1"),
     save: bool = typer.Option(True, "--save/--no-save", help="store the result in analysis/whatif.parquet"),
     allow_import: bool = typer.Option(False, "--allow-import",
-                                      help="allow importing the model factory / loss / optimizer named in run.json"),
+                                      help="allow importing the model factory / loss / optimizer "
+                                           "named in run.json"),
 ):
     """Replay a spike's window from its earliest pre-onset snapshot, without a change (the self-check:
     it must reproduce the recorded losses and weights), then once per change; say whether each removes
@@ -59,7 +60,9 @@ def whatif(
     if format is ReportFormat.json:
         typer.echo(dumps(result.to_json(), ensure_ascii=False))
     else:
-        typer.echo(f"{result.run} spike {spike}: {selfcheck(result.reproduced, result.replay_error, result.tolerance, result.steps, result.diagnosis)}")
+        check = selfcheck(result.reproduced, result.replay_error, result.tolerance, result.steps,
+                          result.diagnosis)
+        typer.echo(f"{result.run} spike {spike}: {check}")
         for c in result.changes:
             typer.echo("  " + sentence(c.change, c.peak_ratio, c.recorded_peak_ratio, c.spike_gone,
                                        c.recover_steps))

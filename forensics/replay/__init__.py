@@ -2,10 +2,13 @@
 (`build_optimizer`, class resolved only among torch.optim's own), a snapshot's state put back
 into a model and optimizer (`restore`), and a spike's window (`spike_window`).
 
+The counterfactual layer (`forensics.whatif`) and a keyframe recorder build on these.
+
 Example (re-run the steps after a snapshot; a keyframe recorder does the same between keyframes):
-    >>> opt = restore(model, run.snapshot(t0).load(), resolve_optimizer_class(cls_path))  # doctest: +SKIP
-    >>> outs = replay_steps(model, opt, loss_fn, ("x", "y"), [StepInput(t, batch_t, groups_t), ...])  # doctest: +SKIP The counterfactual layer (`forensics.whatif`) and a keyframe recorder build
-on these."""
+    >>> opt = restore(model, run.snapshot(t0).load(), resolve_optimizer_class(path))  # doctest: +SKIP
+    >>> steps = [StepInput(t, batch_t, groups_t), ...]                               # doctest: +SKIP
+    >>> outs = replay_steps(model, opt, loss_fn, ("x", "y"), steps)                  # doctest: +SKIP
+"""
 
 from forensics.replay.optimizer import (
            build_optimizer,

@@ -8,7 +8,6 @@ A custom optimizer needs `allow_import=True` (the user's consent) or a live clas
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -86,7 +85,7 @@ def set_hparams(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(f"{len(groups)} recorded param groups for an optimizer with "
                          f"{len(optimizer.param_groups)}")
-    for live, rec in zip(optimizer.param_groups, groups):
+    for live, rec in zip(optimizer.param_groups, groups, strict=True):
         for k, v in hparams(rec).items():
             if isinstance(live.get(k), torch.Tensor):  # e.g. a tensor lr: keep its kind
                 live[k].fill_(v)
@@ -95,7 +94,8 @@ def set_hparams(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
 
 
 def build_optimizer(cls: type, named: dict[str, torch.nn.Parameter], groups: list[dict],
-                    state: dict[str, dict[str, torch.Tensor]], optimizer_step: int | None) -> torch.optim.Optimizer:
+                    state: dict[str, dict[str, torch.Tensor]],
+                    optimizer_step: int | None) -> torch.optim.Optimizer:
     """An optimizer of class `cls` over the parameters `named` (name -> Parameter), with the
     recorded `groups` (hyperparameters + `params`: names), per-parameter `state`
     ({kind: {name: tensor}}, e.g. exp_avg, momentum_buffer) and step count, loaded through the
@@ -129,6 +129,3 @@ def build_optimizer(cls: type, named: dict[str, torch.nn.Parameter], groups: lis
     opt.load_state_dict({"state": per_param, "param_groups": saved_groups})
     return opt
 
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -39,6 +39,7 @@ def restore(model: nn.Module, snapshot, optimizer_cls: type, *, groups: list[dic
     Raises ValueError when the model and the snapshot disagree (see `load_params`, `build_optimizer`).
     """
     named = load_params(model, snapshot.params, step=snapshot.step)
-    return build_optimizer(optimizer_cls, named, groups if groups is not None else snapshot.meta["param_groups"],
+    groups = groups if groups is not None else snapshot.meta["param_groups"]
+    return build_optimizer(optimizer_cls, named, groups,
                            snapshot.state if state is None else state,
                            snapshot.meta.get("optimizer_step") if optimizer_step is None else optimizer_step)

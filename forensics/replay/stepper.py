@@ -54,7 +54,8 @@ def replay_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  keys: tuple[str, str], inputs: Iterable[StepInput], *,
                  before: Callable[[StepInput, nn.Module, torch.optim.Optimizer], dict | None] | None = None,
-                 load_state: Callable[[torch.optim.Optimizer, tuple], None] | None = None) -> list[StepOutcome]:
+                 load_state: Callable[[torch.optim.Optimizer, tuple], None] | None = None,
+                 ) -> list[StepOutcome]:
     """Re-run `inputs` in order on `model` (training mode) and `optimizer`; return one outcome each.
 
     keys: (input key, target key) of the batch: loss = loss_fn(model(batch[input]), batch[target]).

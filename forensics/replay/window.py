@@ -27,10 +27,12 @@ class Window:
 
     @property
     def start(self) -> int:
+        """The step whose snapshot the replay starts from."""
         return self.steps[0]
 
     @property
     def reaches_peak(self) -> bool:
+        """Whether the replayable steps include the spike's peak."""
         return bool(self.steps) and self.steps[-1] >= self.spike.peak
 
 

@@ -65,7 +65,8 @@ class WhatIf:
 
 
 def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "cpu",
-           allow_import: bool = False, tolerance: float = TOLERANCE, gone_ratio: float = GONE_RATIO) -> WhatIf:
+           allow_import: bool = False, tolerance: float = TOLERANCE,
+           gone_ratio: float = GONE_RATIO) -> WhatIf:
     """Replay spike `spike` of `run` (a path or an open `Run`) without a change, then with each
     of `changes` (texts like "beta2=0.95", "lr=x0.5", "skip_batch=400", or `Change`s; None: the
     hints of the spike's fired rules, which needs the run analyzed).
@@ -90,7 +91,8 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     window = spike_window(run, spike)
     notes = list(window.notes)
     if not window.reaches_peak:
-        raise ValueError(f"{run.path}: spike {spike}: the batches of the window stop at step {window.steps[-1]}, "
+        raise ValueError(f"{run.path}: spike {spike}: the batches of the window stop at step "
+                         f"{window.steps[-1]}, "
                          f"before the peak ({window.spike.peak}); {' '.join(window.notes)}")
     rules: list = []
     if changes is None:
@@ -108,10 +110,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     result = WhatIf(str(run.run_id), spike, err <= tolerance, err, tolerance, list(window.steps), metas_loss,
                     replay_losses=check.losses,
                     curve="reference" if setup.reference else "loss",
-                    criterion=(f"spike_gone: the reference loss stays below {gone_ratio:g}× the pre-onset baseline "
-                               f"from the onset on" if setup.reference else
-                               "spike_gone: the run's own detector (run.json), fed the recorded losses before "
-                               "the window and then the replayed ones, flags no spike in the window"),
+                    criterion=_criterion(setup, gone_ratio),
                     notes=setup.notes)
     if not result.reproduced:
         result.diagnosis = _diagnose(setup, check, tolerance)
@@ -142,8 +141,9 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
                                            rules[i] if i < len(rules) else None))
     result.spike_visible = any(visible)
     if not result.spike_visible:
-        result.notes.append(f"the spike is not visible on the replayed {result.curve} curve (peak ×{seen.peak_ratio:.3g} "
-                            f"< {gone_ratio:g}): no change can be judged to remove it")
+        result.notes.append(f"the spike is not visible on the replayed {result.curve} curve "
+                            f"(peak ×{seen.peak_ratio:.3g} < {gone_ratio:g}): no change can be judged to "
+                            "remove it")
     return result
 
 
@@ -177,6 +177,14 @@ def _outliers(check, notes) -> set[int]:
     return out
 
 
+def _criterion(setup, gone_ratio: float) -> str:
+    if setup.reference:
+        return (f"spike_gone: the reference loss stays below {gone_ratio:g}× the pre-onset baseline from "
+                f"the onset on")
+    return ("spike_gone: the run's own detector (run.json), fed the recorded losses before the window "
+            "and then the replayed ones, flags no spike in the window")
+
+
 def _recorded_loss(window, t) -> float:
     from forensics.rundir.snapshots import read_meta
 
@@ -207,14 +215,15 @@ def _setup(run, window, model, device, allow_import, notes):
         notes.append(f"the detector watched a probe batch, which the recording does not hold: the spike is "
                      f"measured on the reference loss, the mean loss of {len(ref)} of the window's recorded "
                      f"batches at each step's weights (a skipped or outlier batch left out)")
-    return Setup(run, window, lambda: copy.deepcopy(template), base.loss_fn, (base.input_key, base.target_key),
-                 dev, cls, reference=ref, notes=notes)
+    keys = (base.input_key, base.target_key)
+    return Setup(run, window, lambda: copy.deepcopy(template), base.loss_fn, keys, dev, cls, reference=ref,
+                 notes=notes)
 
 
 def _diagnose(setup, check, tolerance) -> str:
     """Why the no-change replay is off: where it first diverged and the inputs a replay lacks."""
     steps = check.steps
-    first = next((t for t, a, b in zip(steps, check.loss_errors, check.weight_errors)
+    first = next((t for t, a, b in zip(steps, check.loss_errors, check.weight_errors, strict=True)
                   if a > tolerance or (not math.isnan(b) and b > tolerance)), steps[0])
     i = steps.index(first)
     what = (f"the loss of step {first} is off by {check.loss_errors[i]:.3g} (relative)"

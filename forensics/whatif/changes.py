@@ -28,6 +28,7 @@ class Edit:
     hold: bool = False  # keep the value of the first replayed step (`lr=hold`: no schedule)
 
     def text(self) -> str:
+        """How the edit is written (`lr=x0.5`, `skip_batch=400`, `lr=hold`)."""
         if self.hold:
             return f"{self.name}=hold"
         if self.name == "restore_optimizer":
@@ -45,19 +46,23 @@ class Change:
 
     @property
     def text(self) -> str:
+        """How the change is written: its edits joined by `+` ("none" for no edit)."""
         return "+".join(e.text() for e in self.edits) or "none"
 
     @property
     def skips(self) -> set[int]:
+        """The steps whose batch is skipped."""
         return {int(e.value) for e in self.edits if e.name == "skip_batch"}
 
     @property
     def clip(self) -> float | None:
+        """The max-norm to clip to (the last `clip=` edit), or None."""
         found = [e.value for e in self.edits if e.name == "clip"]
         return found[-1] if found else None
 
     @property
     def restores_optimizer(self) -> bool:
+        """Whether the change keeps the optimizer state where the recording reset it."""
         return any(e.name == "restore_optimizer" for e in self.edits)
 
     def apply_groups(self, groups: list[dict], first: list[dict] | None = None) -> list[dict]:
@@ -111,7 +116,8 @@ def parse_change(text: str) -> Change:
             continue
         if name not in HPARAMS and name not in OTHER:
             raise ChangeError(f"unknown change {part!r}: use one of {', '.join([*HPARAMS, *OTHER])} "
-                              f"(e.g. beta2=0.95, lr=x0.5, lr=hold, eps=1e-6, clip=1.0, skip_batch=400, restore_optimizer)")
+                              "(e.g. beta2=0.95, lr=x0.5, lr=hold, eps=1e-6, clip=1.0, skip_batch=400, "
+                              "restore_optimizer)")
         if not eq or not raw.strip():
             raise ChangeError(f"change {part!r} needs a value: {name}=VALUE")
         raw = raw.strip()

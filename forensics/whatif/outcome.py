@@ -28,7 +28,8 @@ class Outcome:
 def baseline(steps: list[int], curve: list[float | None], onset: int) -> float:
     """Median of the curve over the steps before the onset (its value at the first step when the
     window starts at the onset). Raises ValueError when there is no finite value to use."""
-    before = [v for t, v in zip(steps, curve) if t < onset and v is not None and math.isfinite(v)]
+    before = [v for t, v in zip(steps, curve, strict=True)
+              if t < onset and v is not None and math.isfinite(v)]
     if not before:
         before = [v for v in curve[:1] if v is not None and math.isfinite(v)]
     if not before:
@@ -39,7 +40,7 @@ def baseline(steps: list[int], curve: list[float | None], onset: int) -> float:
 def outcome(steps: list[int], curve: list[float | None], onset: int, base: float,
             gone_ratio: float = GONE_RATIO) -> Outcome:
     """The outcome of one curve (one value per step; None where the step was skipped)."""
-    after = [(t, v) for t, v in zip(steps, curve) if t >= onset and v is not None]
+    after = [(t, v) for t, v in zip(steps, curve, strict=True) if t >= onset and v is not None]
     if not after:
         return Outcome(math.nan, False, None)
     ratios = [(t, v / base if math.isfinite(v) else math.inf) for t, v in after]
@@ -58,10 +59,11 @@ class DetectorJudge:
         from forensics.record.detector import SpikeDetector
 
         det = SpikeDetector(config)
-        for t, v in zip(*history):
+        for t, v in zip(*history, strict=True):
             if t < start:
                 det.update(int(t), None if v is None else float(v))
-        self.state, self.config, self.start, self.onset = copy.deepcopy(det.state_dict()), config, start, onset
+        self.state = copy.deepcopy(det.state_dict())
+        self.config, self.start, self.onset = config, start, onset
 
     def __call__(self, steps: list[int], curve: list[float | None], base: float) -> Outcome:
         """The outcome of `curve` (a skipped step, None, is not fed: the loop never saw it). The spike
@@ -73,7 +75,7 @@ class DetectorJudge:
         det = SpikeDetector(self.config)
         det.load_state_dict(copy.deepcopy(self.state))
         events = []
-        for t, v in zip(steps, curve):
+        for t, v in zip(steps, curve, strict=True):
             if v is not None:
                 events += [e for e in det.update(int(t), v) if e["type"] == "spike"]
         events += det.finish()

@@ -28,6 +28,7 @@ def change_words(change: str) -> str:
 
 
 def ratio(x) -> str:
+    """A peak ratio as text: ×5.2, ×∞ (non-finite), ? when unknown."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "?"
     return "×∞ (non-finite)" if math.isinf(x) else f"×{x:.3g}"
@@ -45,14 +46,17 @@ def sentence(change: str, peak_ratio, recorded_peak_ratio, spike_gone, recover_s
         return (f"{head}: cannot judge, the spike is not visible on the replayed curve (recorded peak "
                 f"{ratio(recorded_peak_ratio)}, with the change {ratio(peak_ratio)})")
     if spike_gone:
-        return f"{head} the spike does not occur: peak {ratio(peak_ratio)} instead of {ratio(recorded_peak_ratio)}"
+        return (f"{head} the spike does not occur: peak {ratio(peak_ratio)} instead of "
+                f"{ratio(recorded_peak_ratio)}")
     rec = ("never recovers in the window" if recover_steps is None
            else f"back below the criterion {recover_steps} steps after the onset")
-    return (f"{head} the spike still occurs: peak {ratio(peak_ratio)} instead of {ratio(recorded_peak_ratio)}, "
+    return (f"{head} the spike still occurs: peak {ratio(peak_ratio)} instead of "
+            f"{ratio(recorded_peak_ratio)}, "
             f"{rec}")
 
 
-def selfcheck(reproduced: bool, replay_error: float, tolerance: float, steps: list, diagnosis: str = "") -> str:
+def selfcheck(reproduced: bool, replay_error: float, tolerance: float, steps: list,
+              diagnosis: str = "") -> str:
     """The self-check's line."""
     span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
     if reproduced:

@@ -76,7 +76,7 @@ def recorded_clip(run: Run, window: Window, notes: list[str]) -> float | None:
     if not clipped:
         return None
     table = run.steps.select(["step", "grad_norm"]).to_pydict()
-    norms = dict(zip(table["step"], table["grad_norm"]))
+    norms = dict(zip(table["step"], table["grad_norm"], strict=True))
     vals = [norms[t] for t in clipped if norms.get(t) is not None and math.isfinite(norms[t])]
     if not vals:
         raise ValueError("the run clipped gradients but recorded no finite grad_norm on clipped steps: "
@@ -170,7 +170,8 @@ def replay(setup: Setup, change: Change, *, check: bool = False) -> Trace:
                         t in change.skips, resets.get(t)) for t in w.steps]
     unknown = change.skips - set(w.steps)
     if unknown:
-        raise ChangeError(f"skip_batch={min(unknown)}: step not in the replayed window {w.start}..{w.steps[-1]}")
+        raise ChangeError(f"skip_batch={min(unknown)}: step not in the replayed window "
+                          f"{w.start}..{w.steps[-1]}")
     ref_batches = {t: batches[t] for t in setup.reference}
     x_key, y_key = setup.keys
 
@@ -190,7 +191,8 @@ def replay(setup: Setup, change: Change, *, check: bool = False) -> Trace:
         fresh = build_optimizer(setup.optimizer_cls, named, change.apply_groups(groups, first), state, count)
         optimizer.load_state_dict(fresh.state_dict())
 
-    outcomes = replay_steps(model, opt, setup.loss_fn, setup.keys, inputs, before=before, load_state=load_state)
+    outcomes = replay_steps(model, opt, setup.loss_fn, setup.keys, inputs, before=before,
+                            load_state=load_state)
     trace = Trace(change, list(w.steps), [None if o.skipped else o.loss for o in outcomes],
                   [o.extra["per_batch"] for o in outcomes] if ref_batches else None,
                   grad_norms=[o.grad_norm for o in outcomes])
