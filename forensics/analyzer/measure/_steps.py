@@ -1,0 +1,53 @@
+"""Reading the recorded per-step scalars (`steps/`) around a spike, for the engines that
+measure from them (`WITHOUT_SNAPSHOTS`): one column as float arrays, nulls as NaN."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+LOOKBACK = 256  # steps before onset an engine reads (rules look back at most this far)
+TAIL = 16  # steps after the spike's end (or peak, while it is open)
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # run -> {column: arrays}
+
+
+def _whole(run, name: str):
+    """(steps, values) of a whole column, converted once per run and column."""
+    cached = _CACHE.setdefault(run, {})
+    if name not in cached:
+        table = run.steps
+        if table is None or table.num_rows == 0 or name not in table.column_names:
+            cached[name] = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        else:
+            steps = np.asarray(table.column("step").to_numpy(zero_copy_only=False), dtype=np.int64)
+            raw = table.column(name).to_pylist()
+            cached[name] = (steps, np.array([np.nan if v is None else float(v) for v in raw], dtype=float))
+    return cached[name]
+
+
+def column(run, name: str, lo: int | None = None, hi: int | None = None):
+    """(steps int64, values float64) of the `steps/` column `name` with lo <= step <= hi
+    (None: unbounded), sorted by step; nulls are NaN. Both empty when the run recorded no
+    steps or not that column (an older or partial run)."""
+    steps, values = _whole(run, name)
+    keep = np.ones(len(steps), dtype=bool)
+    if lo is not None:
+        keep &= steps >= lo
+    if hi is not None:
+        keep &= steps <= hi
+    return steps[keep], values[keep]
+
+
+def first_step(run) -> int | None:
+    """The first step `steps/` recorded (the run's start, 0 for a fresh recorder), or None."""
+    steps, _ = column(run, "step")
+    return int(steps.min()) if steps.size else None
+
+
+def spike_range(ctx) -> tuple[int, int]:
+    """The steps an engine reads for one spike: LOOKBACK before onset to TAIL after its end."""
+    stop = ctx.end if ctx.end is not None else ctx.peak
+    return ctx.onset - LOOKBACK, max(stop, ctx.onset) + TAIL
