@@ -7,6 +7,7 @@ nothing it does not need:
     open_run   rundir.reader    - reads a run directory (manifest, steps, spikes, snapshots)
     analyze    analyzer.pipeline - attributes each spike to its mechanism, with evidence
     connect    catalog.views    - DuckDB views over one or many runs
+    whatif     whatif.api       - replays a spike with a change (counterfactual), after a self-check
 """
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ _LAZY = {
     "open_run": ("forensics.rundir.reader", "open_run"),
     "analyze": ("forensics.analyzer.pipeline", "analyze"),
     "connect": ("forensics.catalog.views", "connect"),
+    "whatif": ("forensics.whatif.api", "whatif"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -98,6 +98,8 @@ class Mechanism:
         yield to them, None leaves it to the scores. `tie_break_note` says so in words.
     false_alarms: how often it fired on the project's clean runs, as measured (docs);
         empty when not measured yet.
+    counterfactuals: the hint as changes `forensics whatif` can replay (docs/whatif.md), e.g.
+        ("beta2=0.95", "eps=x1000"); `skip_batch=onset` names the spike's onset step.
 
     Raises ValueError naming the spec when a field is missing or malformed (no panel, a
     threshold without a source, a role or badge colour that does not exist, ...).
@@ -118,6 +120,7 @@ class Mechanism:
     tie_break: Callable[[Any], bool | None] | None = None
     tie_break_note: str = ""
     false_alarms: str = ""
+    counterfactuals: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = [why for broken, why in self._checks() if broken]

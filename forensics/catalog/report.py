@@ -21,8 +21,9 @@ def collect(catalog) -> list[dict]:
     Keys: run, run_path, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss,
     magnitude, source, analyzed, verdict, verdict_score, verdict_message, findings (each:
     mechanism, status, score, primary, message, hint, reason, evidence, thresholds; the last
-    two parsed from JSON). Non-finite numbers become the strings "nan" / "inf" / "-inf",
-    as in the analyzer's evidence, so the result is strict JSON.
+    two parsed from JSON), whatif (the stored `forensics whatif` rows of the spike). Non-finite
+    numbers become the strings "nan" / "inf" / "-inf", as in the analyzer's evidence, so the
+    result is strict JSON.
     """
     from forensics.catalog.views import query
 
@@ -41,6 +42,12 @@ def collect(catalog) -> list[dict]:
             "hint": f["hint"] or "", "reason": f["reason"] or "",
             "evidence": _parse(f["evidence"]), "thresholds": _parse(f["thresholds"]),
         })
+    whatifs: dict[tuple[str, int], list[dict]] = {}
+    sql = ("SELECT run_id, spike_id, change, reproduced, replay_error, peak_ratio, recorded_peak_ratio, "
+           "spike_gone, recover_steps, diagnosis FROM whatif")
+    for w in query(catalog, sql).to_pylist():
+        whatifs.setdefault((w.pop("run_id"), w.pop("spike_id")), []).append(
+            {k: jsonsafe(v) for k, v in w.items()})
     out = []
     for s in sorted(spikes, key=lambda s: (order.get(s["run_id"], 0), s["onset_step"] or 0,
                                            s["spike_id"] or 0)):
@@ -53,7 +60,7 @@ def collect(catalog) -> list[dict]:
             "magnitude": jsonsafe(s["magnitude"]), "source": s["source"],
             "analyzed": bool(s["analyzed"]), "verdict": s["verdict"],
             "verdict_score": jsonsafe(s["verdict_score"]), "verdict_message": s["verdict_message"],
-            "findings": fs,
+            "findings": fs, "whatif": whatifs.get((s["run_id"], s["spike_id"]), []),
         })
     return out
 
@@ -79,6 +86,7 @@ def render_text(spikes: list[dict], runs=(), *, hints: bool = True) -> list[str]
         for s in by_run[run]:
             lines.append(_header(s))
             lines.extend(_finding_lines(s, width, hints))
+            lines.extend(_whatif_lines(s, width))
     return lines
 
 
@@ -90,6 +98,27 @@ def _finding_lines(s: dict, width: int, hints: bool) -> list[str]:
         if hints and f["status"] == "fired" and f["hint"]:
             lines.append(f"  {'':<{len(where)}}  {'':<{width}}  {'hint':<12}  {_flat(f['hint'])}")
     return lines
+
+
+def _whatif_lines(s: dict, width: int) -> list[str]:
+    """`forensics whatif` results stored for the spike: the self-check when it failed, else one
+    sentence per counterfactual (forensics.whatif.text)."""
+    from forensics.whatif.text import sentence
+
+    lines, where = [], f"{s['run']}:{s['onset_step']}"
+    for w in s.get("whatif", []):
+        if w["change"] == "none":
+            if not w["reproduced"]:
+                lines.append(f"  {where}  {'what if':<{width}}  {'':<12}  {_flat(w['diagnosis'])}")
+            continue
+        text = sentence(w["change"], _float(w["peak_ratio"]), _float(w["recorded_peak_ratio"]),
+                        w["spike_gone"], w["recover_steps"])
+        lines.append(f"  {where}  {'what if':<{width}}  {'replayed':<12}  {text}")
+    return lines
+
+
+def _float(v):
+    return float(v) if isinstance(v, str) else v
 
 
 def summary(spikes: list[dict], num_runs: int, num_skipped: int = 0) -> str:

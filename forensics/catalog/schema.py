@@ -6,6 +6,7 @@ column a file lacks reads as NULL); columns a newer writer added are kept after 
 
 from __future__ import annotations
 
+from forensics.rundir.analysis import EXTRA_TABLES
 from forensics.rundir.format import ANALYSIS_TABLES
 
 # view -> [(column, DuckDB type, meaning)]
@@ -57,6 +58,7 @@ VIEWS: dict[str, list[tuple[str, str, str]]] = {
     "spikes": ANALYSIS_TABLES["spikes"],
     "measurements": ANALYSIS_TABLES["measurements"],
     "findings": ANALYSIS_TABLES["findings"],
+    "whatif": EXTRA_TABLES["whatif"],
     "snapshots": [
         ("run_id", "VARCHAR", "the run"),
         ("step", "BIGINT", "step t: state before update t"),

@@ -1,6 +1,6 @@
 """DuckDB views over the files of one run, many runs or a folder of runs: `connect(paths)`.
 
-Views: `runs`, `steps`, `spikes`, `measurements`, `findings`, `snapshots`, `events`, with the
+Views: `runs`, `steps`, `spikes`, `measurements`, `findings`, `snapshots`, `events`, `whatif`, with the
 columns of `forensics/catalog/schema.py` (docs/sql.md). Every row carries the `run_id` of its
 run.json, so one query joins across runs. The Parquet and JSON files stay the source of
 truth: the views read them at query time over absolute paths, in an in-memory database
@@ -30,7 +30,7 @@ from forensics.catalog.facts import check_facts, create_run_table
 from forensics.catalog.schema import VIEWS, empty_select, projection
 from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, STEPS_DIR
 
-VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots", "events")
+VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots", "events", "whatif")
 
 
 @dataclass
@@ -195,6 +195,7 @@ def _create_views(con, runs: list[RunEntry]) -> None:
                     f"FROM read_parquet({_lit(r.path / ANALYSIS_DIR / f'{table}.parquet')})"
                     for r in runs if table in r.analysis_columns]
         con.execute(f"CREATE VIEW {table} AS {_union(table, branches)}")
+    con.execute(f"CREATE VIEW whatif AS {_union('whatif', _whatif_branches(runs))}")
 
     raw = [f"SELECT {_lit(r.run_id)} AS run_id, json AS event "
            f"FROM read_json_objects({_lit(r.path / EVENTS_FILE)}, format = 'newline_delimited', "
@@ -255,6 +256,27 @@ _ONLINE_SPIKES = f"""
            END AS magnitude, {_SPIKE_TAIL}
     FROM (SELECT *, type = 'spike' AS closed FROM events WHERE type IN ('spike', 'spike_open'))
     QUALIFY row_number() OVER (PARTITION BY run_id, spike_id ORDER BY closed DESC) = 1"""
+
+
+def _whatif_branches(runs: list[RunEntry]) -> list[str]:
+    """One SELECT per run with an analysis/whatif.parquet (written by `forensics whatif`)."""
+    from forensics.catalog.discover import _parquet_facts
+    from forensics.rundir.analysis import analysis_files
+    from forensics.rundir.format import RunFormatError
+
+    out = []
+    for r in runs:
+        try:
+            path = analysis_files(r.path)[1].get("whatif")
+            if path is None:
+                continue
+            _, columns, types, _ = _parquet_facts([path])
+        except RunFormatError as e:
+            r.notes.append(f"analysis/whatif.parquet skipped ({e}): its whatif rows are empty")
+            continue
+        out.append(f"SELECT {_lit(r.run_id)} AS run_id, {projection('whatif', columns, types)} "
+                   f"FROM read_parquet({_lit(path)})")
+    return out
 
 
 def _lock(con, runs: list[RunEntry]) -> None:

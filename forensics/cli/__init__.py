@@ -5,7 +5,7 @@ writes) ends with one line on stderr and exit code 2, never a traceback. Heavy i
 (torch, the analyzer) happen inside the commands that need them.
 """
 
-from forensics.cli import queries, runs  # noqa: F401  (each module registers its commands on `app`)
+from forensics.cli import queries, runs, whatif  # noqa: F401  (each module registers its commands on `app`)
 from forensics.cli.common import app
 
 __all__ = ["app", "main"]

@@ -157,4 +157,5 @@ SPEC = Mechanism(
                Decay("v decays like β₂^t", "v_sum", "Σv (second moment)", run_field="beta2",
                      reference="Σv₀·β₂^(t−{t0}), β₂ = {factor:g}", y_title="Σv (log)",
                      rate_metric="v_decay_vs_beta2", rate=" (rate {rate:.2f}× β₂'s)"))),
+    counterfactuals=("beta2=0.95", "eps=x1000"),
 )

@@ -140,4 +140,5 @@ SPEC = Mechanism(
                Lines("lr against the critical lr 2/λ_max(JᵀH_outJ)",
                      {"lr_over_eta_crit": "η / η_crit"}, y_title="η / η_crit",
                      limits=(Limit("1 (critical lr)", 1.0),))),),
+    counterfactuals=("lr=x0.5",),
 )

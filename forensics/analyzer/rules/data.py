@@ -136,4 +136,5 @@ SPEC = Mechanism(
                 y_title="loss at onset weights",
                 limits=(Limit(f"{T.min_ratio:g}× the others", metric="neighbor_loss_median",
                               scale=T.min_ratio),)),),
+    counterfactuals=("skip_batch=onset",),
 )

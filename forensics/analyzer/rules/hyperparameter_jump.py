@@ -134,4 +134,5 @@ SPEC = Mechanism(
                  "and adam_control as a pretend onset (tests/test_everyday_rules_planted.py)",
     panel=(Lines("learning rate over the window", {"lr_recorded": "lr (param group 0)"},
                  y_title="lr (log)", log_y=True),),
+    counterfactuals=("lr=hold",),
 )

@@ -87,4 +87,5 @@ SPEC = Mechanism(
                   {"nonfinite_loss": "loss", "nonfinite_grad": "gradients",
                    "nonfinite_param": "weights", "nonfinite_state": "optimizer state"},
                   all_zero="every snapshot of this spike is finite (0 non-finite values)"),),
+    counterfactuals=("lr=x0.1", "lr=hold+clip=0.1"),
 )

@@ -184,4 +184,5 @@ SPEC = Mechanism(
            Row(Lines("the optimizer's step counter", {"step_counter": "step counter"},
                      y_title="count"),
                Lines("learning rate", {"lr_recorded": "lr (param group 0)"}, y_title="lr"))),
+    counterfactuals=("restore_optimizer",),
 )

@@ -125,4 +125,5 @@ SPEC = Mechanism(
                  y_title="η × curvature",
                  limits=(Limit("2 (GD)", 2.0, "limit_gd"),
                          Limit("{value:g} = 2+2β (momentum)", metric="limit_momentum"))),),
+    counterfactuals=("lr=x0.5", "clip=1.0"),
 )

@@ -87,4 +87,5 @@ SPEC = Mechanism(
                  y_title="samples", from_first=True,
                  limits=(Limit("usual (median)", metric="batch_rows_usual"),
                          Limit(f"{T.max_share:g}× usual", metric="batch_rows_usual", scale=T.max_share))),),
+    counterfactuals=("skip_batch=onset",),
 )

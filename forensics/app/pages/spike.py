@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from forensics.analyzer.mechanisms import NOT_ANALYZED, UNEXPLAINED
-from forensics.app import charts, data, panels, ui
+from forensics.app import charts, data, panels, ui, whatif_panel
 
 STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
@@ -85,6 +85,7 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
     win = ctx.steps[(ctx.steps["step"] >= lo) & (ctx.steps["step"] <= hi)]
     if len(win):
         ui.show_chart(charts.loss_window(win, spike, snapshot_steps=snap_steps))
+    whatif_panel.show(root, run["run_id"], spike["spike_id"], run.get("path", "RUN"))
 
     found = data.findings(root, run["run_id"], spike["spike_id"])
     if not len(found):

@@ -1,0 +1,39 @@
+"""The default counterfactuals of a spike: the changes its fired rules' specs declare
+(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps."""
+
+from __future__ import annotations
+
+from forensics.rundir.reader import Run, Spike
+
+
+def fired_rules(run: Run, spike_id: int) -> list[str]:
+    """The rules that fired on spike `spike_id` in analysis/findings.parquet, the verdict first.
+
+    Raises ValueError when the run has not been analyzed."""
+    import pyarrow.parquet as pq
+
+    from forensics.rundir.analysis import analysis_files
+
+    meta, files = analysis_files(run.path)
+    if meta is None or "findings" not in files:
+        raise ValueError(f"{run.path}: not analyzed, so no rule has fired to take hints from: run "
+                         f"`forensics analyze {run.path}` first, or name the changes with --change")
+    rows = pq.read_table(files["findings"]).to_pylist()
+    rows = [r for r in rows if r["spike_id"] == spike_id and r["status"] == "fired"]
+    rows.sort(key=lambda r: (not r.get("primary"), -(r.get("score") or 0)))
+    return [r["rule"] for r in rows]
+
+
+def default_changes(run: Run, spike: Spike) -> tuple[list[str], list[str]]:
+    """(change texts, rules they come from) for `spike`; empty when no fired rule declares any."""
+    from forensics.analyzer.rules import SPECS
+
+    texts, rules = [], []
+    for rule in fired_rules(run, spike.spike_id):
+        spec = SPECS.get(rule)
+        for text in getattr(spec, "counterfactuals", ()) or ():
+            text = text.replace("=onset", f"={spike.onset}").replace("=peak", f"={spike.peak}")
+            if text not in texts:
+                texts.append(text)
+                rules.append(rule)
+    return texts, rules
