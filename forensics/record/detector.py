@@ -15,8 +15,8 @@ preset's rule over the trailing window (forensics.record.presets).
 Episodes: a spike's sub-peak ends at the first value back to normal (below `close_ratio` x the
 baseline frozen at onset, or within `close_z` spreads of the frozen window; with signal="both" the
 other channel back too), or after `max_len` steps. The episode then stays open for `merge_gap`
-steps: a value not back to normal inside that recovery window is a re-trigger (ringing, an echo)
-and a new sub-peak of the same episode. The episode's `spike` event is written when the recovery
+steps: a value inside that recovery window that would open a spike (the same rule, against the
+window as it is then) is a re-trigger (ringing, an echo) and a new sub-peak of the same episode. The episode's `spike` event is written when the recovery
 window has passed, with `end` = the first step back to normal after the last sub-peak and
 `sub_peaks` = [[step, value], ...] of each sub-peak's highest value.
 """
@@ -159,7 +159,7 @@ class SpikeDetector:
         if sp["recovered_at"] is not None:
             if step - sp["recovered_at"] >= self.config.merge_gap:
                 return [self._close(sp["recovered_at"])] + self._update_closed(step, vals)
-            if v is not None and not (_finite(v) and v < sp["close_level"] and self._others_back(sp, vals)):
+            if v is not None and (not _finite(v) or self._would_open(sp["signal"], v)):
                 sp["recovered_at"], sp["sub_onset"], sp["cur"] = None, step, [step, v]
                 self._track(sp, step, v)
                 return [{"type": "spike_reopen", "spike_id": sp["spike_id"], "step": step, "loss": v,
@@ -180,6 +180,14 @@ class SpikeDetector:
             sp["sub_peaks"].append(list(sp["cur"]))
             return [self._close(step)]
         return []
+
+    def _would_open(self, name: str, v: float) -> bool:
+        """Whether finite v would open a spike on channel `name` now (a re-trigger in a recovery window)."""
+        ch = self.channels[name]
+        if ch.ready():
+            return ch.check(v)[0]
+        w = self.warm[name]
+        return bool(self.config.warmup_ratio and w["ref"]) and v > self._warm_levels(w)[1]
 
     @staticmethod
     def _others_back(sp: dict, vals: dict) -> bool:

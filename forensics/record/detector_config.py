@@ -52,7 +52,7 @@ class DetectorConfig:
     close_z: float = 3.0
     mad_floor: float = 0.01
     warmup_ratio: float = 10.0
-    merge_gap: int = 50
+    merge_gap: int = 25
 
     def __post_init__(self):
         if self.preset not in PRESET_DEFAULTS:

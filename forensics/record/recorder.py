@@ -20,20 +20,24 @@ from pathlib import Path
 import torch
 
 from forensics.record.capture import SnapshotPolicy
-from forensics.record.detector import DetectorConfig, SpikeDetector
+from forensics.record.config import RecorderConfig
+from forensics.record.detector import SpikeDetector
 from forensics.record.guard import prepare_run_dir
-from forensics.record.inputs import batch_key_map, check_counts, flatten_batch, loss_spec, unwrap_model
+from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.optim import (
     class_path, discover_state_kinds, group_hparams, is_adam, optimizer_step, state_kinds, state_tensors,
 )
 from forensics.record.order import BackwardCounter, CapturedStep
 from forensics.record.ring import Ring
-from forensics.record.scalars import Probe, StepScalars
-from forensics.record.sink import MAX_PENDING_ROWS, RunSink
+from forensics.record.objective import Objective
+from forensics.record.resume import resume_point
+from forensics.record.scalars import StepScalars
+from forensics.record.sink import RunSink
 from forensics.record.status import WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
-from forensics.rundir.manifest import build_manifest, param_names, write_manifest
+from forensics.rundir.manifest import build_manifest, load_manifest, param_names, write_manifest
+from forensics.rundir.spikes import spikes_from_events
 
 log = logging.getLogger("forensics.record")
 
@@ -50,57 +54,57 @@ class Recorder:
     rows are flushed when the recorder is garbage-collected or the interpreter exits.
     """
 
-    def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir, *,
-        model_factory: str | None = None, model_kwargs: dict | None = None, loss="mse",
-        batch_keys=("x", "y"), detector="robust", ring_size: int = 8, stride: int = 1, tail: int = 16,
-        baseline_every: int = 500, max_spikes: int = 20, max_bytes: int = 2 * 1024**3, probe=None,
-        probe_every: int = 10, task: dict | None = None, seed: int | None = None, run_id: str | None = None,
-        strict: bool = False, steps_chunk: int = 256, overwrite: bool = False,
-        max_pending_rows: int = MAX_PENDING_ROWS,
-    ):
-        check_counts(ring_size=(ring_size, 1), stride=(stride, 1), tail=(tail, 0), baseline_every=(baseline_every, 0),
-                     max_spikes=(max_spikes, 0), max_bytes=(max_bytes, 0), probe_every=(probe_every, 1),
-                     steps_chunk=(steps_chunk, 1), max_pending_rows=(max_pending_rows, 1))
-        keys = batch_key_map(batch_keys)
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir,
+                 config: RecorderConfig | None = None, **options):
+        cfg = (config or RecorderConfig()).with_options(**options)
+        self.config = cfg
+        keys = batch_key_map(cfg.batch_keys)
         model = unwrap_model(model)
-        self.model, self.optimizer, self.strict = model, optimizer, strict
-        self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(loss), keys
-        self.detector = SpikeDetector(DetectorConfig.coerce(detector))
-        if self.detector.config.signal != "loss" and probe is None:
-            raise ValueError(f"detector watches {self.detector.config.signal!r} but no probe batch was given")
-        self.probe = None if probe is None else Probe(model, flatten_batch(probe)[0], keys, self.loss_spec,
-                                                      None if isinstance(loss, str) else loss)
-        prepare_run_dir(self.run_dir, overwrite)
-        self.run_id = run_id or self.run_dir.resolve().name
-        self.ring_size, self.stride, self.probe_every = ring_size, stride, probe_every
+        self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
+        self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(cfg.loss), keys
+        self.detector = SpikeDetector(cfg.detector_config)
+        resuming = prepare_run_dir(self.run_dir, cfg.overwrite, cfg.resume)
+        point = resume_point(self.run_dir, cfg.start_step) if resuming else None
+        self.ring_size, self.stride, self.probe_every = cfg.ring_size, cfg.stride, cfg.probe_every
         named, _ = param_names(model)
         self._params = [p for _, p in named]
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
-        self.manifest = build_manifest(
-            model, optimizer, run_id=self.run_id, model_factory=model_factory, model_kwargs=model_kwargs,
-            loss=self.loss_spec, batch_keys=keys, detector=self.detector.config.to_dict(),
-            recorder={"ring_size": ring_size, "stride": stride, "tail": tail, "baseline_every": baseline_every,
-                      "max_spikes": max_spikes, "max_bytes": max_bytes, "probe_every": probe_every,
-                      "probe": self.probe is not None, "steps_chunk": steps_chunk},
-            task=task, seed=seed)
-        write_manifest(self.run_dir, self.manifest)
+        self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
+        if resuming:
+            self.manifest = load_manifest(self.run_dir).to_dict()
+            self.run_id = cfg.run_id or self.manifest.get("run_id") or self.run_dir.resolve().name
+            self.objective.restore()
+        else:
+            self.run_id = cfg.run_id or self.run_dir.resolve().name
+            self.manifest = build_manifest(
+                model, optimizer, run_id=self.run_id, model_factory=cfg.model_factory, model_kwargs=cfg.model_kwargs,
+                loss=self.loss_spec, batch_keys=keys, detector=self.detector.config.to_dict(),
+                recorder=cfg.manifest_entry(self.objective.kind), task=cfg.task, seed=cfg.seed)
+            write_manifest(self.run_dir, self.manifest)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
-        self._sink = RunSink(self.run_dir, steps_chunk=steps_chunk, max_pending_rows=max_pending_rows)
+        self._sink = RunSink(self.run_dir, steps_chunk=cfg.steps_chunk, max_pending_rows=cfg.max_pending_rows,
+                             first_chunk=point.next_chunk if point else 0, state_fn=_weak_state(self))
         self._finalizer = weakref.finalize(self, finish_unclosed, self._sink)  # holds the sink, not self
         self._closed = False
-        self._step = 0  # index of the next optimizer step
+        self._step = point.start_step if point else 0  # index of the next optimizer step
+        self._last_committed = self._step - 1
+        self._spike_events: list[dict] = []  # the detector's events, for `spikes`
         self._warn = WarnOnce(on_first=self._log_warning)
-        self.ring = Ring([n for n, _ in named], self._params, kinds, ring_size=ring_size) if self._params else None
+        self.ring = Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.ring_size) if self._params else None
+        self.context = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.context_slots)
+                        if self._params and cfg.context_slots else None)
         self._scalars = StepScalars(self.ring, self._params, is_adam(optimizer))
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
-            self.ring, self._sink, self._warn, ring_size=ring_size, tail=tail, baseline_every=baseline_every,
-            max_spikes=max_spikes, max_bytes=max_bytes, run_id=self.run_id, optimizer=optimizer, opt_class=opt_class,
+            self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
+            baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes, run_id=self.run_id,
+            optimizer=optimizer, opt_class=opt_class, context=self.context,
             group_names=[[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
                          for g in optimizer.param_groups])
+        if point is not None:
+            self._resume_from(point)
         self._backward = BackwardCounter(self._params)
         self._t0 = time.perf_counter()
         self._updates = 0  # post-hook count
@@ -149,8 +153,9 @@ class Recorder:
 
     @property
     def spikes(self) -> list:
-        """Spikes seen so far (closed ones, plus the one still open with end=None)."""
-        return self._snaps.spikes(self.detector.open)
+        """Spike episodes seen so far in this process (closed ones, plus one still open with end=None),
+        built like a recorded run's (`forensics.rundir.spikes.spikes_from_events`)."""
+        return spikes_from_events(self._spike_events)
 
     @property
     def step(self) -> int:
@@ -179,8 +184,11 @@ class Recorder:
         try:
             if self._open is not None:
                 self._commit_missing()
+            self._sink.state_fn = None
+            self._sink.submit_state(self._state())  # before finish(): a resumed run continues an open episode
             for ev in self.detector.finish():
                 self._sink.event(ev)
+                self._spike_events.append(ev)
             slot = self._row_slot
             if slot is not None and self._snaps.enabled and self._sink.last_step() == self.ring.info[slot].step:
                 self._sink.patch_last(self.ring.info[slot].step, "update_norm", self._scalars.update_norm(slot, None))
@@ -225,12 +233,14 @@ class Recorder:
         if self._sink.stopped:
             return
         loss, batch, clipped = pending if pending is not None else (None, {}, None)
-        probe = self.probe.loss() if self.probe is not None and t % self.probe_every == 0 else None
+        probe = self.objective.value(t)
         groups = group_hparams(self.optimizer)
         opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates)
         events = self.detector.update(t, loss, probe=probe) if pending is not None else None
         slot = None
-        if self._snaps.enabled and (events is None or t % self.stride == 0 or self._snaps.must_capture(t, events)):
+        active = self.detector.current_spike_id
+        if self._snaps.enabled and (events is None or t % self.stride == 0
+                                    or self._snaps.must_capture(t, events, active)):
             if not self._known_optimizer:
                 for kind in discover_state_kinds(self.optimizer, self._params):
                     self.ring.add_kind(kind)
@@ -239,6 +249,7 @@ class Recorder:
             try:
                 slot = self.ring.capture(t, [p.grad for p in self._params],
                                          state_tensors(self.optimizer, self._params, self.ring.banks), batch, meta)
+                self._capture_context(t, batch, meta)
             except Exception as e:  # noqa: BLE001 - capture off, scalars go on
                 self._fail("ring capture", e)
         prev, self._row_slot = self._row_slot, slot
@@ -250,26 +261,63 @@ class Recorder:
             self._open, self._sink.open_row = step, row
         else:
             self._commit(step, loss)
+            self._note(self.objective.offer(t, batch))
 
     def _commit(self, step: CapturedStep, loss: float | None, batch: dict | None = None, clipped=None) -> None:
         """Step `step.t` has its loss (None: never reported): detection, its row, its snapshots."""
         events = step.events
         if events is None:
             events = self.detector.update(step.t, loss, probe=step.probe)
-            if batch is not None and step.slot is not None and self.ring.info[step.slot].step == step.t:
-                self.ring.attach(step.slot, batch, loss=loss, grad_clipped=clipped)
+            for ring in (self.ring, self.context):
+                slot = ring.find(step.t) if ring is not None and batch is not None else None
+                if slot is not None:
+                    ring.attach(slot, batch, loss=loss, grad_clipped=clipped)
+        if batch is not None:
+            self._note(self.objective.offer(step.t, batch))
         step.row["loss"] = math.nan if loss is None else loss
         step.row["spike_id"] = self.detector.current_spike_id
         self._sink.add_row(step.row)
+        self._last_committed = step.t
         for ev in events:
             self._sink.event(ev)
-        self._snaps.on_step(step.t, events, step.slot)
+            self._spike_events.append(ev)
+        self._snaps.on_step(step.t, events, step.slot, self.detector.current_spike_id)
 
     def _commit_missing(self) -> None:
         step, self._open = self._open, None
         self._warn("no-observe", "an optimizer step ran without rec.observe(loss, batch) before or after it; "
                    "that step's loss is recorded as missing")
         self._commit(step, None)
+
+    def _capture_context(self, t: int, batch: dict, meta: dict) -> None:
+        """Every context_every steps, a full state into the sparse context ring too."""
+        if self.context is None or t % self.config.context_every:
+            return
+        for kind in self.ring.banks:
+            if kind not in self.context.banks:
+                self.context.add_kind(kind)
+        self.context.capture(t, [p.grad for p in self._params],
+                             state_tensors(self.optimizer, self._params, self.context.banks), batch, meta)
+
+    def _note(self, event: dict | None) -> None:
+        if event is not None:
+            self._sink.event(event)
+
+    def _state(self) -> dict:
+        """What a resumed recorder restores (detector.json): detector and snapshot budgets."""
+        return {"step": self._last_committed, "detector": self.detector.state_dict(),
+                "snapshots": self._snaps.state_dict()}
+
+    def _resume_from(self, point) -> None:
+        """Restore the detector (persisted state, then the recorded rows it does not cover) and budgets."""
+        if point.state is not None:
+            self.detector.load_state_dict(point.state["detector"])
+        for s, v, p in point.replay:
+            self.detector.update(s, v, probe=p)
+        self._snaps.load_state_dict(point.snapshots)
+        self._snaps.capturing, self._snaps.tail_left = self.detector.current_spike_id, 0
+        self._sink.event({"type": "resume", "step": self._step, "replayed": len(point.replay),
+                          "message": f"resumed at step {self._step}; detector state restored"})
 
     # ----------------------------------------------------------------- failures and warnings
 
@@ -294,6 +342,12 @@ class Recorder:
                 self._snaps.disable()
             self._warn(kind, message if kind == "stopped" or kind not in ("snapshot", "crash")
                        else message + "; snapshot capture disabled, training continues")
+
+
+def _weak_state(rec: Recorder):
+    """rec._state for the sink without keeping the recorder alive (its finalizer flushes the sink)."""
+    ref = weakref.ref(rec)
+    return lambda: (lambda r: None if r is None else r._state())(ref())
 
 
 __all__ = ["Recorder", "RecorderWarning", "WriteStatus", "unwrap_model"]
