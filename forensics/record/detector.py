@@ -44,10 +44,11 @@ class SpikeDetector:
 
     def __init__(self, config: DetectorConfig | str | dict = "robust"):
         self.config = DetectorConfig.coerce(config)
-        names = ("loss", "probe") if self.config.signal == "both" else (self.config.signal,)
+        names = ("loss", "probe") if self.config.signal in ("both", "auto") else (self.config.signal,)
         self.channels = {n: make_channel(self.config) for n in names}
         self.next_id = 0
         self.open: dict | None = None  # the episode currently open
+        self.probe_seen = False  # signal="auto": a probe value has arrived
         self.nonfinite_latched = False  # after a NaN spike times out, wait for a finite value
         self.warm = {n: {"ref": [], "held": [], "streak": 0} for n in names}
 
@@ -64,12 +65,23 @@ class SpikeDetector:
             return self._update_open(step, vals)
         return self._update_closed(step, vals)
 
+    def _openers(self, vals: dict) -> tuple:
+        """The channels that may open a spike: signal="auto" watches the probe once it has a value
+        (the objective; the training loss then opens only above batch_ratio x its window's highest
+        value), the training loss before that; "both" either; otherwise the one signal."""
+        sig = self.config.signal
+        if sig == "auto":
+            self.probe_seen = self.probe_seen or _finite(vals["probe"])
+            return ("probe", "loss") if self.probe_seen else ("loss",)
+        return ("loss", "probe") if sig == "both" else (sig,)
+
     def _update_closed(self, step: int, vals: dict) -> list[dict]:
-        if "loss" not in self.channels and vals["loss"] is not None and not _finite(vals["loss"]):
-            if not self.nonfinite_latched:
+        openers = self._openers(vals)
+        if "loss" not in openers and vals["loss"] is not None and not _finite(vals["loss"]):
+            if not self.nonfinite_latched:  # a NaN/Inf training loss always opens a spike
                 return [self._open(step, "loss", vals["loss"], math.inf, math.nan, None, "nonfinite")]
-        for name, ch in self.channels.items():
-            v = vals[name]
+        for name in openers:
+            ch, v = self.channels[name], vals[name]
             if v is None:
                 continue
             if not _finite(v):
@@ -79,6 +91,8 @@ class SpikeDetector:
             self.nonfinite_latched = False
             if ch.ready():
                 fires, score, base = ch.check(v)
+                if fires and name == "loss" and len(openers) == 2 and self.config.signal == "auto":
+                    fires = bool(self.config.batch_ratio) and v > self.config.batch_ratio * ch.window_max()
                 if fires:
                     return [self._open(step, name, v, score, base, ch, "window")]
             elif self._warm_fires(name, v):
@@ -125,8 +139,9 @@ class SpikeDetector:
 
     def _open(self, step, signal, v, score, base, ch, rule, close=None) -> dict:
         # every watched channel must be back below its level (frozen now) for the sub-peak to end
+        openers = ("loss", "probe") if self.config.signal == "both" else (signal,)  # "auto": its own signal
         levels = {n: (ch.close_level(base) if n == signal else c.close_level(c.baseline()))
-                  for n, c in self.channels.items() if n == signal or c.ready()}
+                  for n, c in self.channels.items() if n == signal or (n in openers and c.ready())}
         if ch is None:
             levels[signal] = math.inf
         if close is not None:
@@ -217,7 +232,7 @@ class SpikeDetector:
     def state_dict(self) -> dict:
         """Everything needed to resume detection exactly (JSON-able but for NaN/Inf floats)."""
         return {"config": self.config.to_dict(), "next_id": self.next_id, "open": copy.deepcopy(self.open),
-                "nonfinite_latched": self.nonfinite_latched, "warm": copy.deepcopy(self.warm),
+                "nonfinite_latched": self.nonfinite_latched, "probe_seen": self.probe_seen, "warm": copy.deepcopy(self.warm),
                 "channels": {n: ch.state_dict() for n, ch in self.channels.items()}}
 
     def load_state_dict(self, d: dict) -> None:
@@ -231,6 +246,7 @@ class SpikeDetector:
             self.open.setdefault("cur", [self.open["peak"], self.open["peak_loss"]])
             self.open.setdefault("recovered_at", None)
         self.nonfinite_latched = d.get("nonfinite_latched", False)
+        self.probe_seen = d.get("probe_seen", False)
         for n, w in d.get("warm", {}).items():
             if n in self.warm:
                 self.warm[n] = copy.deepcopy(w)

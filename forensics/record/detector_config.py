@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-SIGNALS = ("loss", "probe", "both")
+SIGNALS = ("auto", "loss", "probe", "both")
 # preset -> defaults of the fields left None (see forensics.record.presets for each rule)
 PRESET_DEFAULTS = {
     "robust": dict(window=64, min_history=16, threshold=6.0, min_ratio=1.5, close_ratio=1.2, max_len=100),
@@ -22,7 +22,9 @@ class DetectorConfig:
     Fields:
         preset: the opening rule over the trailing window (forensics.record.presets).
         signal: the series watched: "loss" (the training loss), "probe" (the loss of a fixed probe
-            set: the objective, for minibatch training) or "both" (either opens a spike).
+            set: the objective, for minibatch training), "both" (either opens a spike) or "auto"
+            (default: the probe once it has a value, the training loss until then and without a
+            probe). A NaN/Inf training loss opens a spike whatever the signal.
         window: trailing non-spike values the rule looks at.
         min_history: values needed before the preset's rule applies; before that the warm-up rule.
         threshold: the preset's score threshold (z, ratio, ...).
@@ -39,10 +41,13 @@ class DetectorConfig:
             run whose loss legitimately rises that much above its lowest early value is flagged.
         merge_gap: an episode stays open this many steps after its recovery; a re-trigger inside
             it is a sub-peak of the same episode (ringing, echoes), not a new spike. 0: no merging.
+        batch_ratio: signal="auto" with a probe: the training loss still opens a spike when its rule
+            fires and it is above batch_ratio x the highest training loss of its window (a bad
+            batch); ordinary minibatch noise, however heavy-tailed, stays below that. 0: never.
     """
 
     preset: str = "robust"
-    signal: str = "loss"
+    signal: str = "auto"
     window: int | None = None
     min_history: int | None = None
     threshold: float | None = None
@@ -53,6 +58,7 @@ class DetectorConfig:
     mad_floor: float = 0.01
     warmup_ratio: float = 10.0
     merge_gap: int = 25
+    batch_ratio: float = 4.0
 
     def __post_init__(self):
         if self.preset not in PRESET_DEFAULTS:
@@ -64,6 +70,8 @@ class DetectorConfig:
                 setattr(self, k, v)
         if self.window < 0 or self.min_history < 1 or self.max_len < 1 or self.merge_gap < 0:
             raise ValueError(f"detector window/min_history/max_len/merge_gap out of range: {self}")
+        if self.batch_ratio < 0:
+            raise ValueError(f"detector batch_ratio must be >= 0, got {self.batch_ratio}")
         if not (self.warmup_ratio == 0 or self.warmup_ratio > 1):
             raise ValueError(f"detector warmup_ratio must be 0 (off) or > 1, got {self.warmup_ratio}")
         if self.preset != "megatron" and self.window < self.min_history:
@@ -78,7 +86,7 @@ class DetectorConfig:
         """From `to_dict`'s output; unknown keys (a newer writer's) are ignored. Runs recorded before
         the warm-up rule and episodes keep their behaviour (warmup_ratio 0, merge_gap 0)."""
         names = {f.name for f in fields(cls)}
-        old = {"warmup_ratio": 0.0, "merge_gap": 0} if d and "merge_gap" not in d else {}
+        old = {"warmup_ratio": 0.0, "merge_gap": 0, "signal": "loss"} if d and "merge_gap" not in d else {}
         return cls(**{**old, **{k: v for k, v in d.items() if k in names}})
 
     @classmethod

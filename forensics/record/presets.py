@@ -41,6 +41,8 @@ class Channel(Protocol):
     def check(self, v: float) -> tuple[bool, float, float]: ...
     def baseline(self) -> float: ...
     def close_level(self, base: float) -> float: ...
+    def ready(self) -> bool: ...
+    def window_max(self) -> float: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, d: dict) -> None: ...
 
@@ -72,7 +74,15 @@ class _Base:
         pass
 
     def ready(self) -> bool:
+        """Whether the window holds min_history values (the preset's rule applies)."""
         return self.count >= self.cfg.min_history
+
+    def window_max(self) -> float:
+        """The highest value of the window (the highest seen, for a preset without one)."""
+        if not self.values:
+            return self.max_seen
+        top = max(self.values)
+        return math.exp(top) if self.log else top
 
     def state_dict(self) -> dict:
         """JSON-able state (the window, extremes, count)."""
