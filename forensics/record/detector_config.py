@@ -56,7 +56,7 @@ class DetectorConfig:
     max_len: int | None = None
     close_z: float = 3.0
     mad_floor: float = 0.01
-    warmup_ratio: float = 10.0
+    warmup_ratio: float = 3.0
     merge_gap: int = 25
     batch_ratio: float = 4.0
 
