@@ -4,7 +4,7 @@ and nothing on controls? Prints a table and writes bench/results/detection.md.
 Truth is the full training loss (all samples of the task, computed by this harness at every step,
 outside the timed loop): a true spike opens at the first step whose full loss is above 2x the lowest
 full loss of the previous 20 steps (that reference frozen), and lasts while it stays above 2x the
-reference; spikes less than 50 steps apart are one (ringing). A reported episode matches a true spike
+reference; spikes less than 10 steps apart are one (ringing; the detector's merge_gap). A reported episode matches a true spike
 when the true peak lies in [onset - 2, end + 2] of the episode; an episode matching none is false.
 "lead/lag" is the median of (reported onset - true onset) over matched spikes (negative: earlier).
 Overhead: wall time of the recorded loop (Recorder defaults, into a temp folder) over the plain loop,
@@ -32,7 +32,7 @@ from _common import table, write_result  # noqa: E402
 import detection_cases as dc  # noqa: E402
 
 
-def true_spikes(full, ratio=2.0, lookback=20, merge=50) -> list[tuple[int, int, int]]:
+def true_spikes(full, ratio=2.0, lookback=20, merge=10) -> list[tuple[int, int, int]]:
     """(onset, peak, end) of the spikes of the full loss (module docstring); end is exclusive."""
     out, cur = [], None
     for t, v in enumerate(full):

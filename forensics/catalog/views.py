@@ -253,11 +253,11 @@ _SPIKE_TAIL = ("'online' AS source, CAST(NULL AS VARCHAR) AS verdict, "
 _ONLINE_SPIKES = f"""
     WITH marks AS (
         SELECT run_id, spike_id, type, event,
-               CASE WHEN type = 'spike' THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS at,
+               CASE WHEN type = 'spike' THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS mark_step,
                TRY_CAST(event->>(CASE WHEN type = 'spike' THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE) AS value
         FROM events WHERE type IN ('spike', 'spike_open', 'spike_reopen')),
     closed AS (
-        SELECT run_id, spike_id, at AS onset_step, TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,
+        SELECT run_id, spike_id, mark_step AS onset_step, TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,
                TRY_CAST(event->>'end' AS BIGINT) AS end_step, value AS peak_loss,
                TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
                TRY_CAST(event->>'magnitude' AS DOUBLE) AS magnitude,
@@ -266,7 +266,7 @@ _ONLINE_SPIKES = f"""
         QUALIFY row_number() OVER (PARTITION BY run_id, spike_id
                                    ORDER BY end_step IS NOT NULL DESC, sub_peaks DESC, end_step DESC) = 1),
     opened AS (
-        SELECT run_id, spike_id, min(at) AS onset_step, arg_max(at, value) AS peak_step,
+        SELECT run_id, spike_id, min(mark_step) AS onset_step, arg_max(mark_step, value) AS peak_step,
                CAST(NULL AS BIGINT) AS end_step, max(value) AS peak_loss,
                max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS baseline_loss,
                max(value) / max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS magnitude,

@@ -62,7 +62,7 @@ class RecorderConfig:
     probe: object = "auto"
     probe_every: int = 1
     probe_size: int = 256
-    probe_batches: int = 8
+    probe_batches: int = 64
     model_factory: str | None = None
     model_kwargs: dict | None = None
     task: dict | None = None

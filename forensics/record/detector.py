@@ -27,7 +27,7 @@ import copy
 import math
 
 from forensics.record.detector_config import SIGNALS, DetectorConfig
-from forensics.record.presets import make_channel
+from forensics.record.presets import RecentMin, make_channel
 
 __all__ = ["SIGNALS", "WARMUP_PERSIST", "DetectorConfig", "SpikeDetector", "detect_offline"]
 WARMUP_PERSIST = 2  # warm-up: consecutive values above the warm-up level needed to open
@@ -45,7 +45,8 @@ class SpikeDetector:
     def __init__(self, config: DetectorConfig | str | dict = "robust"):
         self.config = DetectorConfig.coerce(config)
         names = ("loss", "probe") if self.config.signal in ("both", "auto") else (self.config.signal,)
-        self.channels = {n: make_channel(self.config) for n in names}
+        self.channels = {n: (RecentMin(self.config) if n == "probe" and self.config.signal == "auto"
+                             else make_channel(self.config)) for n in names}
         self.next_id = 0
         self.open: dict | None = None  # the episode currently open
         self.probe_seen = False  # signal="auto": a probe value has arrived

@@ -44,6 +44,11 @@ class DetectorConfig:
         batch_ratio: signal="auto" with a probe: the training loss still opens a spike when its rule
             fires and it is above batch_ratio x the highest training loss of its window (a bad
             batch); ordinary minibatch noise, however heavy-tailed, stays below that. 0: never.
+        objective_ratio, objective_window: signal="auto" watches the probe (the objective) with
+            the rule of forensics.record.presets.RecentMin: a spike opens above objective_ratio x the
+            lowest of its last objective_window values, whatever the preset. 2.5 on a probe of 256
+            samples matched 2x rises of the full loss in bench/detection.py (a subset's dips are
+            deeper than the full loss's, so its ratios run ~1.2x higher).
     """
 
     preset: str = "robust"
@@ -57,8 +62,10 @@ class DetectorConfig:
     close_z: float = 3.0
     mad_floor: float = 0.01
     warmup_ratio: float = 3.0
-    merge_gap: int = 25
+    merge_gap: int = 10
     batch_ratio: float = 4.0
+    objective_ratio: float = 2.5
+    objective_window: int = 20
 
     def __post_init__(self):
         if self.preset not in PRESET_DEFAULTS:
@@ -70,6 +77,8 @@ class DetectorConfig:
                 setattr(self, k, v)
         if self.window < 0 or self.min_history < 1 or self.max_len < 1 or self.merge_gap < 0:
             raise ValueError(f"detector window/min_history/max_len/merge_gap out of range: {self}")
+        if self.objective_ratio <= 1 or self.objective_window < 1:
+            raise ValueError(f"detector objective_ratio must be > 1 and objective_window >= 1: {self}")
         if self.batch_ratio < 0:
             raise ValueError(f"detector batch_ratio must be >= 0, got {self.batch_ratio}")
         if not (self.warmup_ratio == 0 or self.warmup_ratio > 1):

@@ -249,6 +249,42 @@ class Robust(_LogRobust):
         return self._fit
 
 
+class RecentMin(_Base):
+    """The objective rule (signal="auto" watches the probe with it): a value above objective_ratio x
+    the lowest of the last objective_window values opens a spike (baseline: that lowest value), and
+    its sub-peak is over below that level again. The probe is a deterministic function of the
+    weights (a fixed sample set), so it carries no batch noise; its rises are the objective's. This
+    is the definition of a catapult spike in the full loss of small-batch SGD (loss at least doubled
+    over its recent minimum; Zhu et al. 2023, arXiv 2306.04815)."""
+
+    MIN_VALUES = 3
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.size = cfg.objective_window
+
+    def push(self, v):
+        self.count += 1
+        self.max_seen, self.min_seen = max(self.max_seen, v), min(self.min_seen, v)
+        self.values.append(v)
+        if len(self.values) > self.size:
+            self.values.popleft()
+
+    def ready(self):
+        return self.count >= self.MIN_VALUES
+
+    def check(self, v):
+        base = min(self.values)
+        score = v / base if base > 0 else 0.0
+        return score > self.cfg.objective_ratio, score, base
+
+    def baseline(self):
+        return min(self.values) if self.values else math.nan
+
+    def close_level(self, base):
+        return self.cfg.objective_ratio * base if math.isfinite(base) else math.inf
+
+
 PRESETS: dict[str, type] = {"robust": Robust, "robust_flat": RobustFlat, "zscore": ZScore, "ratio": Ratio,
                             "megatron": Megatron}
 
@@ -258,4 +294,4 @@ def make_channel(cfg) -> Channel:
     return PRESETS[cfg.preset](cfg)
 
 
-__all__ = ["PRESETS", "Channel", "make_channel"]
+__all__ = ["PRESETS", "Channel", "RecentMin", "make_channel"]
