@@ -4,7 +4,7 @@ budgets that bound them."""
 
 from __future__ import annotations
 
-from forensics.record.optim import snapshot_hparams
+from forensics.record.optim import snapshot_hparams, state_tensors
 from forensics.rundir.format import FORMAT_VERSION
 
 
@@ -126,4 +126,14 @@ class SnapshotPolicy:
                 "batch_keys": info.batch_keys}
 
 
-__all__ = ["SnapshotPolicy"]
+def capture_context(context, ring, t: int, every: int, params: list, optimizer, batch: dict, meta: dict) -> None:
+    """Every `every` steps, a full state into the sparse `context` ring too (None: no context)."""
+    if context is None or t % every:
+        return
+    for kind in ring.banks:
+        if kind not in context.banks:
+            context.add_kind(kind)
+    context.capture(t, [p.grad for p in params], state_tensors(optimizer, params, context.banks), batch, meta)
+
+
+__all__ = ["SnapshotPolicy", "capture_context"]

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import weakref
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from forensics.record.capture import SnapshotPolicy
+from forensics.record.capture import SnapshotPolicy, capture_context
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
 from forensics.record.guard import prepare_run_dir
@@ -30,19 +29,16 @@ from forensics.record.optim import (
 from forensics.record.order import BackwardCounter, CapturedStep
 from forensics.record.ring import Ring
 from forensics.record.objective import Objective
-from forensics.record.resume import resume_point
+from forensics.record.resume import STATE_FILE, open_manifest, restore, resume_point, write_state
 from forensics.record.scalars import StepScalars
 from forensics.record.sink import RunSink
-from forensics.record.status import WriteStatus, finish_unclosed
+from forensics.record.status import FailurePolicy, WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
-from forensics.rundir.manifest import build_manifest, load_manifest, param_names, write_manifest
+from forensics.rundir.manifest import param_names
 from forensics.rundir.spikes import spikes_from_events
 
-log = logging.getLogger("forensics.record")
-
-
-class Recorder:
+class Recorder(FailurePolicy):
     """Flight recorder for one training run; see README.md for the three-line usage.
 
     Hooks `optimizer` with `register_step_pre_hook` (capture state t into the ring: weights before
@@ -71,21 +67,12 @@ class Recorder:
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
-        if resuming:
-            self.manifest = load_manifest(self.run_dir).to_dict()
-            self.run_id = cfg.run_id or self.manifest.get("run_id") or self.run_dir.resolve().name
-            self.objective.restore()
-        else:
-            self.run_id = cfg.run_id or self.run_dir.resolve().name
-            self.manifest = build_manifest(
-                model, optimizer, run_id=self.run_id, model_factory=cfg.model_factory, model_kwargs=cfg.model_kwargs,
-                loss=self.loss_spec, batch_keys=keys, detector=self.detector.config.to_dict(),
-                recorder=cfg.manifest_entry(self.objective.kind), task=cfg.task, seed=cfg.seed)
-            write_manifest(self.run_dir, self.manifest)
+        self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys, self.loss_spec,
+                                                   self.detector, self.objective)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
         self._sink = RunSink(self.run_dir, steps_chunk=cfg.steps_chunk, max_pending_rows=cfg.max_pending_rows,
-                             first_chunk=point.next_chunk if point else 0, state_fn=_weak_state(self))
+                             first_chunk=point.next_chunk if point else 0)
         self._finalizer = weakref.finalize(self, finish_unclosed, self._sink)  # holds the sink, not self
         self._closed = False
         self._step = point.start_step if point else 0  # index of the next optimizer step
@@ -104,7 +91,7 @@ class Recorder:
             group_names=[[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
                          for g in optimizer.param_groups])
         if point is not None:
-            self._resume_from(point)
+            restore(point, self.detector, self._snaps, self._sink, self._step)
         self._backward = BackwardCounter(self._params)
         self._t0 = time.perf_counter()
         self._updates = 0  # post-hook count
@@ -184,8 +171,7 @@ class Recorder:
         try:
             if self._open is not None:
                 self._commit_missing()
-            self._sink.state_fn = None
-            self._sink.submit_state(self._state())  # before finish(): a resumed run continues an open episode
+            self._save_state()  # before finish(): a resumed run continues an open episode
             for ev in self.detector.finish():
                 self._sink.event(ev)
                 self._spike_events.append(ev)
@@ -249,7 +235,8 @@ class Recorder:
             try:
                 slot = self.ring.capture(t, [p.grad for p in self._params],
                                          state_tensors(self.optimizer, self._params, self.ring.banks), batch, meta)
-                self._capture_context(t, batch, meta)
+                capture_context(self.context, self.ring, t, self.config.context_every, self._params,
+                                self.optimizer, batch, meta)
             except Exception as e:  # noqa: BLE001 - capture off, scalars go on
                 self._fail("ring capture", e)
         prev, self._row_slot = self._row_slot, slot
@@ -278,6 +265,8 @@ class Recorder:
         step.row["spike_id"] = self.detector.current_spike_id
         self._sink.add_row(step.row)
         self._last_committed = step.t
+        if (step.t + 1) % self.config.steps_chunk == 0:
+            self._save_state()
         for ev in events:
             self._sink.event(ev)
             self._spike_events.append(ev)
@@ -289,65 +278,14 @@ class Recorder:
                    "that step's loss is recorded as missing")
         self._commit(step, None)
 
-    def _capture_context(self, t: int, batch: dict, meta: dict) -> None:
-        """Every context_every steps, a full state into the sparse context ring too."""
-        if self.context is None or t % self.config.context_every:
-            return
-        for kind in self.ring.banks:
-            if kind not in self.context.banks:
-                self.context.add_kind(kind)
-        self.context.capture(t, [p.grad for p in self._params],
-                             state_tensors(self.optimizer, self._params, self.context.banks), batch, meta)
-
     def _note(self, event: dict | None) -> None:
         if event is not None:
             self._sink.event(event)
 
-    def _state(self) -> dict:
-        """What a resumed recorder restores (detector.json): detector and snapshot budgets."""
-        return {"step": self._last_committed, "detector": self.detector.state_dict(),
-                "snapshots": self._snaps.state_dict()}
-
-    def _resume_from(self, point) -> None:
-        """Restore the detector (persisted state, then the recorded rows it does not cover) and budgets."""
-        if point.state is not None:
-            self.detector.load_state_dict(point.state["detector"])
-        for s, v, p in point.replay:
-            self.detector.update(s, v, probe=p)
-        self._snaps.load_state_dict(point.snapshots)
-        self._snaps.capturing, self._snaps.tail_left = self.detector.current_spike_id, 0
-        self._sink.event({"type": "resume", "step": self._step, "replayed": len(point.replay),
-                          "message": f"resumed at step {self._step}; detector state restored"})
-
-    # ----------------------------------------------------------------- failures and warnings
-
-    def _log_warning(self, message: str) -> None:
-        if not self._sink.finished:
-            self._sink.event({"type": "warning", "step": self._step, "message": message})
-
-    def _fail(self, where: str, e: BaseException) -> None:
-        if self.strict:
-            raise e
-        log.error("spike forensics: error in %s; capture disabled", where, exc_info=e)
-        self._snaps.disable()
-        self._warn(f"error:{where}", f"recorder error in {where} ({type(e).__name__}: {e}); snapshot capture "
-                   "disabled, training continues")
-
-    def _surface(self) -> None:
-        """Warn about (or, strict, raise) the writer's trouble, on the training thread."""
-        for kind, message in self._sink.take_problems():
-            if self.strict:
-                raise RuntimeError(f"spike forensics: {message}")
-            if kind in ("snapshot", "stopped", "crash"):
-                self._snaps.disable()
-            self._warn(kind, message if kind == "stopped" or kind not in ("snapshot", "crash")
-                       else message + "; snapshot capture disabled, training continues")
-
-
-def _weak_state(rec: Recorder):
-    """rec._state for the sink without keeping the recorder alive (its finalizer flushes the sink)."""
-    ref = weakref.ref(rec)
-    return lambda: (lambda r: None if r is None else r._state())(ref())
-
+    def _save_state(self) -> None:
+        """Queue detector.json: what a resumed recorder restores (detector and snapshot budgets)."""
+        state = {"step": self._last_committed, "detector": self.detector.state_dict(),
+                 "snapshots": self._snaps.state_dict()}
+        self._sink.submit_file(STATE_FILE, lambda: write_state(self.run_dir, state))
 
 __all__ = ["Recorder", "RecorderWarning", "WriteStatus", "unwrap_model"]

@@ -77,4 +77,35 @@ def _snapshot_budget(run_dir: Path) -> dict:
             "last_saved": max((int(e["step"]) for e in snaps), default=-1)}
 
 
-__all__ = ["STATE_FILE", "ResumePoint", "read_state", "resume_point", "write_state"]
+def open_manifest(run_dir: Path, cfg, resuming: bool, model, optimizer, keys: dict, loss_spec: str, detector,
+                  objective) -> tuple[dict, str]:
+    """(run.json's object, run id): the run's own when resuming, else a new manifest, written."""
+    from forensics.rundir.manifest import build_manifest, load_manifest, write_manifest
+
+    if resuming:
+        manifest = load_manifest(run_dir).to_dict()
+        objective.restore()
+        return manifest, cfg.run_id or manifest.get("run_id") or run_dir.resolve().name
+    run_id = cfg.run_id or run_dir.resolve().name
+    manifest = build_manifest(
+        model, optimizer, run_id=run_id, model_factory=cfg.model_factory, model_kwargs=cfg.model_kwargs,
+        loss=loss_spec, batch_keys=keys, detector=detector.config.to_dict(),
+        recorder=cfg.manifest_entry(objective.kind), task=cfg.task, seed=cfg.seed)
+    write_manifest(run_dir, manifest)
+    return manifest, run_id
+
+
+def restore(point: ResumePoint, detector, snaps, sink, step: int) -> None:
+    """Restore the detector (persisted state, then the recorded rows it does not cover, replayed
+    without writing their events again) and the snapshot budgets; log a `resume` event."""
+    if point.state is not None:
+        detector.load_state_dict(point.state["detector"])
+    for s, v, p in point.replay:
+        detector.update(s, v, probe=p)
+    snaps.load_state_dict(point.snapshots)
+    snaps.capturing, snaps.tail_left = detector.current_spike_id, 0
+    sink.event({"type": "resume", "step": step, "replayed": len(point.replay),
+                "message": f"resumed at step {step}; detector state restored"})
+
+
+__all__ = ["STATE_FILE", "ResumePoint", "open_manifest", "read_state", "restore", "resume_point", "write_state"]

@@ -44,7 +44,7 @@ class RunSink:
     `patch_last`, `submit_rows`, `event`, `snapshot`, `flush`, `take_problems`, `finish`."""
 
     def __init__(self, run_dir: Path | str, *, steps_chunk: int, max_pending_rows: int = MAX_PENDING_ROWS,
-                 max_pending_events: int = MAX_PENDING_EVENTS, first_chunk: int = 0, state_fn=None):
+                 max_pending_events: int = MAX_PENDING_EVENTS, first_chunk: int = 0):
         self.run_dir, self.pid = Path(run_dir), os.getpid()  # a forked child must not write this run
         self.steps_chunk, self.max_pending_rows, self.max_pending_events = steps_chunk, max_pending_rows, max_pending_events
         self._guard = RunDirGuard(self.run_dir)
@@ -55,7 +55,6 @@ class RunSink:
         self.open_row: dict | None = None  # the row of a step still waiting for its loss
         self._chunks: dict[int, dict] = {}  # chunk index -> rows not on disk yet
         self._next_chunk, self._writing = first_chunk, None  # the next chunk's index, the one being written
-        self.state_fn = state_fn  # () -> the recorder's state for detector.json, written with each chunk
         self._events: deque = deque()
         self._problems: list[tuple[str, str]] = []
         self._finished = False
@@ -110,13 +109,10 @@ class RunSink:
                 self._report("overflow", f"more than {self.max_pending_rows} step rows wait for the disk: the "
                              f"oldest {dropped} were dropped")
         self._submit("steps chunks", self._write_chunks, FIRST)
-        state = self.state_fn() if self.state_fn is not None else None
-        if state is not None:
-            self.submit_state(state)
 
-    def submit_state(self, state: dict) -> None:
-        """Queue detector.json (the recorder's state, for a resumed run)."""
-        self._submit("recorder state", lambda: self._write_state(state), FIRST)
+    def submit_file(self, name: str, write) -> None:
+        """Queue `write()` (a small file such as detector.json) behind the queued rows; errors reported."""
+        self._submit(name, lambda: self._write_file(name, write), FIRST)
 
     def event(self, ev: dict) -> None:
         """Queue an event (`{"type": ..., **fields}`) for events.jsonl, in order."""
@@ -252,16 +248,12 @@ class RunSink:
                     else:
                         self._st.rows_lost += n
 
-    def _write_state(self, state: dict) -> None:
-        from forensics.record.resume import write_state
-
-        if not self._dir_ok():
-            return
+    def _write_file(self, name: str, write) -> None:
         try:
-            write_state(self.run_dir, state)
-        except Exception as e:  # noqa: BLE001 - rewritten with the next chunk and at close
-            self._report("state", f"writing detector.json failed ({type(e).__name__}: {e}); retried with the "
-                         "next chunk", e)
+            if self._dir_ok():
+                write()
+        except Exception as e:  # noqa: BLE001 - rewritten later (with the next chunk, at close)
+            self._report("file", f"writing {name} failed ({type(e).__name__}: {e}); retried later", e)
 
     def _write_events(self) -> None:
         if not self._dir_ok():
