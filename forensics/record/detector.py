@@ -4,9 +4,9 @@ reusable offline (`detect_offline`).
 Opening (per watched channel, loss and/or probe): a NaN/Inf value always opens a spike. Before the
 channel has `min_history` values, the warm-up rule compares with the first losses: with
 m, lo and hi the median, lowest and highest of the channel's first WARMUP_REF (3) values (values
-in a streak excluded), WARMUP_PERSIST (2) values in a row above m x max(warmup_ratio, (hi/lo)^2)
-open a spike at the second, with baseline m; its sub-peak is over below max(close_ratio m, hi).
-The trade-off: one step of lag, and only jumps far above the first values count (a lone outlier
+in a streak excluded), WARMUP_PERSIST (3) values in a row above m x max(warmup_ratio, (hi/lo)^2)
+open a spike at the third, with baseline m; its sub-peak is over below max(close_ratio m, hi).
+The trade-off: two steps of lag, and only jumps far above the first values count (a lone outlier
 of a noisy minibatch loss, or a loss whose first values already scatter, does not open one; a
 spike in the first min_history steps after a fast early descent is seen only if it tops the
 first losses by that much). From then on, the
@@ -30,7 +30,7 @@ from forensics.record.detector_config import SIGNALS, DetectorConfig
 from forensics.record.presets import RecentMin, make_channel
 
 __all__ = ["SIGNALS", "WARMUP_PERSIST", "DetectorConfig", "SpikeDetector", "detect_offline"]
-WARMUP_PERSIST = 2  # warm-up: consecutive values above the warm-up level needed to open
+WARMUP_PERSIST = 3  # warm-up: consecutive values above the warm-up level needed to open
 WARMUP_REF = 3  # warm-up: how many first values are the reference
 
 

@@ -61,7 +61,7 @@ class DetectorConfig:
     max_len: int | None = None
     close_z: float = 3.0
     mad_floor: float = 0.01
-    warmup_ratio: float = 6.0
+    warmup_ratio: float = 3.0
     merge_gap: int = 10
     batch_ratio: float = 4.0
     objective_ratio: float = 2.5
