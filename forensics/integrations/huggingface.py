@@ -165,9 +165,12 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
                               "architecture": type(model).__name__}
         loss = self.loss or (_CAUSAL_LOSS if _is_causal_lm(model) else "cross_entropy")
         self._model = model
+        options = dict(self.recorder_options)
+        if state.global_step > 0 and "resume" not in options:  # resume_from_checkpoint: same run dir
+            options.update(resume=True, start_step=state.global_step)
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
-                                 **self.recorder_options)
+                                 **options)
         if config is not None:
             config.to_json_file(str(self.run_dir / CONFIG_FILE))
             self.recorder.manifest["hf_config"] = CONFIG_FILE

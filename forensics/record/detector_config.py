@@ -63,7 +63,7 @@ class DetectorConfig:
     mad_floor: float = 0.01
     warmup_ratio: float = 3.0
     merge_gap: int = 10
-    batch_ratio: float = 4.0
+    batch_ratio: float = 2.0
     objective_ratio: float = 2.5
     objective_window: int = 20
 

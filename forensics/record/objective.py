@@ -20,6 +20,7 @@ class Objective:
         self._loss_fn = None if isinstance(cfg.loss, str) else cfg.loss
         self.probe: Probe | None = None
         self.auto: AutoProbe | None = None
+        self.failure: str | None = None
         if isinstance(cfg.probe, str):  # "auto"
             self.kind = "auto"
             self.auto = AutoProbe(batch_keys, size=cfg.probe_size, batches=cfg.probe_batches)
@@ -33,8 +34,15 @@ class Objective:
         return Probe(self.model, batch, self.keys, self.loss_spec, self._loss_fn)
 
     def value(self, t: int) -> float | None:
-        """The probe loss at the current weights, every `probe_every` steps once a probe exists."""
-        return self.probe.loss() if self.probe is not None and t % self.every == 0 else None
+        """The probe loss at the current weights, every `probe_every` steps once a probe exists. A probe
+        that fails is switched off (`failure` says why; the detector then watches the training loss)."""
+        if self.probe is None or t % self.every:
+            return None
+        try:
+            return self.probe.loss()
+        except Exception as e:  # noqa: BLE001 - the probe must never cost a step's row
+            self.probe, self.failure = None, f"the probe failed ({type(e).__name__}: {e}) and is off"
+            return None
 
     def offer(self, t: int, batch: dict) -> dict | None:
         """Feed the auto probe; the `probe` event (step, active, samples, reason) when it decides."""

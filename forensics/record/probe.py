@@ -30,6 +30,7 @@ class Probe:
         try:
             with torch.no_grad():
                 out = self.model(self.batch[self.keys["input"]])
+                out = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)  # HF ModelOutput
                 return float(self._loss_fn(out, self.batch[self.keys["target"]]).float().item())
         finally:
             self.model.train(was_training)

@@ -220,6 +220,8 @@ class Recorder(FailurePolicy):
             return
         loss, batch, clipped = pending if pending is not None else (None, {}, None)
         probe = self.objective.value(t)
+        if self.objective.failure is not None:
+            self._warn("probe", self.objective.failure + "; the detector watches the training loss")
         groups = group_hparams(self.optimizer)
         opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates)
         events = self.detector.update(t, loss, probe=probe) if pending is not None else None
