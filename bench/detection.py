@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result  # noqa: E402
-
-import detection_cases as dc  # noqa: E402
+import detection_cases as dc
+from _common import table, write_result
 
 
 def true_spikes(full, ratio=2.0, lookback=20, merge=10) -> list[tuple[int, int, int]]:
@@ -128,8 +127,8 @@ def score(case, truth, episodes, t_plain, t_rec, t_noprobe) -> dict:
     return {"case": case.name, "true spikes": len(truth), "reported": len(episodes), "matched": matched,
             "false": len(episodes) - len(used), "split": sum(1 for h in hits if len(h) > 1),
             "lead/lag": statistics.median(lags) if lags else None,
-            "overhead": t_rec / t_plain if t_plain == t_plain else None,
-            "overhead w/o probe": t_noprobe / t_plain if t_plain == t_plain else None,
+            "overhead": t_rec / t_plain if not math.isnan(t_plain) else None,
+            "overhead w/o probe": t_noprobe / t_plain if not math.isnan(t_plain) else None,
             "control": case.control, "note": case.note}
 
 

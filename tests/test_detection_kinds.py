@@ -11,10 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import detection as bench  # noqa: E402
-import detection_cases as dc  # noqa: E402
+import detection as bench
+import detection_cases as dc
 
-from forensics.record.detector import detect_offline  # noqa: E402
+from forensics.record.detector import detect_offline
 
 
 def _recorded(case, tmp_path, **options):
@@ -33,7 +33,7 @@ def test_catapult_from_init_is_one_episode_from_the_first_steps(tmp_path, ratio)
     case = dc.catapult(ratio, steps=30)
     truth, episodes = _recorded(case, tmp_path)
     assert len(truth) == 1 and len(episodes) == 1
-    (t_onset, t_peak, _), ep = truth[0], episodes[0]
+    (_, t_peak, _), ep = truth[0], episodes[0]
     assert ep.onset <= t_peak <= ep.end and ep.onset < 12
     assert ep.magnitude > 5
 

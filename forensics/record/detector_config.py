@@ -91,7 +91,7 @@ class DetectorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DetectorConfig":
+    def from_dict(cls, d: dict) -> DetectorConfig:
         """From `to_dict`'s output; unknown keys (a newer writer's) are ignored. Runs recorded before
         the warm-up rule and episodes keep their behaviour (warmup_ratio 0, merge_gap 0)."""
         names = {f.name for f in fields(cls)}
@@ -99,7 +99,7 @@ class DetectorConfig:
         return cls(**{**old, **{k: v for k, v in d.items() if k in names}})
 
     @classmethod
-    def coerce(cls, spec) -> "DetectorConfig":
+    def coerce(cls, spec) -> DetectorConfig:
         """Accept a preset name, a dict or a DetectorConfig; ValueError otherwise."""
         if isinstance(spec, cls):
             return spec
@@ -111,4 +111,4 @@ class DetectorConfig:
         raise ValueError(f"detector must be a preset name, dict or DetectorConfig, got {spec!r}")
 
 
-__all__ = ["DetectorConfig", "PRESET_DEFAULTS", "SIGNALS"]
+__all__ = ["PRESET_DEFAULTS", "SIGNALS", "DetectorConfig"]

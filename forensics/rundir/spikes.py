@@ -5,8 +5,8 @@ Recorder (`Recorder.spikes`) and `detect_offline`; the catalog's SQL view is tes
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 def number(value) -> float:
@@ -36,7 +36,7 @@ class Spike:
     sub_peaks: tuple = ()
 
     @classmethod
-    def from_event(cls, e: dict) -> "Spike":
+    def from_event(cls, e: dict) -> Spike:
         """From a `spike` event (docs/format.md) or the detector's dict of the same keys."""
         return cls(spike_id=int(e["spike_id"]), onset=int(e["onset"]), peak=int(e["peak"]),
                    end=None if e.get("end") is None else int(e["end"]),
@@ -46,7 +46,7 @@ class Spike:
                    sub_peaks=tuple((int(p[0]), number(p[1])) for p in e.get("sub_peaks") or ()))
 
     @classmethod
-    def from_open_event(cls, e: dict, reopens: Iterable[dict] = ()) -> "Spike":
+    def from_open_event(cls, e: dict, reopens: Iterable[dict] = ()) -> Spike:
         """From a `spike_open` event whose `spike` never came, and the episode's `spike_reopen`
         events: peak = the highest of their values, end None."""
         marks = [(int(e["step"]), number(e.get("loss")))] + [(int(r["step"]), number(r.get("loss")))
