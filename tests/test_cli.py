@@ -33,10 +33,18 @@ def invoke(*args):
 
 def one_error_line(result) -> str:
     assert "Traceback" not in result.output
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+def usage_error(result, option: str) -> str:
+    """The message of a usage error typer/click reports itself (in a box), on one line."""
+    assert "Traceback" not in result.output and result.stdout == ""
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())
+    assert f"Invalid value for '{option}'" in text, result.stderr
+    return text
 
 
 # --- report --------------------------------------------------------------------------------
@@ -45,13 +53,13 @@ def test_report_text_is_grouped_per_spike_like_a_linter(runs):
     r = invoke("report", runs)
     assert r.exit_code == 1, r.output
     out = r.stdout.splitlines()
-    headers = [l for l in out if " spike " in l and "verdict:" in l]
+    headers = [line for line in out if " spike " in line and "verdict:" in line]
     assert len(headers) == 5
     assert headers[0].startswith("adam-a:100  spike 0  steps 100..120 (peak 104")
     assert "verdict: adam_beta2_lag (0.80)" in headers[0]
-    assert any(l.startswith("sgd-c:120") and "verdict: not analyzed" in l for l in headers)
+    assert any(h.startswith("sgd-c:120") and "verdict: not analyzed" in h for h in headers)
     finding = re.compile(r"^  (\S+):(\d+)  (\w+)\s+(fired|not_fired|inconclusive)\s+(.+)$")
-    findings = [finding.match(l) for l in out if finding.match(l)]
+    findings = [finding.match(line) for line in out if finding.match(line)]
     assert len(findings) == 12  # 4 analyzed spikes x 3 rules
     first = out.index(headers[0])
     assert finding.match(out[first + 1]).group(3, 4) == ("adam_beta2_lag", "fired")  # primary first
@@ -103,7 +111,12 @@ def test_report_on_a_path_that_is_no_run_is_a_usage_error(tmp_path):
     r = invoke("report", tmp_path / "empty")
     assert r.exit_code == 2 and "not a run directory" in one_error_line(r)
     r = invoke("report", tmp_path / "empty", "--format", "xml")
-    assert r.exit_code == 2 and "--format" in one_error_line(r)
+    assert r.exit_code == 2 and "'xml' is not one of 'text', 'json'" in usage_error(r, "--format")
+
+
+def test_sql_bad_format_is_a_usage_error_before_any_run_is_read(tmp_path):
+    r = invoke("sql", "SELECT 1", tmp_path / "nope", "--format", "xml")
+    assert r.exit_code == 2 and "'xml' is not one of 'table', 'csv', 'json'" in usage_error(r, "--format")
 
 
 # --- sql -----------------------------------------------------------------------------------

@@ -19,12 +19,14 @@ from forensics.rundir.model import build_model  # noqa: E402
 
 V, T, BS = 50, 16, 8
 # a short window: the loss of this tiny LM still falls fast when the spike is planted
-REC = dict(ring_size=3, tail=2, baseline_every=1000, detector={"preset": "robust", "window": 8, "min_history": 8})
+REC = dict(ring_size=3, tail=2, baseline_every=1000,
+           detector={"preset": "robust", "window": 8, "min_history": 8})
 
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=V, n_positions=T, resid_pdrop=0.0,
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=V, n_positions=T,
+                                  resid_pdrop=0.0,
                                   embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(cfg)
 
@@ -63,7 +65,8 @@ class PoisonCollator:
 def _train(tmp_path, run_dir, steps, poison, accumulate=1, max_grad_norm=1.0):
     model = _model()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=BS, gradient_accumulation_steps=accumulate,
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=BS,
+        gradient_accumulation_steps=accumulate,
         max_steps=steps, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=max_grad_norm, logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True, seed=0)
@@ -89,7 +92,7 @@ def _replay_grad(run, snap):
     loss_fn = resolve_loss(run.manifest["loss"])
     loss = loss_fn(model(snap.batch["input_ids"]), snap.batch["labels"])
     grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return float(loss), dict(zip(names, grads)), names
+    return float(loss), dict(zip(names, grads, strict=True)), names
 
 
 def _adam_next(snap, names):
@@ -136,12 +139,14 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
     Recorder(tiny, torch.optim.Adam(tiny.parameters()), plain).close()
     assert set(m) == set(open_run(plain).manifest)
     assert run.steps.column("step").to_pylist() == list(range(steps))
-    assert {"loss", "lr", "grad_norm", "update_norm", "adam_ratio_median", "spike_id"} <= set(run.steps.column_names)
+    assert ({"loss", "lr", "grad_norm", "update_norm", "adam_ratio_median", "spike_id"}
+            <= set(run.steps.column_names))
 
     assert [s.onset for s in run.spikes] == [onset]
     snap = _check_grads(run, onset, max_norm=1.0)
     assert snap.meta["role"] == "onset"
-    assert set(snap.batch) == {"input_ids", "labels", "attention_mask"} and snap.batch["input_ids"].shape == (BS, T)
+    assert set(snap.batch) == {"input_ids", "labels", "attention_mask"}
+    assert snap.batch["input_ids"].shape == (BS, T)
     assert set(snap.exp_avg) == set(snap.exp_avg_sq) == set(snap.params)
 
     from forensics.analyzer.pipeline import Settings, analyze
@@ -159,7 +164,8 @@ def test_hf_trainer_run_is_recorded_and_analyzed(tmp_path):
 
 def test_hf_gradient_accumulation_records_the_whole_step(tmp_path):
     onset = 30  # micro-batches 60 and 61
-    _train(tmp_path, tmp_path / "acc", steps=34, poison={2 * onset, 2 * onset + 1}, accumulate=2, max_grad_norm=0.5)
+    _train(tmp_path, tmp_path / "acc", steps=34, poison={2 * onset, 2 * onset + 1}, accumulate=2,
+           max_grad_norm=0.5)
     run = open_run(tmp_path / "acc")
     assert run.steps.num_rows == 34
     assert [s.onset for s in run.spikes] == [onset]
@@ -197,3 +203,43 @@ def test_integrations_package_imports_no_framework():
     code = ("import sys, forensics.integrations; "
             "assert not {'lightning', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_json_is_written_once_by_the_recorder_with_config_and_loss(tmp_path, monkeypatch):
+    """The adapter passes hf_config and loss into the Recorder instead of editing its manifest and
+    rewriting run.json: the one write of run.json already names the config file and the loss."""
+    from forensics.rundir import atomic
+
+    writes, real = [], atomic.write_bytes
+
+    def spy(final, data, **kw):
+        if str(final).endswith("run.json"):
+            writes.append(json.loads(data))
+        return real(final, data, **kw)
+
+    monkeypatch.setattr(atomic, "write_bytes", spy)
+    model = _model()
+    cb = SpikeForensicsTrainerCallback(tmp_path / "hf", **REC)
+    state = transformers.TrainerState()
+    cb.on_train_begin(None, state, None, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+    cb._close()
+    assert len(writes) == 1
+    assert writes[0]["hf_config"] == "hf_config.json"
+    assert writes[0]["loss"] in ("forensics.integrations.huggingface:causal_lm_loss",
+                                 "forensics.integrations.huggingface:causal_lm_loss_label_count")
+    assert json.loads((tmp_path / "hf" / "hf_config.json").read_text())["n_embd"] == 16
+    assert open_run(tmp_path / "hf").manifest["hf_config"] == "hf_config.json"
+
+
+def test_recorder_set_loss_rewrites_run_json(tmp_path):
+    """The adapter's one late change (the loss's normalisation, known at the first step) goes through
+    the Recorder, which owns run.json; a loss that is no spec is refused and nothing changes."""
+    tiny = torch.nn.Linear(2, 1)
+    rec = Recorder(tiny, torch.optim.Adam(tiny.parameters()), tmp_path / "r", loss="mse")
+    rec.set_loss(causal_lm_loss)
+    assert rec.loss_spec == "forensics.integrations.huggingface:causal_lm_loss"
+    assert open_run(tmp_path / "r").manifest["loss"] == rec.loss_spec
+    with pytest.raises(ValueError, match="loss must be"):
+        rec.set_loss(3)
+    rec.close()
+    assert open_run(tmp_path / "r").manifest["loss"] == "forensics.integrations.huggingface:causal_lm_loss"

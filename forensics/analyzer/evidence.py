@@ -8,13 +8,14 @@ stored measurements and never depends on an engine it did not declare.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from forensics.rundir.jsonsafe import dumps
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,8 @@ class Finding:
             "message": self.message,
             "hint": self.hint,
             "reason": self.reason,
-            "evidence": json.dumps(_jsonable(self.evidence), sort_keys=True),
-            "thresholds": json.dumps(_jsonable(self.thresholds), sort_keys=True),
+            "evidence": dumps(self.evidence, sort_keys=True),
+            "thresholds": dumps(self.thresholds, sort_keys=True),
             "primary": bool(self.primary),
         }
 
@@ -218,16 +219,3 @@ def inconclusive(rule: str, reason: str, **evidence: Any) -> Finding:
     """A finding that could not be decided, with the reason in words."""
     return Finding(rule, "inconclusive", 0.0, f"inconclusive: {reason}", reason=reason,
                    evidence=evidence)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else repr(v)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    return obj

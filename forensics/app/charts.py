@@ -78,7 +78,7 @@ def run_overview(steps: pd.DataFrame, spikes: pd.DataFrame, *, log_scale: bool =
     sp["end_or_peak"] = sp["end_step"].fillna(sp["peak_step"]).astype(float)
     sp["peak_loss"] = pd.to_numeric(sp["peak_loss"], errors="coerce").replace([np.inf, -np.inf], np.nan)
     sp["peak_loss"] = sp["peak_loss"].fillna(df["loss"].max())
-    sp["label"] = [f"spike {i}: {v}" for i, v in zip(sp["spike_id"], sp["verdict"])]
+    sp["label"] = [f"spike {i}: {v}" for i, v in zip(sp["spike_id"], sp["verdict"], strict=True)]
     pick = alt.selection_point(name="spike_pick", fields=["run_id", "spike_id"], on="click")
 
     base = alt.Chart(df).properties(width=width)
@@ -198,7 +198,8 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
         x=x, y=_y("value", y_title, log_y), color=color,
         tooltip=["series:N", "step:Q", alt.Tooltip("value:Q", format=".4g")]))
     if len(ref):
-        ref = ref.assign(label=[f"{s} at reference step {int(t)}" for s, t in zip(ref["series"], ref["step"])])
+        ref = ref.assign(label=[f"{s} at reference step {int(t)}"
+                                for s, t in zip(ref["series"], ref["step"], strict=True)])
         layers.append(alt.Chart(ref).mark_rule(strokeDash=[1, 3], opacity=0.8).encode(
             y="value:Q", color=color, tooltip=["label:N", alt.Tooltip("value:Q", format=".4g")]))
     if limits:
@@ -212,7 +213,8 @@ def window_chart(series: pd.DataFrame, spike: dict, *, limits: dict | None = Non
         sm = pd.DataFrame({"mark": list(step_marks), "step": [float(v) for v in step_marks.values()]})
         sm = sm[np.isfinite(sm["step"])]
         layers.append(alt.Chart(sm).mark_rule(color="#2ca02c").encode(
-            x=alt.X("step:Q", title="step", axis=STEP_AXIS, scale=alt.Scale(domain=[lo, hi], nice=False)), tooltip=["mark:N", "step:Q"]))
+            x=alt.X("step:Q", title="step", axis=STEP_AXIS, scale=alt.Scale(domain=[lo, hi], nice=False)),
+            tooltip=["mark:N", "step:Q"]))
         layers.append(alt.Chart(sm).mark_text(angle=270, align="left", dx=4, dy=-4, color="#2ca02c").encode(
             x="step:Q", y=alt.value(height - 10), text="mark:N"))
     return alt.layer(*layers).properties(title=title, height=height, **_w(width))

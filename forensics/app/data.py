@@ -124,6 +124,7 @@ def _query(root: str, sig: tuple, sql: str, params, timeout_s, max_rows) -> tupl
 
 
 def notes(root: str) -> list[str]:
+    """The catalog's notes on the runs under `root` (skipped runs, missing files)."""
     return list(catalog(root).notes)
 
 
@@ -143,13 +144,14 @@ def runs(root: str) -> pd.DataFrame:
     df = run_sql(root, f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id")
     counts = run_sql(root, "SELECT run_id, coalesce(verdict, 'not analyzed') AS verdict, "
                            "count(*) AS n FROM spikes GROUP BY ALL ORDER BY run_id, n DESC, verdict")
-    summary = {rid: ", ".join(f"{v} ×{n}" for v, n in zip(g["verdict"], g["n"]))
+    summary = {rid: ", ".join(f"{v} ×{n}" for v, n in zip(g["verdict"], g["n"], strict=True))
                for rid, g in counts.groupby("run_id", sort=False)}
     df["verdicts"] = [summary.get(r, "") for r in df["run_id"]]
     return df
 
 
 def run_info(root: str, run_id: str) -> dict:
+    """One row of the `runs` view as a dict ({} when the run is unknown)."""
     df = run_sql(root, f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", [run_id])
     return df.iloc[0].to_dict() if len(df) else {}
 
@@ -191,12 +193,14 @@ def bad_spikes(root: str, run_id: str) -> int:
 
 
 def spike(root: str, run_id: str, spike_id: int) -> dict:
+    """One row of the `spikes` view as a dict ({} when unknown)."""
     df = spikes(root, run_id)
     df = df[df["spike_id"] == int(spike_id)]
     return df.iloc[0].to_dict() if len(df) else {}
 
 
 def findings(root: str, run_id: str, spike_id: int) -> pd.DataFrame:
+    """The findings of one spike, JSON columns as text."""
     return run_sql(root, 'SELECT rule, status, score, message, hint, reason, CAST(evidence AS VARCHAR) '
                          'AS evidence, CAST(thresholds AS VARCHAR) AS thresholds, "primary" '
                          "FROM findings WHERE run_id = ? AND spike_id = ?", [run_id, int(spike_id)])
@@ -210,11 +214,13 @@ def measurements(root: str, run_id: str, spike_id: int) -> pd.DataFrame:
 
 
 def snapshots(root: str, run_id: str) -> pd.DataFrame:
+    """The snapshot files of one run: step, role, spike id, path; by step."""
     return run_sql(root, "SELECT step, role, spike_id, path FROM snapshots WHERE run_id = ? "
                          "ORDER BY step", [run_id])
 
 
 def warnings(root: str, run_id: str) -> pd.DataFrame:
+    """The recorder's warning events of one run, by step."""
     return run_sql(root, "SELECT step, message FROM events WHERE run_id = ? AND type = 'warning' "
                          "ORDER BY step", [run_id])
 

@@ -23,6 +23,7 @@ STATUS = {"fired": ("fired", "red", ":material/local_fire_department:"),
 
 
 def page_from_params() -> str:
+    """The page named by the link's `?page=` (a `spike` parameter alone means the spike page)."""
     qp = st.query_params
     slug = (qp.get("page") or ("spike" if "spike" in qp else "runs")).lower()
     return next((p for p in PAGES if p.lower() == slug), "Runs")
@@ -75,23 +76,27 @@ def init_from_param(key: str, param: str, options, convert=str):
 
 
 def verdict_badge(verdict: str | None, *, score=None) -> None:
+    """A badge with the spike's verdict (and score), coloured as its mechanism's spec says."""
     v = verdict or "not analyzed"
     text = v if score is None or score != score else f"{v} · score {score:.2f}"
     st.badge(text, color=BADGE.get(v, "gray"), icon=":material/gavel:")
 
 
 def status_badge(status: str, container=st) -> None:
+    """A badge for a finding's status: fired, not fired or inconclusive."""
     label, color, icon = STATUS.get(status, (status, "gray", None))
     container.badge(label, color=color, icon=icon)
 
 
 def not_analyzed_hint(run_path: str) -> None:
+    """Tell the user the run has no analysis yet and the command that makes one."""
     st.info(f"This run has not been analyzed yet: its spikes come from the recorder's online "
             f"detector and carry no verdict. Analyze it with\n\n`forensics analyze {run_path}`\n\n"
             f"then refresh this page.", icon=":material/science:")
 
 
 def empty_folder_hint(root: str) -> None:
+    """Tell the user the folder holds no runs and how to record the sample runs."""
     st.warning(f"No runs found under `{root}`.", icon=":material/folder_off:")
     st.markdown(
         "Record the sample runs and analyze them:\n\n"

@@ -63,7 +63,8 @@ def run_facts(r) -> dict:
                           for p in params if isinstance(p, dict)),
         "device": _text(m.get("device"), "device"),
         "torch_version": _text(m.get("torch_version"), "torch_version"),
-        "seed": m.get("seed") if isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool) else None,
+        "seed": m.get("seed") if isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool)
+        else None,
         "task": json.dumps(m.get("task") or {}), "detector": json.dumps(m.get("detector") or {}),
         "num_steps": r.num_steps, "analyzed": r.analyzed, "analyzed_at": r.analyzed_at,
         "notes": list(r.notes),

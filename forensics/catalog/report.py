@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import json
-import math
 
 from forensics.analyzer.mechanisms import MECHANISMS
+from forensics.rundir.jsonsafe import jsonsafe
 
 _STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
@@ -37,7 +37,7 @@ def collect(catalog) -> list[dict]:
     for f in query(catalog, 'SELECT run_id, spike_id, rule, status, score, "primary", message, '
                             "hint, reason, evidence, thresholds FROM findings").to_pylist():
         findings.setdefault((f["run_id"], f["spike_id"]), []).append({
-            "mechanism": f["rule"], "status": f["status"], "score": _num(f["score"]),
+            "mechanism": f["rule"], "status": f["status"], "score": jsonsafe(f["score"]),
             "primary": bool(f["primary"]), "message": f["message"] or "",
             "hint": f["hint"] or "", "reason": f["reason"] or "",
             "evidence": _parse(f["evidence"]), "thresholds": _parse(f["thresholds"]),
@@ -50,10 +50,10 @@ def collect(catalog) -> list[dict]:
         out.append({
             "run": s["run_id"], "run_path": s["path"], "spike_id": s["spike_id"],
             "onset_step": s["onset_step"], "peak_step": s["peak_step"], "end_step": s["end_step"],
-            "peak_loss": _num(s["peak_loss"]), "baseline_loss": _num(s["baseline_loss"]),
-            "magnitude": _num(s["magnitude"]), "source": s["source"],
+            "peak_loss": jsonsafe(s["peak_loss"]), "baseline_loss": jsonsafe(s["baseline_loss"]),
+            "magnitude": jsonsafe(s["magnitude"]), "source": s["source"],
             "analyzed": bool(s["analyzed"]), "verdict": s["verdict"],
-            "verdict_score": _num(s["verdict_score"]), "verdict_message": s["verdict_message"],
+            "verdict_score": jsonsafe(s["verdict_score"]), "verdict_message": s["verdict_message"],
             "sub_peaks": s["sub_peaks"] or 1, "findings": fs,
         })
     return out
@@ -128,27 +128,13 @@ def _finding_order(f: dict):
     return (not f["primary"], _STATUS_ORDER.get(f["status"], 3), rank, f["mechanism"])
 
 
-def _num(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
 def _parse(text):
     if text is None:
         return {}
     try:
-        return _clean(json.loads(text))
+        return jsonsafe(json.loads(text))
     except (TypeError, ValueError):
         return {"unparsed": str(text)}
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return _num(obj)
 
 
 def _flat(text) -> str:

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List
 
 import typer
 
+from forensics.rundir.jsonsafe import dumps
+
 EXIT_OK, EXIT_SPIKES, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class ReportFormat(str, Enum):
+    """`forensics report --format`: lines like a linter, or the spikes as JSON."""
+
+    text = "text"
+    json = "json"
+
+
+class TableFormat(str, Enum):
+    """`forensics sql --format`: a table for people, CSV or JSON (a list of row objects)."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
 
 EXIT_CODES = ("Exit codes: 0 = done, no spikes; 1 = spikes found (report); 2 = usage error (a path "
               "that holds no run, an unknown option value, SQL that fails or writes; nothing was "
@@ -70,13 +87,12 @@ def _progress():
                     TimeElapsedColumn(), console=Console(stderr=True), transient=False)
 
 
-def _print_table(table, format: str) -> None:
+def _print_table(table, format: TableFormat) -> None:
     names = table.column_names
     rows = table.to_pylist()
-    if format == "json":
-        typer.echo(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows],
-                              indent=2, ensure_ascii=False))
-    elif format == "csv":
+    if format is TableFormat.json:
+        typer.echo(dumps(rows, fallback=str, indent=2, ensure_ascii=False))
+    elif format is TableFormat.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(names)
         writer.writerows([[_cell(r[n]) for n in names] for r in rows])
@@ -107,19 +123,7 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return repr(value) if not math.isfinite(value) else f"{value:.6g}"
     if isinstance(value, (list, dict)):
-        return json.dumps(_jsonable(value), ensure_ascii=False)
-    return str(value)
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
+        return dumps(value, fallback=str, ensure_ascii=False)
     return str(value)
 
 

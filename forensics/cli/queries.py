@@ -11,29 +11,31 @@ from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import EXIT_OK, EXIT_PARTIAL, _fail, _open, _print_table, app
+from forensics.cli.common import EXIT_OK, EXIT_PARTIAL, TableFormat, _fail, _open, _print_table, app
 
 
 @app.command()
 def sql(
     statement: str = typer.Argument(..., help="one read-only SELECT, e.g. \"SELECT * FROM spikes\""),
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
-    format: str = typer.Option("table", "--format", help="table, csv or json"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop the query after this many seconds (default 10 or $FORENSICS_SQL_TIMEOUT; 0 = none)"),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="print at most this many rows, saying so on stderr (default 10000 or $FORENSICS_SQL_MAX_ROWS; 0 = all)"),
+    format: TableFormat = typer.Option(TableFormat.table, "--format", help="table, csv or json"),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout",
+        help="stop the query after this many seconds (default 10 or $FORENSICS_SQL_TIMEOUT; 0 = none)"),
+    max_rows: Optional[int] = typer.Option(
+        None, "--max-rows", help="print at most this many rows, saying so on stderr "
+                                 "(default 10000 or $FORENSICS_SQL_MAX_ROWS; 0 = all)"),
 ):
     """Run one read-only SQL statement over the views runs, steps, spikes, measurements, findings, snapshots, events (docs/sql.md).
 
     Exit codes: 0 = done; 2 = usage error (a path that holds no run, SQL that fails or writes, a query past its time limit); 3 = some run could not be read (named on stderr; the query ran over the others).
-    """
+    """  # noqa: E501  (typer prints docstring lines as they are: one line per paragraph)
     import duckdb
 
     from forensics.catalog import limits
     from forensics.catalog.guard import check_read_only
     from forensics.catalog.views import run_query
 
-    if format not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, got {format!r}")
     try:
         timeout_s, row_limit = limits.resolve(timeout, max_rows)
         check_read_only(duckdb.connect(":memory:"), statement)  # refuse a write before touching any run
@@ -56,10 +58,12 @@ def sql(
 def open_app(
     run_dir: Path = typer.Argument(Path("sample_runs"), help="a run, or a folder of runs"),
     port: Optional[int] = typer.Option(None, "--port", help="port for the Streamlit server"),
-    sql_timeout: Optional[float] = typer.Option(None, "--sql-timeout", help="time limit of every query in seconds (default 10; 0 = none)"),
-    sql_max_rows: Optional[int] = typer.Option(None, "--sql-max-rows", help="rows the SQL page fetches at most (default 10000; 0 = all)"),
+    sql_timeout: Optional[float] = typer.Option(
+        None, "--sql-timeout", help="time limit of every query in seconds (default 10; 0 = none)"),
+    sql_max_rows: Optional[int] = typer.Option(
+        None, "--sql-max-rows", help="rows the SQL page fetches at most (default 10000; 0 = all)"),
 ):
-    """Open the Streamlit app on RUN_DIR (streamlit run app.py -- RUN_DIR), with Streamlit's usage statistics off."""
+    """Open the Streamlit app on RUN_DIR (streamlit run app.py -- RUN_DIR), with Streamlit's usage statistics off."""  # noqa: E501
     from forensics.catalog import limits
 
     if not run_dir.exists():

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from forensics.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, _check_device, _fail, _one_line, _open,
-                                  _progress, app)
+from forensics.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_SPIKES, ReportFormat, _check_device, _fail,
+                                  _one_line, _open, _progress, app)
 
 
 @app.command()
@@ -31,8 +31,10 @@ def demo(
 @app.command()
 def analyze(
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)"),
-    mechanisms: Optional[str] = typer.Option(None, "--mechanisms", help="comma-separated subset, e.g. sharpness,catapult"),
+    device: Optional[str] = typer.Option(None, "--device",
+                                         help="cpu, cuda, cuda:1 (default: cuda if present)"),
+    mechanisms: Optional[str] = typer.Option(None, "--mechanisms",
+                                             help="comma-separated subset, e.g. sharpness,catapult"),
     allow_import: bool = typer.Option(False, "--allow-import",
                                       help="allow importing the model factory / loss named in run.json"),
 ):
@@ -41,7 +43,7 @@ def analyze(
     A folder of runs expands to its runs. Progress goes to stderr, one line per run to stdout.
 
     Exit codes: 0 = every run analyzed; 2 = usage error, nothing done; 3 = some run could not be read or analyzed (named on stderr; the others were analyzed).
-    """
+    """  # noqa: E501  (typer prints docstring lines as they are: one line per paragraph)
     from forensics.analyzer.mechanisms import check_mechanisms
     from forensics.catalog.discover import find_runs
 
@@ -75,7 +77,8 @@ def analyze(
             except Exception as e:  # one broken run must not stop the others
                 bar.update(task, description=f"{path.name}: failed", completed=1, total=1)
                 kind = "" if isinstance(e, (RunFormatError, ValueError, OSError)) else f"{type(e).__name__}: "
-                bar.console.print(f"error: {path}: {kind}{_one_line(e)}", markup=False, highlight=False)
+                bar.console.print(f"error: {path}: {kind}{_one_line(e)}", markup=False, highlight=False,
+                                  soft_wrap=True)
                 failed += 1
                 continue
             verdicts = ", ".join(s.verdict for s in result.spikes) or "no spikes"
@@ -90,22 +93,21 @@ def analyze(
 @app.command()
 def report(
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
-    format: str = typer.Option("text", "--format", help="text or json"),
-    hints: bool = typer.Option(True, "--hints/--no-hints", help="print the mitigation hint under fired findings"),
+    format: ReportFormat = typer.Option(ReportFormat.text, "--format", help="text or json"),
+    hints: bool = typer.Option(True, "--hints/--no-hints",
+                               help="print the mitigation hint under fired findings"),
 ):
     """Report each spike's verdict and findings, like a linter: run:step  mechanism  status  message.
 
     One header line per spike carries its verdict; runs never analyzed show the online spikes as "not analyzed". JSON: a list of spikes (run, spike_id, onset_step, peak_step, end_step, verdict, findings with mechanism, status, score, message, hint, evidence, ...).
 
     Exit codes: 0 = no spikes; 1 = spikes found; 2 = usage error (a path that holds no run, a bad --format); 3 = some run could not be read (named on stderr; the others were reported).
-    """
+    """  # noqa: E501  (typer prints docstring lines as they are: one line per paragraph)
     from forensics.catalog.report import collect, render_text, summary
 
-    if format not in ("text", "json"):
-        _fail(f"--format must be text or json, got {format!r}")
     with _open(runs) as catalog:
         spikes = collect(catalog)
-        if format == "json":
+        if format is ReportFormat.json:
             typer.echo(json.dumps(spikes, indent=2, ensure_ascii=False))
         else:
             for line in render_text(spikes, catalog.runs, hints=hints):

@@ -7,6 +7,7 @@ from forensics.demo.registry import TRAINERS, make_all
 
 
 def main(argv=None) -> int:
+    """`python -m forensics.demo`: record the sample runs; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m forensics.demo", description=__doc__)
     parser.add_argument("--out", default="sample_runs", help="folder to record into (default sample_runs)")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(TRAINERS),

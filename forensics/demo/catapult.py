@@ -26,7 +26,7 @@ def ntk_lambda_max(model, x: torch.Tensor) -> float:
     params = tuple(p.detach() for p in model.parameters())
 
     def outputs(*ps):
-        return torch.func.functional_call(model, dict(zip(names, ps)), (x,)).squeeze(1)
+        return torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (x,)).squeeze(1)
 
     jac = torch.autograd.functional.jacobian(outputs, params)
     j = torch.cat([block.reshape(x.shape[0], -1) for block in jac], dim=1)   # (n, p)

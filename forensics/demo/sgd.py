@@ -30,7 +30,8 @@ def _train(name: str, out_dir, record: bool, bad_step: int | None) -> list[float
             task.update({"train_points": N, "batch_size": BATCH})
             rec = recorder(model, opt, fresh_dir(out_dir, name), factory="forensics.zoo.models:mlp",
                            kwargs=MODEL, loss="mse", task=task, seed=SEED,
-                           probe={"x": x[:256], "y": y[:256]}, detector={"preset": "robust", "signal": "both"},
+                           probe={"x": x[:256], "y": y[:256]},
+                           detector={"preset": "robust", "signal": "both"},
                            probe_every=1)
         losses = []
         for step in range(STEPS):

@@ -133,7 +133,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
     def __init__(self, run_dir, *, model_factory: str | None = None, model_kwargs: dict | None = None,
                  loss=None, batch_keys=("input_ids", "labels"), **recorder_options: Any):
         self.run_dir = Path(run_dir)
-        self.model_factory, self.model_kwargs, self.loss, self.batch_keys = model_factory, model_kwargs, loss, batch_keys
+        self.model_factory, self.model_kwargs = model_factory, model_kwargs
+        self.loss, self.batch_keys = loss, batch_keys
         self.recorder_options = recorder_options
         self.recorder = None
         self._model = None
@@ -151,10 +152,10 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         if not state.is_world_process_zero or self.recorder is not None:
             return
         if model is None or optimizer is None:
-            self._warn("no-model", "the Trainer passed no model/optimizer to on_train_begin; nothing is recorded")
+            self._warn("no-model",
+                       "the Trainer passed no model/optimizer to on_train_begin; nothing is recorded")
             return
         from forensics.record.recorder import Recorder, unwrap_model
-        from forensics.rundir.manifest import write_manifest
 
         model = unwrap_model(model)  # torch.compile: the names, config and class of the model inside
         factory, factory_kwargs = self.model_factory, self.model_kwargs
@@ -168,16 +169,17 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         options = dict(self.recorder_options)
         if state.global_step > 0 and "resume" not in options:  # resume_from_checkpoint: same run dir
             options.update(resume=True, start_step=state.global_step)
+        # run.json is written once, by the Recorder, with the config's file name; the file itself is
+        # saved after the Recorder has made the run directory ready (overwrite=True clears an old run)
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
-                                 **options)
+                                 hf_config=None if config is None else CONFIG_FILE, **options)
         if config is not None:
             config.to_json_file(str(self.run_dir / CONFIG_FILE))
-            self.recorder.manifest["hf_config"] = CONFIG_FILE
-            write_manifest(self.run_dir, self.recorder.manifest)
         self._handle = model.register_forward_hook(self._forward_hook, with_kwargs=True)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Close the recorder: the last chunk and queued snapshots are written."""
         self._close()
 
     # ----------------------------------------------------------------- per step
@@ -193,7 +195,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         loss, batch = self._micro.take("sum" if self._summed else "mean")
         if loss is None:
             return  # no training forward seen: the recorder logs the step's loss as missing
-        if self._summed and getattr(args, "world_size", 1) > 1 and getattr(args, "average_tokens_across_devices", False):
+        across = getattr(args, "average_tokens_across_devices", False)
+        if self._summed and getattr(args, "world_size", 1) > 1 and across:
             loss *= args.world_size  # num_items_in_batch counted every rank's tokens; this is rank 0's mean
         if state.global_step != self.recorder.step:
             self._warn("step", f"Trainer global_step {state.global_step} differs from the recorder's step "
@@ -219,8 +222,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             if self._summed else None
         mask = batch.get("attention_mask")
         if mask is not None and mask.dim() == 2 and bool((mask[:, 1:] > mask[:, :-1]).any()):
-            self._warn("padding", "left/inner padding in attention_mask: the analyzer's replay feeds input_ids "
-                       "without the mask, exact only for right padding")
+            self._warn("padding", "left/inner padding in attention_mask: the analyzer's replay feeds "
+                       "input_ids without the mask, exact only for right padding")
         self._micro.add_loss(loss)
         self._micro.add_batch(batch)
 
@@ -237,18 +240,15 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             return
         n_all, n_shifted = int(labels.ne(-100).sum()), int(labels[..., 1:].ne(-100).sum())
         if n_all != n_shifted and abs(self._num_items - n_all) < 0.5:
-            from forensics.rundir.manifest import write_manifest
-
-            self.recorder.loss_spec = _CAUSAL_LOSS_LABEL_COUNT
-            self.recorder.manifest["loss"] = _CAUSAL_LOSS_LABEL_COUNT
-            write_manifest(self.run_dir, self.recorder.manifest)
+            self.recorder.set_loss(_CAUSAL_LOSS_LABEL_COUNT)
 
     def _clipped(self, args) -> bool | None:
         """Whether the Trainer's clipping scaled this gradient (its post-clip norm sits at max_grad_norm)."""
         max_norm = float(getattr(args, "max_grad_norm", 0) or 0)
         if max_norm <= 0:
             return False
-        # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6): a clipped gradient has norm just below max_norm
+        # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6): a clipped gradient has norm just
+        # below max_norm
         return grad_norm(self._model.parameters()) >= max_norm * (1 - 1e-4)
 
     def _close(self) -> None:
@@ -260,4 +260,5 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             rec.close()
 
 
-__all__ = ["SpikeForensicsTrainerCallback", "causal_lm_loss", "causal_lm_loss_label_count", "model_from_config"]
+__all__ = ["SpikeForensicsTrainerCallback", "causal_lm_loss", "causal_lm_loss_label_count",
+           "model_from_config"]

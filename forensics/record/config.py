@@ -37,6 +37,7 @@ class RecorderConfig:
         probe_size, probe_batches: see probe.
         model_factory, model_kwargs: how the analyzer rebuilds the model ("package.module:factory").
         task, seed: free-form description of the run and its seed (run.json).
+        hf_config: file name (beside run.json) of a Hugging Face model config (the HF callback's).
         run_id: the run's id (default: the folder's name).
         strict: raise recorder errors into the training loop instead of warning.
         steps_chunk: step rows per Parquet chunk (a crash loses at most one chunk).
@@ -67,6 +68,7 @@ class RecorderConfig:
     model_kwargs: dict | None = None
     task: dict | None = None
     seed: int | None = None
+    hf_config: str | None = None
     run_id: str | None = None
     strict: bool = False
     steps_chunk: int = 256

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from forensics.rundir.manifest import class_path, jsonable
+from forensics.rundir.jsonsafe import jsonsafe
+from forensics.rundir.manifest import class_path
 
 _ADAM_FAMILY = ("Adam", "AdamW")
 _HPARAM_KEYS = ("lr", "eps", "weight_decay", "momentum", "dampening")
@@ -67,7 +68,7 @@ def _scalar(v):
 
 def group_hparams(optimizer) -> list[dict]:
     """Every hyperparameter of every param group now in force (without the params), JSON-able."""
-    return [{k: jsonable(_scalar(v)) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return [{k: jsonsafe(_scalar(v)) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
 def snapshot_hparams(optimizer, groups: list[dict]) -> dict:

@@ -35,7 +35,7 @@ from forensics.record.sink import RunSink
 from forensics.record.status import FailurePolicy, WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
-from forensics.rundir.manifest import param_names
+from forensics.rundir.manifest import param_names, write_manifest
 from forensics.rundir.spikes import spikes_from_events
 
 class Recorder(FailurePolicy):
@@ -153,6 +153,11 @@ class Recorder(FailurePolicy):
     def status(self) -> WriteStatus:
         """Rows, events and snapshots written / waiting for a retry / lost, and why writing stopped."""
         return self._sink.status
+
+    def set_loss(self, loss) -> None:
+        """Rename the replay loss in run.json (an adapter may learn it at step 0); ValueError if no spec."""
+        self.loss_spec = self.manifest["loss"] = loss_spec(loss)
+        write_manifest(self.run_dir, self.manifest)
 
     def flush(self) -> None:
         """Write buffered rows as a (partial) chunk, retry earlier failed writes, wait until queued files are on disk."""

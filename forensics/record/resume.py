@@ -90,7 +90,7 @@ def open_manifest(run_dir: Path, cfg, resuming: bool, model, optimizer, keys: di
     manifest = build_manifest(
         model, optimizer, run_id=run_id, model_factory=cfg.model_factory, model_kwargs=cfg.model_kwargs,
         loss=loss_spec, batch_keys=keys, detector=detector.config.to_dict(),
-        recorder=cfg.manifest_entry(objective.kind), task=cfg.task, seed=cfg.seed)
+        recorder=cfg.manifest_entry(objective.kind), task=cfg.task, seed=cfg.seed, hf_config=cfg.hf_config)
     write_manifest(run_dir, manifest)
     return manifest, run_id
 

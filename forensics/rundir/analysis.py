@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from forensics.rundir.atomic import atomic_path
 from forensics.rundir.format import ANALYSIS_DIR, ANALYSIS_TABLES, CorruptFileError
+from forensics.rundir.jsonsafe import dumps
 from forensics.rundir.paths import folder_inside, inside, is_regular_file
 
 META_FILE = "meta.json"
@@ -47,7 +48,7 @@ def write_analysis(run_dir: Path | str, tables: dict[str, Iterable[dict[str, Any
             pq.write_table(table, tmp)
     final = inside(run_dir, Path(ANALYSIS_DIR) / META_FILE, what="analysis meta")
     with atomic_path(final) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(dumps(meta, fallback=str, indent=2, sort_keys=True) + "\n")
     return folder
 
 

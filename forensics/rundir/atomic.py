@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from forensics.rundir.format import TMP_MARK
+from forensics.rundir.jsonsafe import dumps
 
 _counter = itertools.count()
 
@@ -77,8 +77,8 @@ def write_with(final: Path | str, writer: Callable[[Path], None], *, fsync: bool
 
 
 def write_json(final: Path | str, obj, *, fsync: bool = True) -> None:
-    """Write `obj` as indented JSON to `final` atomically."""
-    write_bytes(final, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=fsync)
+    """Write `obj` as indented JSON to `final` atomically (non-finite floats as "nan"/"inf" strings)."""
+    write_bytes(final, (dumps(obj, indent=2) + "\n").encode(), fsync=fsync)
 
 
 _TEMP_TAIL = re.compile(re.escape(TMP_MARK) + r"(\d+)-\d+$")

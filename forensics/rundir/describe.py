@@ -3,26 +3,12 @@ and the optimizer family, decided once, at record time."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from forensics.rundir.jsonsafe import jsonsafe
 
 # Optimizer families the analyzer knows (docs/format.md, `optimizer.family`).
 FAMILIES = ("adam", "sgd", "other")
-
-
-def jsonable(value: Any) -> Any:
-    """Turn hyperparameter values (tensors, tuples, floats like inf) into plain JSON values."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
-        return jsonable(value.item())
-    return repr(value)
 
 
 def class_path(obj: Any) -> str:
@@ -67,7 +53,7 @@ def param_groups_json(optimizer, names_by_id: dict[int, str]) -> list[dict]:
     """Every hyperparameter of every param group, plus `params` as parameter names."""
     groups = []
     for g in optimizer.param_groups:
-        d = {k: jsonable(v) for k, v in g.items() if k != "params"}
+        d = {k: jsonsafe(v) for k, v in g.items() if k != "params"}
         d["params"] = [names_by_id.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
         groups.append(d)
     return groups

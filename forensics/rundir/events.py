@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
 
 from forensics.rundir.checks import Invalid, need, need_int, need_number, need_type, short
 from forensics.rundir.format import EVENTS_FILE, CorruptFileError, OutsideRunError, RunFormatWarning
+from forensics.rundir.jsonsafe import jsonsafe
 from forensics.rundir.paths import inside, is_regular_file
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # JSON has no NaN/Inf; "nan"/"inf" strings as in snapshot metadata
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 class EventLog:
@@ -53,7 +43,7 @@ class EventLog:
 
     def append(self, type_: str, **fields) -> dict:
         """Append an event `{"type": type_, **fields}` and return it."""
-        event = {"type": type_, **_clean(fields)}
+        event = {"type": type_, **jsonsafe(fields)}  # non-finite floats as "nan"/"inf" strings
         line = (json.dumps(event, allow_nan=False) + "\n").encode()
         with open(self.path, "ab") as f:
             f.write(line)

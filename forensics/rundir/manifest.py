@@ -19,12 +19,13 @@ from forensics.rundir.checks import (
     Invalid, is_int, need, need_int, need_number, need_str_map, need_type, short,
 )
 from forensics.rundir.describe import (  # noqa: F401  (re-exported: the recorder imports them here)
-    FAMILIES, class_path, jsonable, optimizer_family, param_groups_json, param_names,
+    FAMILIES, class_path, optimizer_family, param_groups_json, param_names,
 )
 from forensics.rundir.format import (
     FORMAT, FORMAT_VERSION, MANIFEST_FILE, CorruptFileError, MissingFileError,
     UnsupportedVersionError,
 )
+from forensics.rundir.jsonsafe import dumps, jsonsafe
 from forensics.rundir.paths import inside, is_regular_file
 
 _HPARAMS = ("lr", "eps", "weight_decay", "momentum", "dampening")
@@ -120,7 +121,7 @@ class Manifest:
 
     def to_json(self) -> str:
         """run.json's text, indented."""
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return dumps(self.to_dict(), indent=2) + "\n"
 
 
 def _check(d: dict) -> None:
@@ -200,14 +201,14 @@ def build_manifest(
         run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
         torch_version=torch.__version__, forensics_version=getattr(forensics, "__version__", "unknown"),
         python_version=platform.python_version(), device=str(first.device) if first is not None else "cpu",
-        model=None if model_factory is None else ModelSpec(model_factory, jsonable(model_kwargs or {})),
+        model=None if model_factory is None else ModelSpec(model_factory, jsonsafe(model_kwargs or {})),
         hf_config=hf_config, loss=loss, batch_keys=batch_keys,
         optimizer=OptimizerSpec(class_path(optimizer), optimizer_family(optimizer),
                                 param_groups_json(optimizer, names_by_id)),
         params=[{"name": n, "shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", ""),
                  "numel": p.numel()} for n, p in named],
         tied=tied, detector=detector, recorder=recorder,
-        task=jsonable(task) if task is not None else {}, seed=seed,
+        task=jsonsafe(task) if task is not None else {}, seed=seed,
     ).to_dict()
 
 

@@ -22,7 +22,7 @@ def mlp(sizes: list[int], activation: str = "tanh", bias: bool = True) -> nn.Seq
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least input and output sizes, got {sizes}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b, bias=bias))
         if i < len(sizes) - 2:
             layers.append(_ACTIVATIONS[activation]())
@@ -46,6 +46,7 @@ class TwoLayer(nn.Module):
         self.act = _ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (n, out) for inputs x of shape (n, d)."""
         h = self.act(x @ self.weight.T / math.sqrt(self.d))                # (n, m)
         return h @ self.head.T / math.sqrt(self.width)                     # (n, out)
 

@@ -22,6 +22,7 @@ RAN = "sql_ran"  # session key: the statement the Run button last ran
 
 
 def render(root: str) -> None:
+    """The SQL page: a box prefilled from the link, run on a click, within the limits."""
     st.title("SQL")
     st.caption("One read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) over the "
                f"views of the runs under `{root}`. Writes are refused.")
