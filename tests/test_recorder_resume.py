@@ -2,6 +2,7 @@
 the spikes SQL view agrees with the one spikes builder; the recorder's own temp files are cleaned."""
 
 import json
+import math
 import os
 
 import torch
@@ -126,3 +127,15 @@ def test_recorder_removes_its_own_stale_temps_at_open(tmp_path):
     model, opt = _setup()
     Recorder(model, opt, run, baseline_every=0).close()
     assert not own.exists()
+
+
+def test_state_with_non_finite_values_round_trips(tmp_path):
+    model, opt = _setup()
+    run = tmp_path / "run"
+    with Recorder(model, opt, run, baseline_every=0) as rec:
+        _train(model, opt, rec, _data(30), reported={29: float("nan")})  # a NaN spike open at close
+    text = (run / "detector.json").read_text()
+    assert "NaN" not in text and '"nan"' in text  # strict JSON, the NaN-safe helper's strings
+    with Recorder(model, opt, run, baseline_every=0, resume=True) as rec:
+        sp = rec.detector.open
+        assert sp is not None and sp["onset"] == 29 and math.isnan(sp["peak_loss"])

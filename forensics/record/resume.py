@@ -14,11 +14,27 @@ from forensics.rundir.format import CorruptFileError
 STATE_FILE = "detector.json"
 
 
-def write_state(run_dir: Path | str, state: dict) -> None:
-    """Write the recorder state (`{"step", "detector", "snapshots"}`) atomically to detector.json."""
-    from forensics.rundir.atomic import write_bytes
+_SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
-    write_bytes(Path(run_dir) / STATE_FILE, (json.dumps(state) + "\n").encode())  # NaN/Infinity kept
+
+def write_state(run_dir: Path | str, state: dict) -> None:
+    """Write the recorder state (`{"step", "detector", "snapshots"}`) atomically to detector.json
+    (NaN/Inf as the strings "nan"/"inf"/"-inf", through the one NaN-safe JSON helper)."""
+    from forensics.rundir.atomic import write_bytes
+    from forensics.rundir.jsonsafe import dumps
+
+    write_bytes(Path(run_dir) / STATE_FILE, (dumps(state) + "\n").encode())
+
+
+def _numbers(value):
+    """The special strings back to floats (no string field of the state takes those values)."""
+    if isinstance(value, str):
+        return _SPECIAL.get(value, value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def read_state(run_dir: Path | str) -> dict | None:
@@ -27,7 +43,7 @@ def read_state(run_dir: Path | str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text())
+        state = _numbers(json.loads(path.read_text()))
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptFileError(path, f"not JSON ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
