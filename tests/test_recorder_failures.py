@@ -58,7 +58,8 @@ def test_spike_budget_one_warning_scalars_continue(tmp_path):
     assert {s.spike_id for s in run.snapshots} == {0}
     assert run.steps.num_rows == 200
     assert sum(e["type"] == "warning" for e in run.events) == 1
-    assert _all_snapshots_load(run) == len(run.snapshots) == 7 + 1 + 2
+    # 4 sparse context states (steps 0, 16, 32, 48), 7 pre, the onset, 2 post
+    assert _all_snapshots_load(run) == len(run.snapshots) == 4 + 7 + 1 + 2
 
 
 def test_spike_budget_keeps_the_sparse_baselines(tmp_path):

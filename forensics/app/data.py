@@ -178,7 +178,7 @@ def spikes(root: str, run_id: str | None = None) -> pd.DataFrame:
     """The spikes the pages can show: those with a spike_id and an onset step (see `bad_spikes`)."""
     sql = ("SELECT run_id, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss, "
            "magnitude, source, coalesce(verdict, 'not analyzed') AS verdict, verdict_score, "
-           f"verdict_message FROM spikes WHERE {SPIKE_OK}")
+           f"verdict_message, coalesce(sub_peaks, 1) AS sub_peaks FROM spikes WHERE {SPIKE_OK}")
     if run_id is None:
         return run_sql(root, sql + " ORDER BY run_id, onset_step")
     return run_sql(root, sql + " AND run_id = ? ORDER BY onset_step", [run_id])

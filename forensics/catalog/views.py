@@ -216,7 +216,12 @@ def _create_views(con, runs: list[RunEntry]) -> None:
                 for r in runs if r.analyzed and "spikes" in r.analysis_columns]
     online = ("SELECT * FROM _online_spikes WHERE run_id IN "
               "(SELECT run_id FROM _catalog_runs WHERE NOT analyzed)")
-    con.execute(f"CREATE VIEW spikes AS {_union('spikes', analyzed + [online])}")
+    cols = ", ".join(f'u."{c}"' if c != "sub_peaks" else "coalesce(u.sub_peaks, o.sub_peaks) AS sub_peaks"
+                     for c, _, _ in VIEWS["spikes"])
+    con.execute(f"""CREATE VIEW spikes AS SELECT {cols}
+        FROM ({_union('spikes', analyzed + [online])}) u
+        LEFT JOIN (SELECT run_id, spike_id, sub_peaks FROM _online_spikes) o
+          ON u.run_id = o.run_id AND u.spike_id = o.spike_id""")
 
     con.execute("""CREATE VIEW snapshots AS
         SELECT e.run_id, e.step, e.event->>'role' AS role, e.spike_id,
@@ -242,20 +247,40 @@ def _create_views(con, runs: list[RunEntry]) -> None:
 _SPIKE_TAIL = ("'online' AS source, CAST(NULL AS VARCHAR) AS verdict, "
                "CAST(NULL AS DOUBLE) AS verdict_score, CAST(NULL AS VARCHAR) AS verdict_message")
 
-# The recorder's spikes: closed ones from `spike` events, plus those still open at the end
-# (a `spike_open` without its `spike`: peak = onset, end NULL), as forensics.rundir.reader does.
+# The recorder's spike episodes, by the rule of forensics.rundir.spikes.spikes_from_events (a test
+# checks they agree): closed ones from `spike` events (after a resume the same id may be closed twice:
+# the one with an end, most sub-peaks, latest end wins), plus those still open at the end (a
+# `spike_open` without its `spike`: peak = the highest of its open/re-open values, end NULL).
 _ONLINE_SPIKES = f"""
-    SELECT run_id, spike_id,
-           CASE WHEN closed THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS onset_step,
-           CASE WHEN closed THEN TRY_CAST(event->>'peak' AS BIGINT) ELSE step END AS peak_step,
-           CASE WHEN closed THEN TRY_CAST(event->>'end' AS BIGINT) END AS end_step,
-           TRY_CAST(event->>(CASE WHEN closed THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE) AS peak_loss,
-           TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
-           CASE WHEN closed THEN TRY_CAST(event->>'magnitude' AS DOUBLE)
-                ELSE TRY_CAST(event->>'loss' AS DOUBLE) / TRY_CAST(event->>'baseline' AS DOUBLE)
-           END AS magnitude, {_SPIKE_TAIL}
-    FROM (SELECT *, type = 'spike' AS closed FROM events WHERE type IN ('spike', 'spike_open'))
-    QUALIFY row_number() OVER (PARTITION BY run_id, spike_id ORDER BY closed DESC) = 1"""
+    WITH marks AS (
+        SELECT run_id, spike_id, type, event,
+               CASE WHEN type = 'spike' THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS mark_step,
+               TRY_CAST(event->>(CASE WHEN type = 'spike' THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE) AS value
+        FROM events WHERE type IN ('spike', 'spike_open', 'spike_reopen')),
+    closed AS (
+        SELECT run_id, spike_id, mark_step AS onset_step, TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,
+               TRY_CAST(event->>'end' AS BIGINT) AS end_step, value AS peak_loss,
+               TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
+               TRY_CAST(event->>'magnitude' AS DOUBLE) AS magnitude,
+               CAST(coalesce(json_array_length(event->'sub_peaks'), 1) AS INTEGER) AS sub_peaks
+        FROM marks WHERE type = 'spike'
+        QUALIFY row_number() OVER (PARTITION BY run_id, spike_id
+                                   ORDER BY end_step IS NOT NULL DESC, sub_peaks DESC, end_step DESC) = 1),
+    opened AS (
+        SELECT run_id, spike_id, min(mark_step) AS onset_step, arg_max(mark_step, value) AS peak_step,
+               CAST(NULL AS BIGINT) AS end_step, max(value) AS peak_loss,
+               max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS baseline_loss,
+               max(value) / max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS magnitude,
+               CAST(count(*) AS INTEGER) AS sub_peaks
+        FROM marks WHERE type IN ('spike_open', 'spike_reopen')
+        GROUP BY run_id, spike_id
+        HAVING count(*) FILTER (WHERE type = 'spike_open') > 0)
+    SELECT run_id, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss, magnitude,
+           {_SPIKE_TAIL}, sub_peaks FROM closed
+    UNION ALL
+    SELECT o.run_id, o.spike_id, o.onset_step, o.peak_step, o.end_step, o.peak_loss, o.baseline_loss,
+           o.magnitude, {_SPIKE_TAIL}, o.sub_peaks
+    FROM opened o ANTI JOIN closed c ON o.run_id = c.run_id AND o.spike_id = c.spike_id"""
 
 
 def _whatif_branches(runs: list[RunEntry]) -> list[str]:

@@ -166,11 +166,14 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
                               "architecture": type(model).__name__}
         loss = self.loss or (_CAUSAL_LOSS if _is_causal_lm(model) else "cross_entropy")
         self._model = model
+        options = dict(self.recorder_options)
+        if state.global_step > 0 and "resume" not in options:  # resume_from_checkpoint: same run dir
+            options.update(resume=True, start_step=state.global_step)
         # run.json is written once, by the Recorder, with the config's file name; the file itself is
         # saved after the Recorder has made the run directory ready (overwrite=True clears an old run)
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
-                                 hf_config=None if config is None else CONFIG_FILE, **self.recorder_options)
+                                 hf_config=None if config is None else CONFIG_FILE, **options)
         if config is not None:
             config.to_json_file(str(self.run_dir / CONFIG_FILE))
         self._handle = model.register_forward_hook(self._forward_hook, with_kwargs=True)

@@ -88,9 +88,12 @@ class SpikeForensicsCallback(pl.Callback):
         self._optimizer = trainer.optimizers[0]
         # Registered before the Recorder's own pre-hook, so it fires first (see module docstring).
         self._hook = self._optimizer.register_step_pre_hook(run_closure_first())
+        options = dict(self.recorder_options)
+        if self._pending_state and "resume" not in options:  # a fit resumed from a checkpoint: same run dir
+            options.update(resume=True, start_step=self._pending_state.get("step"))
         self.recorder = Recorder(model, self._optimizer, self.run_dir, model_factory=self.model_factory,
                                  model_kwargs=self.model_kwargs, loss=self.loss, batch_keys=self._keys,
-                                 **self.recorder_options)
+                                 **options)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None

@@ -1,103 +1,111 @@
-"""Which ring slots become snapshot files: the pre-spike window, onset, during, the tail after a
-spike, sparse baselines; and the spike and byte budgets that bound them."""
+"""Which ring slots become snapshot files: sparse context and the dense pre-spike window, onset,
+during, the tail after an episode recovers, sparse baselines; and the spike (episode) and byte
+budgets that bound them."""
 
 from __future__ import annotations
 
-import math
-
-from forensics.record.optim import snapshot_hparams
+from forensics.record.optim import snapshot_hparams, state_tensors
 from forensics.rundir.format import FORMAT_VERSION
 
 
 class SnapshotPolicy:
     """Turns detector events and captured ring slots into snapshot jobs on the sink.
 
-    `warn(key, message)` is the recorder's warn-once. `enabled` turns False for good when a budget
-    is exhausted or a write/capture error ends capture; scalars and events go on regardless.
+    `warn(key, message)` is the recorder's warn-once. `context` is the sparse ring (or None).
+    `enabled` turns False for good when the byte budget is exhausted or a write/capture error
+    ends capture; scalars and events go on regardless. Budgets count episodes (`spike_open`), not
+    re-triggers: a `spike_reopen` of the episode being captured resumes its `during` snapshots.
     """
 
     def __init__(self, ring, sink, warn, *, ring_size: int, tail: int, baseline_every: int, max_spikes: int,
-                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list):
-        self.ring, self.sink, self.warn = ring, sink, warn
+                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None):
+        self.ring, self.context, self.sink, self.warn = ring, context, sink, warn
         self.ring_size, self.tail, self.baseline_every = ring_size, tail, baseline_every
         self.max_spikes, self.max_bytes = max_spikes, max_bytes
         self.run_id, self.optimizer, self.opt_class, self.group_names = run_id, optimizer, opt_class, group_names
         self.enabled = ring is not None
-        self.active_spike = None  # spike id whose steps are being written ("during")
-        self.tail_left, self.tail_spike = 0, None
+        self.capturing = None  # id of the episode whose snapshots are being written
+        self.tail_left = 0
         self.last_saved = -1
         self.spikes_captured = 0
         self.bytes = 0
-        self.closed_spikes: list[dict] = []
 
-    def must_capture(self, t: int, events: list[dict]) -> bool:
-        """Whether step t needs a ring slot whatever the stride (a spike or a baseline needs it)."""
-        return (self.active_spike is not None or self.tail_left > 0
-                or any(e["type"] in ("spike_open", "spike") for e in events)
+    def must_capture(self, t: int, events: list[dict], active) -> bool:
+        """Whether step t needs a ring slot whatever the stride (a spike, its tail or a baseline needs it);
+        `active` is the detector's current spike id."""
+        return (active is not None or (self.capturing is not None and self.tail_left > 0)
+                or any(e["type"] in ("spike_open", "spike_reopen", "spike") for e in events)
                 or bool(self.baseline_every and t % self.baseline_every == 0))
 
-    def on_step(self, t: int, events: list[dict], slot: int | None) -> None:
-        """Handle step t's detector events, then save slot t if a spike, its tail or a baseline wants it."""
+    def on_step(self, t: int, events: list[dict], slot: int | None, active=None) -> None:
+        """Handle step t's detector events, then save slot t if a spike (`active`, the detector's
+        current spike id), its tail or a baseline wants it."""
         for ev in events:
             self._on_event(t, ev, slot)
         if slot is None or not self.enabled or self.last_saved >= t:
             return
-        if self.active_spike is not None:
-            self.save(slot, "during", self.active_spike)
-        elif self.tail_left > 0:
-            self.save(slot, "post", self.tail_spike)
+        if self.capturing is not None and active == self.capturing:
+            self.save(self.ring, slot, "during", self.capturing)
+        elif self.capturing is not None and self.tail_left > 0:
+            self.save(self.ring, slot, "post", self.capturing)
             self.tail_left -= 1
         elif self.baseline_every and t % self.baseline_every == 0:
-            self.save(slot, "baseline", None)
+            self.save(self.ring, slot, "baseline", None)
 
     def disable(self) -> None:
+        """End snapshot capture for good."""
         self.enabled = False
 
-    def spikes(self, open_spike: dict | None) -> list:
-        """Spikes seen so far as `Spike`s: the closed ones, plus `open_spike` (the detector's) with end=None."""
-        from forensics.rundir.reader import Spike
+    def state_dict(self) -> dict:
+        """The budgets used and the capture in progress (JSON-able), for a resumed run."""
+        return {"capturing": self.capturing, "tail_left": self.tail_left, "last_saved": self.last_saved,
+                "spikes_captured": self.spikes_captured, "bytes": self.bytes}
 
-        out = [Spike.from_event(e) for e in self.closed_spikes]
-        if open_spike is not None:
-            sp, base = open_spike, open_spike["baseline"]
-            out.append(Spike.from_event({**sp, "end": None, "magnitude": (
-                sp["peak_loss"] / base if base and math.isfinite(base) else math.nan)}))
-        return out
+    def load_state_dict(self, d: dict) -> None:
+        """Restore `state_dict`'s output."""
+        for k in ("capturing", "tail_left", "last_saved", "spikes_captured", "bytes"):
+            if k in d:
+                setattr(self, k, d[k])
 
     def _on_event(self, t: int, ev: dict, slot: int | None) -> None:
-        if ev["type"] == "spike_open":
-            self.active_spike = None
-            self.tail_left = 0
-            if not self.enabled:
-                return
-            if self.spikes_captured >= self.max_spikes:
-                # only spike capture ends: sparse baselines go on (max_bytes still bounds them)
-                self.warn("budget", f"spike budget exhausted (max_spikes={self.max_spikes}): no more spike "
-                          "snapshots; baselines, per-step scalars and spike events continue")
-                return
-            self.spikes_captured += 1
-            sid = ev["spike_id"]
-            pre = [k for k in self.ring.slots_newest_first()
-                   if k != slot and t - self.ring_size < self.ring.info[k].step < t
-                   and self.ring.info[k].step > self.last_saved]
-            for k in sorted(pre, key=lambda k: self.ring.info[k].step):
-                self.save(k, "pre", sid)
-            if slot is not None:
-                self.save(slot, "onset", sid)
-            self.active_spike = sid
-        elif ev["type"] == "spike":
-            self.closed_spikes.append(ev)
-            if self.active_spike == ev["spike_id"]:
-                self.active_spike = None
-                self.tail_left, self.tail_spike = self.tail, ev["spike_id"]
-
-    def save(self, slot: int, role: str, spike_id) -> None:
-        """Export ring slot `slot` and queue it as a snapshot file, within the byte budget."""
+        if ev["type"] == "spike_reopen":
+            if ev["spike_id"] == self.capturing:
+                self.tail_left = self.tail
+            return
+        if ev["type"] != "spike_open":
+            return
+        self.capturing, self.tail_left = None, 0
         if not self.enabled:
             return
-        info = self.ring.info[slot]
-        batch_bytes = sum(t.numel() * t.element_size() for t in self.ring.batches[slot].values())
-        est = self.ring.nbytes_per_slot + batch_bytes + 4096
+        if self.spikes_captured >= self.max_spikes:
+            # only spike capture ends: sparse baselines go on (max_bytes still bounds them)
+            self.warn("budget", f"spike budget exhausted (max_spikes={self.max_spikes} episodes): no more spike "
+                      "snapshots; baselines, per-step scalars and spike events continue")
+            return
+        self.spikes_captured += 1
+        sid = ev["spike_id"]
+        pre = [k for k in self.ring.slots_newest_first()
+               if k != slot and t - self.ring_size < self.ring.info[k].step < t
+               and self.ring.info[k].step > self.last_saved]
+        first_pre = min([self.ring.info[k].step for k in pre] + [t])
+        if self.context is not None:
+            ctx = [k for k in self.context.slots_newest_first()
+                   if self.last_saved < self.context.info[k].step < min(first_pre, t - self.ring_size + 1)]
+            for k in sorted(ctx, key=lambda k: self.context.info[k].step):
+                self.save(self.context, k, "context", sid)
+        for k in sorted(pre, key=lambda k: self.ring.info[k].step):
+            self.save(self.ring, k, "pre", sid)
+        if slot is not None:
+            self.save(self.ring, slot, "onset", sid)
+        self.capturing, self.tail_left = sid, self.tail
+
+    def save(self, ring, slot: int, role: str, spike_id) -> None:
+        """Export slot `slot` of `ring` and queue it as a snapshot file, within the byte budget."""
+        if not self.enabled:
+            return
+        info = ring.info[slot]
+        batch_bytes = sum(t.numel() * t.element_size() for t in ring.batches[slot].values())
+        est = ring.nbytes_per_slot + batch_bytes + 4096
         if self.bytes + est > self.max_bytes:
             self.enabled = False
             self.warn("budget", f"byte budget exhausted (max_bytes={self.max_bytes}, used ~{self.bytes}): "
@@ -105,7 +113,7 @@ class SnapshotPolicy:
             return
         self.bytes += est
         self.last_saved = max(self.last_saved, info.step)
-        self.sink.snapshot(info.step, role, spike_id, self.ring.export(slot), self._meta(info, role, spike_id))
+        self.sink.snapshot(info.step, role, spike_id, ring.export(slot), self._meta(info, role, spike_id))
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta
@@ -118,4 +126,14 @@ class SnapshotPolicy:
                 "batch_keys": info.batch_keys}
 
 
-__all__ = ["SnapshotPolicy"]
+def capture_context(context, ring, t: int, every: int, params: list, optimizer, batch: dict, meta: dict) -> None:
+    """Every `every` steps, a full state into the sparse `context` ring too (None: no context)."""
+    if context is None or t % every:
+        return
+    for kind in ring.banks:
+        if kind not in context.banks:
+            context.add_kind(kind)
+    context.capture(t, [p.grad for p in params], state_tensors(optimizer, params, context.banks), batch, meta)
+
+
+__all__ = ["SnapshotPolicy", "capture_context"]

@@ -4,13 +4,11 @@ there, still the same folder, still a run), and rid of the temp files a killed w
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
-from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_DIR, STEPS_DIR, TMP_MARK
-
-_TMP_PID = re.compile(re.escape(TMP_MARK) + r"(\d+)-\d+$")
+from forensics.rundir.atomic import clean_stale_temps
+from forensics.rundir.format import ANALYSIS_DIR, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_DIR, STEPS_DIR
 
 
 class RunDirGuard:
@@ -46,61 +44,25 @@ class RunDirGuard:
         return None
 
 
-def _in_use(path: Path) -> bool:
-    """True if the temp file names another process that is still alive (its write may be in flight).
-
-    Our own pid counts as stale: callers run when this process has nothing in flight.
-    """
-    m = _TMP_PID.search(path.name)
-    if m is None:
-        return False
-    pid = int(m.group(1))
-    if pid == os.getpid():
-        return False
-    if os.name != "posix":
-        return True  # no cheap liveness probe: leave other processes' files alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def remove_stale_temps(run_dir: Path | str) -> int:
-    """Delete `*.tmp-<pid>-<n>` files that the recorder writes (run dir, steps/, snapshots/) whose
-    writer is gone; returns how many. Call it only when this process has no write in flight there."""
-    run_dir = Path(run_dir)
-    removed = 0
-    for folder in (run_dir, run_dir / STEPS_DIR, run_dir / SNAPSHOTS_DIR):
-        try:
-            entries = list(folder.iterdir())
-        except OSError:
-            continue
-        for p in entries:
-            if TMP_MARK in p.name and not _in_use(p):
-                try:
-                    p.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
-
-
-def prepare_run_dir(run_dir: Path | str, overwrite: bool) -> None:
-    """Make `run_dir` ready for a new run: ValueError if it holds one (run.json) unless `overwrite`,
-    which removes that run's files; stale temp files of killed writers are removed."""
+def prepare_run_dir(run_dir: Path | str, overwrite: bool, resume: bool = False) -> bool:
+    """Make `run_dir` ready for writing; True when it holds a run to resume (`resume` and a run.json
+    there). ValueError if it holds a run and neither `overwrite` (which removes that run's files) nor
+    `resume` is set. Stale temp files of killed writers (and of this process) are removed."""
     d = Path(run_dir)
+    if resume and (d / MANIFEST_FILE).exists():
+        clean_stale_temps(d, own=True)
+        return True
     if (d / MANIFEST_FILE).exists():
         if not overwrite:
-            raise ValueError(f"{d} already holds a run (run.json exists); pass overwrite=True to replace it")
+            raise ValueError(f"{d} already holds a run (run.json exists); pass resume=True to continue it "
+                             "or overwrite=True to replace it")
         for name in (MANIFEST_FILE, EVENTS_FILE):
             (d / name).unlink(missing_ok=True)
         for name in (STEPS_DIR, SNAPSHOTS_DIR, ANALYSIS_DIR):
             shutil.rmtree(d / name, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(d)
+    clean_stale_temps(d, own=True)
+    return False
 
 
-__all__ = ["RunDirGuard", "prepare_run_dir", "remove_stale_temps"]
+__all__ = ["RunDirGuard", "prepare_run_dir"]

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import weakref
@@ -19,26 +18,27 @@ from pathlib import Path
 
 import torch
 
-from forensics.record.capture import SnapshotPolicy
-from forensics.record.detector import DetectorConfig, SpikeDetector
+from forensics.record.capture import SnapshotPolicy, capture_context
+from forensics.record.config import RecorderConfig
+from forensics.record.detector import SpikeDetector
 from forensics.record.guard import prepare_run_dir
-from forensics.record.inputs import batch_key_map, check_counts, flatten_batch, loss_spec, unwrap_model
+from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.optim import (
     class_path, discover_state_kinds, group_hparams, is_adam, optimizer_step, state_kinds, state_tensors,
 )
 from forensics.record.order import BackwardCounter, CapturedStep
 from forensics.record.ring import Ring
-from forensics.record.scalars import Probe, StepScalars
-from forensics.record.sink import MAX_PENDING_ROWS, RunSink
-from forensics.record.status import WriteStatus, finish_unclosed
+from forensics.record.objective import Objective
+from forensics.record.resume import STATE_FILE, open_manifest, restore, resume_point, write_state
+from forensics.record.scalars import StepScalars
+from forensics.record.sink import RunSink
+from forensics.record.status import FailurePolicy, WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
-from forensics.rundir.manifest import build_manifest, param_names, write_manifest
+from forensics.rundir.manifest import param_names, write_manifest
+from forensics.rundir.spikes import spikes_from_events
 
-log = logging.getLogger("forensics.record")
-
-
-class Recorder:
+class Recorder(FailurePolicy):
     """Flight recorder for one training run; see README.md for the three-line usage.
 
     Hooks `optimizer` with `register_step_pre_hook` (capture state t into the ring: weights before
@@ -50,57 +50,48 @@ class Recorder:
     rows are flushed when the recorder is garbage-collected or the interpreter exits.
     """
 
-    def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir, *,
-        model_factory: str | None = None, model_kwargs: dict | None = None, loss="mse",
-        batch_keys=("x", "y"), detector="robust", ring_size: int = 8, stride: int = 1, tail: int = 16,
-        baseline_every: int = 500, max_spikes: int = 20, max_bytes: int = 2 * 1024**3, probe=None,
-        probe_every: int = 10, task: dict | None = None, seed: int | None = None, run_id: str | None = None,
-        strict: bool = False, steps_chunk: int = 256, overwrite: bool = False,
-        max_pending_rows: int = MAX_PENDING_ROWS, hf_config: str | None = None,
-    ):
-        check_counts(ring_size=(ring_size, 1), stride=(stride, 1), tail=(tail, 0), baseline_every=(baseline_every, 0),
-                     max_spikes=(max_spikes, 0), max_bytes=(max_bytes, 0), probe_every=(probe_every, 1),
-                     steps_chunk=(steps_chunk, 1), max_pending_rows=(max_pending_rows, 1))
-        keys = batch_key_map(batch_keys)
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir,
+                 config: RecorderConfig | None = None, **options):
+        cfg = (config or RecorderConfig()).with_options(**options)
+        self.config = cfg
+        keys = batch_key_map(cfg.batch_keys)
         model = unwrap_model(model)
-        self.model, self.optimizer, self.strict = model, optimizer, strict
-        self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(loss), keys
-        self.detector = SpikeDetector(DetectorConfig.coerce(detector))
-        if self.detector.config.signal != "loss" and probe is None:
-            raise ValueError(f"detector watches {self.detector.config.signal!r} but no probe batch was given")
-        self.probe = None if probe is None else Probe(model, flatten_batch(probe)[0], keys, self.loss_spec,
-                                                      None if isinstance(loss, str) else loss)
-        prepare_run_dir(self.run_dir, overwrite)
-        self.run_id = run_id or self.run_dir.resolve().name
-        self.ring_size, self.stride, self.probe_every = ring_size, stride, probe_every
+        self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
+        self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(cfg.loss), keys
+        self.detector = SpikeDetector(cfg.detector_config)
+        resuming = prepare_run_dir(self.run_dir, cfg.overwrite, cfg.resume)
+        point = resume_point(self.run_dir, cfg.start_step) if resuming else None
+        self.ring_size, self.stride, self.probe_every = cfg.ring_size, cfg.stride, cfg.probe_every
         named, _ = param_names(model)
         self._params = [p for _, p in named]
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
-        self.manifest = build_manifest(
-            model, optimizer, run_id=self.run_id, model_factory=model_factory, model_kwargs=model_kwargs,
-            loss=self.loss_spec, batch_keys=keys, detector=self.detector.config.to_dict(),
-            recorder={"ring_size": ring_size, "stride": stride, "tail": tail, "baseline_every": baseline_every,
-                      "max_spikes": max_spikes, "max_bytes": max_bytes, "probe_every": probe_every,
-                      "probe": self.probe is not None, "steps_chunk": steps_chunk},
-            task=task, seed=seed, hf_config=hf_config)
-        write_manifest(self.run_dir, self.manifest)
+        self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
+        self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys, self.loss_spec,
+                                                   self.detector, self.objective)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
-        self._sink = RunSink(self.run_dir, steps_chunk=steps_chunk, max_pending_rows=max_pending_rows)
+        self._sink = RunSink(self.run_dir, steps_chunk=cfg.steps_chunk, max_pending_rows=cfg.max_pending_rows,
+                             first_chunk=point.next_chunk if point else 0)
         self._finalizer = weakref.finalize(self, finish_unclosed, self._sink)  # holds the sink, not self
         self._closed = False
-        self._step = 0  # index of the next optimizer step
+        self._step = point.start_step if point else 0  # index of the next optimizer step
+        self._last_committed = self._step - 1
+        self._spike_events: list[dict] = []  # the detector's events, for `spikes`
         self._warn = WarnOnce(on_first=self._log_warning)
-        self.ring = Ring([n for n, _ in named], self._params, kinds, ring_size=ring_size) if self._params else None
+        self.ring = Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.ring_size) if self._params else None
+        self.context = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.context_slots)
+                        if self._params and cfg.context_slots else None)
         self._scalars = StepScalars(self.ring, self._params, is_adam(optimizer))
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
-            self.ring, self._sink, self._warn, ring_size=ring_size, tail=tail, baseline_every=baseline_every,
-            max_spikes=max_spikes, max_bytes=max_bytes, run_id=self.run_id, optimizer=optimizer, opt_class=opt_class,
+            self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
+            baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes, run_id=self.run_id,
+            optimizer=optimizer, opt_class=opt_class, context=self.context,
             group_names=[[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
                          for g in optimizer.param_groups])
+        if point is not None:
+            restore(point, self.detector, self._snaps, self._sink, self._step)
         self._backward = BackwardCounter(self._params)
         self._t0 = time.perf_counter()
         self._updates = 0  # post-hook count
@@ -149,8 +140,9 @@ class Recorder:
 
     @property
     def spikes(self) -> list:
-        """Spikes seen so far (closed ones, plus the one still open with end=None)."""
-        return self._snaps.spikes(self.detector.open)
+        """Spike episodes seen so far in this process (closed ones, plus one still open with end=None),
+        built like a recorded run's (`forensics.rundir.spikes.spikes_from_events`)."""
+        return spikes_from_events(self._spike_events)
 
     @property
     def step(self) -> int:
@@ -184,8 +176,10 @@ class Recorder:
         try:
             if self._open is not None:
                 self._commit_missing()
+            self._save_state()  # before finish(): a resumed run continues an open episode
             for ev in self.detector.finish():
                 self._sink.event(ev)
+                self._spike_events.append(ev)
             slot = self._row_slot
             if slot is not None and self._snaps.enabled and self._sink.last_step() == self.ring.info[slot].step:
                 self._sink.patch_last(self.ring.info[slot].step, "update_norm", self._scalars.update_norm(slot, None))
@@ -230,12 +224,16 @@ class Recorder:
         if self._sink.stopped:
             return
         loss, batch, clipped = pending if pending is not None else (None, {}, None)
-        probe = self.probe.loss() if self.probe is not None and t % self.probe_every == 0 else None
+        probe = self.objective.value(t)
+        if self.objective.failure is not None:
+            self._warn("probe", self.objective.failure + "; the detector watches the training loss")
         groups = group_hparams(self.optimizer)
         opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates)
         events = self.detector.update(t, loss, probe=probe) if pending is not None else None
         slot = None
-        if self._snaps.enabled and (events is None or t % self.stride == 0 or self._snaps.must_capture(t, events)):
+        active = self.detector.current_spike_id
+        if self._snaps.enabled and (events is None or t % self.stride == 0
+                                    or self._snaps.must_capture(t, events, active)):
             if not self._known_optimizer:
                 for kind in discover_state_kinds(self.optimizer, self._params):
                     self.ring.add_kind(kind)
@@ -244,6 +242,8 @@ class Recorder:
             try:
                 slot = self.ring.capture(t, [p.grad for p in self._params],
                                          state_tensors(self.optimizer, self._params, self.ring.banks), batch, meta)
+                capture_context(self.context, self.ring, t, self.config.context_every, self._params,
+                                self.optimizer, batch, meta)
             except Exception as e:  # noqa: BLE001 - capture off, scalars go on
                 self._fail("ring capture", e)
         prev, self._row_slot = self._row_slot, slot
@@ -255,20 +255,29 @@ class Recorder:
             self._open, self._sink.open_row = step, row
         else:
             self._commit(step, loss)
+            self._note(self.objective.offer(t, batch))
 
     def _commit(self, step: CapturedStep, loss: float | None, batch: dict | None = None, clipped=None) -> None:
         """Step `step.t` has its loss (None: never reported): detection, its row, its snapshots."""
         events = step.events
         if events is None:
             events = self.detector.update(step.t, loss, probe=step.probe)
-            if batch is not None and step.slot is not None and self.ring.info[step.slot].step == step.t:
-                self.ring.attach(step.slot, batch, loss=loss, grad_clipped=clipped)
+            for ring in (self.ring, self.context):
+                slot = ring.find(step.t) if ring is not None and batch is not None else None
+                if slot is not None:
+                    ring.attach(slot, batch, loss=loss, grad_clipped=clipped)
+        if batch is not None:
+            self._note(self.objective.offer(step.t, batch))
         step.row["loss"] = math.nan if loss is None else loss
         step.row["spike_id"] = self.detector.current_spike_id
         self._sink.add_row(step.row)
+        self._last_committed = step.t
+        if (step.t + 1) % self.config.steps_chunk == 0:
+            self._save_state()
         for ev in events:
             self._sink.event(ev)
-        self._snaps.on_step(step.t, events, step.slot)
+            self._spike_events.append(ev)
+        self._snaps.on_step(step.t, events, step.slot, self.detector.current_spike_id)
 
     def _commit_missing(self) -> None:
         step, self._open = self._open, None
@@ -276,29 +285,14 @@ class Recorder:
                    "that step's loss is recorded as missing")
         self._commit(step, None)
 
-    # ----------------------------------------------------------------- failures and warnings
+    def _note(self, event: dict | None) -> None:
+        if event is not None:
+            self._sink.event(event)
 
-    def _log_warning(self, message: str) -> None:
-        if not self._sink.finished:
-            self._sink.event({"type": "warning", "step": self._step, "message": message})
-
-    def _fail(self, where: str, e: BaseException) -> None:
-        if self.strict:
-            raise e
-        log.error("spike forensics: error in %s; capture disabled", where, exc_info=e)
-        self._snaps.disable()
-        self._warn(f"error:{where}", f"recorder error in {where} ({type(e).__name__}: {e}); snapshot capture "
-                   "disabled, training continues")
-
-    def _surface(self) -> None:
-        """Warn about (or, strict, raise) the writer's trouble, on the training thread."""
-        for kind, message in self._sink.take_problems():
-            if self.strict:
-                raise RuntimeError(f"spike forensics: {message}")
-            if kind in ("snapshot", "stopped", "crash"):
-                self._snaps.disable()
-            self._warn(kind, message if kind == "stopped" or kind not in ("snapshot", "crash")
-                       else message + "; snapshot capture disabled, training continues")
-
+    def _save_state(self) -> None:
+        """Queue detector.json: what a resumed recorder restores (detector and snapshot budgets)."""
+        state = {"step": self._last_committed, "detector": self.detector.state_dict(),
+                 "snapshots": self._snaps.state_dict()}
+        self._sink.submit_file(STATE_FILE, lambda: write_state(self.run_dir, state))
 
 __all__ = ["Recorder", "RecorderWarning", "WriteStatus", "unwrap_model"]

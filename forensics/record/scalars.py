@@ -86,28 +86,7 @@ class StepScalars:
         return float(rho.nanmedian()), float((rho < 0.1).sum()) / valid
 
 
-class Probe:
-    """The loss of the model on a fixed probe batch, in eval mode and without gradients."""
-
-    def __init__(self, model, batch: dict, batch_keys: dict, loss_spec: str, loss_fn=None):
-        self.model, self.batch, self.keys, self.loss_spec, self._loss_fn = model, batch, batch_keys, loss_spec, loss_fn
-        if not {batch_keys["input"], batch_keys["target"]} <= set(batch):
-            raise ValueError(f"probe must hold the batch keys {batch_keys['input']!r} and {batch_keys['target']!r}, "
-                             f"got {sorted(batch)}")
-
-    def loss(self) -> float:
-        if self._loss_fn is None:
-            from forensics.losses import resolve_loss
-
-            self._loss_fn = resolve_loss(self.loss_spec, allow_import=True)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.model(self.batch[self.keys["input"]])
-                return float(self._loss_fn(out, self.batch[self.keys["target"]]).float().item())
-        finally:
-            self.model.train(was_training)
+from forensics.record.probe import Probe  # noqa: E402  (moved; kept importable here)
 
 
 __all__ = ["Probe", "StepScalars", "sqnorm"]

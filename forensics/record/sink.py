@@ -1,14 +1,12 @@
 """Everything the recorder puts on disk goes through one `RunSink`: step rows, events, snapshots.
 
-- Rows and events whose write fails with an `OSError` (read-only file system, disk full) stay in
-  memory (at most `max_pending_rows` rows, `max_pending_events` events; beyond, the oldest are
-  dropped and counted) and are retried at the next flush (every `steps_chunk` steps, `flush()`)
-  and at close. Step chunks and events are written before queued snapshots (writer priorities).
+- Rows and events whose write fails with an `OSError` stay in memory (at most `max_pending_rows` rows,
+  `max_pending_events` events; beyond, the oldest are dropped and counted) and are retried at the next
+  flush and at close. Step chunks and events are written before queued snapshots (writer priorities).
 - A run directory deleted, replaced, or stripped of `run.json` stops all writing (nothing recreated).
 - Nothing raises into training: trouble goes to `take_problems()` (the recorder warns) and `status`.
-- `finish()` (from `Recorder.close()`, or the finalizer when the recorder is garbage-collected or
-  the interpreter exits) writes what is buffered, retries what failed, removes stale temp files.
-  The sink holds no reference to the recorder, so the finalizer does not keep the recorder alive.
+- `finish()` (from `Recorder.close()` or the finalizer; the sink holds no reference to the recorder)
+  writes what is buffered, retries what failed, removes stale temp files.
 """
 
 from __future__ import annotations
@@ -20,14 +18,13 @@ from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
-from forensics.record.guard import RunDirGuard, remove_stale_temps
-from forensics.record.ring import tensors_from_export
+from forensics.record.guard import RunDirGuard
+from forensics.record.sink_jobs import WriterJobs
 from forensics.record.status import WriteStatus
 from forensics.record.writer import FIRST, LATER, BackgroundWriter
-from forensics.rundir import snapshots as snapshot_files
-from forensics.rundir import steps as step_files
+from forensics.rundir.atomic import clean_stale_temps
 from forensics.rundir.events import EventLog
-from forensics.rundir.format import SNAPSHOTS_DIR, STEP_COLUMNS, snapshot_name
+from forensics.rundir.format import STEP_COLUMNS
 
 log = logging.getLogger("forensics.record")
 MAX_PENDING_ROWS = 65_536  # ~25 MB of Python floats: 256 default chunks
@@ -38,12 +35,12 @@ def _empty_rows() -> dict:
     return {c: [] for c in STEP_COLUMNS}
 
 
-class RunSink:
+class RunSink(WriterJobs):
     """The disk side of one run (see the module docstring). Training-thread methods: `add_row`,
     `patch_last`, `submit_rows`, `event`, `snapshot`, `flush`, `take_problems`, `finish`."""
 
     def __init__(self, run_dir: Path | str, *, steps_chunk: int, max_pending_rows: int = MAX_PENDING_ROWS,
-                 max_pending_events: int = MAX_PENDING_EVENTS):
+                 max_pending_events: int = MAX_PENDING_EVENTS, first_chunk: int = 0):
         self.run_dir, self.pid = Path(run_dir), os.getpid()  # a forked child must not write this run
         self.steps_chunk, self.max_pending_rows, self.max_pending_events = steps_chunk, max_pending_rows, max_pending_events
         self._guard = RunDirGuard(self.run_dir)
@@ -53,7 +50,7 @@ class RunSink:
         self._rows = _empty_rows()
         self.open_row: dict | None = None  # the row of a step still waiting for its loss
         self._chunks: dict[int, dict] = {}  # chunk index -> rows not on disk yet
-        self._next_chunk, self._writing = 0, None  # the next chunk's index, the one being written
+        self._next_chunk, self._writing = first_chunk, None  # the next chunk's index, the one being written
         self._events: deque = deque()
         self._problems: list[tuple[str, str]] = []
         self._finished = False
@@ -108,6 +105,10 @@ class RunSink:
                 self._report("overflow", f"more than {self.max_pending_rows} step rows wait for the disk: the "
                              f"oldest {dropped} were dropped")
         self._submit("steps chunks", self._write_chunks, FIRST)
+
+    def submit_file(self, name: str, write) -> None:
+        """Queue `write()` (a small file such as detector.json) behind the queued rows; errors reported."""
+        self._submit(name, lambda: self._write_file(name, write), FIRST)
 
     def event(self, ev: dict) -> None:
         """Queue an event (`{"type": ..., **fields}`) for events.jsonl, in order."""
@@ -166,12 +167,9 @@ class RunSink:
             self._write_events()
         self._writer.close()
         with self._lock:
-            self._st.rows_lost += sum(len(r["step"]) for r in self._chunks.values())
-            self._st.events_lost += len(self._events)
-            self._chunks.clear()
-            self._events.clear()
+            self._drop_pending()
         if not self.stopped:
-            remove_stale_temps(self.run_dir)
+            clean_stale_temps(self.run_dir, own=True)
         return self.status
 
     # ----------------------------------------------------------------- writer thread
@@ -181,6 +179,13 @@ class RunSink:
             self._writer.submit(name, job, priority=priority)
         except RuntimeError:  # closed: finish() has run; what is pending is counted there
             pass
+
+    def _drop_pending(self) -> None:
+        """Count what still waits for the disk as lost (under the lock)."""
+        self._st.rows_lost += sum(len(r["step"]) for r in self._chunks.values())
+        self._st.events_lost += len(self._events)
+        self._chunks.clear()
+        self._events.clear()
 
     def _bound_chunks(self) -> int:
         dropped = 0
@@ -201,92 +206,9 @@ class RunSink:
             return True
         with self._lock:
             self._st.stopped = problem
-            self._st.rows_lost += sum(len(r["step"]) for r in self._chunks.values())
-            self._st.events_lost += len(self._events)
-            self._chunks.clear()
-            self._events.clear()
+            self._drop_pending()
         self._report("stopped", f"{problem}: recording stopped (nothing more is written there), training continues")
         return False
-
-    def _write_chunks(self) -> None:
-        if not self._dir_ok():
-            return
-        with self._lock:
-            todo = sorted(self._chunks)
-        reported = False
-        for index in todo:
-            with self._lock:
-                rows = self._chunks.get(index)
-                self._writing = index
-            if rows is None:
-                continue
-            try:
-                step_files.write_chunk(self.run_dir, index, rows)
-                written = True
-            except OSError as e:
-                written = False
-                if not reported:
-                    reported = True
-                    self._report("chunk", f"writing steps chunk {index} failed ({type(e).__name__}: {e}); its rows "
-                                 f"stay in memory (at most {self.max_pending_rows} rows) and are retried at the next "
-                                 "flush and at close", e)
-            except Exception as e:  # noqa: BLE001 - not the disk: a retry cannot help
-                written = None
-                self._report("dropped", f"steps chunk {index} cannot be written ({type(e).__name__}: {e}); "
-                             "its rows are lost", e)
-            with self._lock:
-                self._writing = None
-                if written is not False:
-                    n = len(self._chunks.pop(index, rows)["step"])
-                    if written:
-                        self._st.rows_written += n
-                    else:
-                        self._st.rows_lost += n
-
-    def _write_events(self) -> None:
-        if not self._dir_ok():
-            return
-        while True:
-            with self._lock:
-                if not self._events:
-                    return
-                ev = self._events[0]
-            try:
-                self._log.append(ev["type"], **{k: v for k, v in ev.items() if k != "type"})
-                ok = True
-            except OSError as e:
-                self._report("event", f"writing event {ev['type']!r} failed ({type(e).__name__}: {e}); events stay "
-                             f"in memory (at most {self.max_pending_events}) and are retried", e)
-                return
-            except Exception as e:  # noqa: BLE001 - an event that cannot be encoded: drop it, keep the rest
-                ok = False
-                self._report("dropped", f"event {ev.get('type')!r} cannot be written ({type(e).__name__}: {e})", e)
-            with self._lock:
-                if self._events and self._events[0] is ev:
-                    self._events.popleft()
-                    if ok:
-                        self._st.events_written += 1
-                    else:
-                        self._st.events_lost += 1
-
-    def _write_snapshot(self, step, role, spike_id, export, meta) -> None:
-        if not self._dir_ok():
-            with self._lock:
-                self._st.snapshots_lost += 1
-            return
-        rel = f"{SNAPSHOTS_DIR}/{snapshot_name(step)}"
-        try:
-            nbytes = snapshot_files.save_snapshot(self.run_dir / rel, tensors_from_export(export), meta)
-        except Exception as e:  # noqa: BLE001 - snapshots are too large to keep for a retry
-            with self._lock:
-                self._st.snapshots_lost += 1
-            self._report("snapshot", f"writing the snapshot of step {step} failed ({type(e).__name__}: {e})", e)
-            return
-        with self._lock:
-            self._st.snapshots_written += 1
-            self._events.append({"type": "snapshot", "step": step, "role": role, "spike_id": spike_id,
-                                 "file": rel, "bytes": nbytes})
-        self._write_events()
 
     def _report(self, kind: str, message: str, error: BaseException | None = None) -> None:
         log.error("spike forensics: %s", message)

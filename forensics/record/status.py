@@ -54,4 +54,33 @@ def finish_unclosed(sink) -> None:
         log.exception("spike forensics: flushing an unclosed recorder failed")
 
 
-__all__ = ["WriteStatus", "finish_unclosed"]
+__all__ = ["FailurePolicy", "WriteStatus", "finish_unclosed"]
+
+
+class FailurePolicy:
+    """The recorder's failure handling (a mixin over `strict`, `_sink`, `_snaps`, `_warn`, `_step`):
+    errors are logged and warned about once and end snapshot capture, never raised into training
+    unless strict."""
+
+
+    def _log_warning(self, message: str) -> None:
+        if not self._sink.finished:
+            self._sink.event({"type": "warning", "step": self._step, "message": message})
+
+    def _fail(self, where: str, e: BaseException) -> None:
+        if self.strict:
+            raise e
+        log.error("spike forensics: error in %s; capture disabled", where, exc_info=e)
+        self._snaps.disable()
+        self._warn(f"error:{where}", f"recorder error in {where} ({type(e).__name__}: {e}); snapshot capture "
+                   "disabled, training continues")
+
+    def _surface(self) -> None:
+        """Warn about (or, strict, raise) the writer's trouble, on the training thread."""
+        for kind, message in self._sink.take_problems():
+            if self.strict:
+                raise RuntimeError(f"spike forensics: {message}")
+            if kind in ("snapshot", "stopped", "crash"):
+                self._snaps.disable()
+            self._warn(kind, message if kind == "stopped" or kind not in ("snapshot", "crash")
+                       else message + "; snapshot capture disabled, training continues")

@@ -84,13 +84,14 @@ def write_json(final: Path | str, obj, *, fsync: bool = True) -> None:
 _TEMP_TAIL = re.compile(re.escape(TMP_MARK) + r"(\d+)-\d+$")
 
 
-def clean_stale_temps(run_dir: Path | str) -> list[Path]:
+def clean_stale_temps(run_dir: Path | str, *, own: bool = False) -> list[Path]:
     """Delete the temp files interrupted writers left in a run (`<name>.tmp-<pid>-<n>` in the
     run folder, steps/, snapshots/, analysis/); return the paths removed.
 
     A temp file is stale when no process with its pid is alive (a writer killed with SIGKILL
     leaves one behind; readers ignore them, but they hold disk). Temp files of live processes,
-    this one included, are kept: they may be writes in progress. Only regular files directly
+    this one included, are kept: they may be writes in progress; with `own=True` this process's
+    are removed too (the recorder, when it opens or closes a run and has no write in flight). Only regular files directly
     in those folders are touched, and only in folders that lie inside the run (links out are
     not followed). Call it when a run is opened for writing and when it is closed.
     """
@@ -105,7 +106,7 @@ def clean_stale_temps(run_dir: Path | str) -> list[Path]:
             continue
         for path in folder.iterdir():
             m = _TEMP_TAIL.search(path.name)
-            if m is None or path.is_symlink() or not is_regular_file(path) or _alive(int(m.group(1))):
+            if m is None or path.is_symlink() or not is_regular_file(path) or _alive(int(m.group(1)), own):
                 continue
             try:
                 path.unlink()
@@ -115,10 +116,10 @@ def clean_stale_temps(run_dir: Path | str) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this machine)."""
+def _alive(pid: int, own: bool = False) -> bool:
+    """Whether a process with this pid exists (on this machine); this process counts as gone with `own`."""
     if pid == os.getpid():
-        return True
+        return not own
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -59,6 +59,8 @@ _INT, _INT_OR_NULL, _NUM, _STR, _BOOL = "int", "int|null", "number", "str", "boo
 _EVENT_FIELDS = {
     "spike_open": {"spike_id": (_INT, True), "step": (_INT, True), "loss": (_NUM, False),
                    "baseline": (_NUM, False), "score": (_NUM, False), "signal": (_STR, False)},
+    "spike_reopen": {"spike_id": (_INT, True), "step": (_INT, True), "loss": (_NUM, False),
+                     "signal": (_STR, False)},
     "spike": {"spike_id": (_INT, True), "onset": (_INT, True), "peak": (_INT, True),
               "end": (_INT_OR_NULL, False), "peak_loss": (_NUM, True), "baseline": (_NUM, True),
               "magnitude": (_NUM, True), "signal": (_STR, False), "nonfinite": (_BOOL, False)},

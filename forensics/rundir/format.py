@@ -44,6 +44,8 @@ ANALYSIS_TABLES: dict[str, list[tuple[str, str, str]]] = {
         ("verdict", "VARCHAR", "primary mechanism or 'unexplained'; NULL if never analyzed"),
         ("verdict_score", "DOUBLE", "score of the primary finding in [0, 1]"),
         ("verdict_message", "VARCHAR", "one-line message of the primary finding"),
+        ("sub_peaks", "INTEGER", "peaks in the episode: 1 for a single spike, more when re-triggers "
+                                 "(ringing, echoes) were merged into it"),
     ],
     "measurements": [
         ("run_id", "VARCHAR", "the run"),

@@ -1,0 +1,74 @@
+"""The recorder's view of the objective: the probe the detector watches in minibatch training, drawn
+automatically from the first batches (`probe="auto"`), given as a batch, or absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forensics.record.inputs import flatten_batch
+from forensics.record.probe import AutoProbe, Probe, load_probe, save_probe
+
+
+class Objective:
+    """`value(t)`: the probe loss at step t (None when there is no probe yet, or t is not a
+    multiple of `probe_every`); `offer(t, batch)`: hand it step t's batch while an auto probe is
+    being drawn; returns the `probe` event announcing its decision, once."""
+
+    def __init__(self, model, cfg, batch_keys: dict, loss_spec: str, run_dir: Path):
+        self.model, self.keys, self.loss_spec, self.run_dir = model, batch_keys, loss_spec, run_dir
+        self.every = cfg.probe_every
+        self._loss_fn = None if isinstance(cfg.loss, str) else cfg.loss
+        self.probe: Probe | None = None
+        self.auto: AutoProbe | None = None
+        self.failure: str | None = None
+        if isinstance(cfg.probe, str):  # "auto"
+            self.kind = "auto"
+            self.auto = AutoProbe(batch_keys, size=cfg.probe_size, batches=cfg.probe_batches)
+        elif cfg.probe is None:
+            self.kind = "none"
+        else:
+            self.kind = "batch"
+            self.probe = self._make(flatten_batch(cfg.probe)[0])
+
+    def _make(self, batch: dict) -> Probe:
+        return Probe(self.model, batch, self.keys, self.loss_spec, self._loss_fn)
+
+    def value(self, t: int) -> float | None:
+        """The probe loss at the current weights, every `probe_every` steps once a probe exists. A probe
+        that fails is switched off (`failure` says why; the detector then watches the training loss)."""
+        if self.probe is None or t % self.every:
+            return None
+        try:
+            return self.probe.loss()
+        except Exception as e:  # noqa: BLE001 - the probe must never cost a step's row
+            self.probe, self.failure = None, f"the probe failed ({type(e).__name__}: {e}) and is off"
+            return None
+
+    def offer(self, t: int, batch: dict) -> dict | None:
+        """Feed the auto probe; the `probe` event (step, active, samples, reason) when it decides."""
+        if self.auto is None or self.auto.done:
+            return None
+        decision = self.auto.offer(batch)
+        if decision is None:
+            return None
+        what, detail = decision
+        if what == "probe":
+            save_probe(self.run_dir, detail)
+            self.probe = self._make(detail)
+            n = int(next(iter(detail.values())).shape[0])
+            return {"type": "probe", "step": t, "active": True, "samples": n,
+                    "message": f"probe set of {n} samples drawn from the first batches; the detector watches it"}
+        return {"type": "probe", "step": t, "active": False, "samples": 0,
+                "message": f"no probe: {detail}; the detector watches the training loss"}
+
+    def restore(self) -> None:
+        """A resumed run: reuse the probe set the run drew before (probe.safetensors), if any."""
+        if self.kind != "auto":
+            return
+        device = next(self.model.parameters()).device if any(True for _ in self.model.parameters()) else "cpu"
+        batch = load_probe(self.run_dir, device)
+        if batch is not None:
+            self.probe, self.auto = self._make(batch), None
+
+
+__all__ = ["Objective"]

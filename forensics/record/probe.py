@@ -1,0 +1,108 @@
+"""The objective the detector watches in minibatch training: the loss of the model on a fixed probe
+set, without gradients. `AutoProbe` draws that set from the first batches of the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PROBE_FILE = "probe.safetensors"  # the probe set of an auto probe, for a resumed run
+
+
+class Probe:
+    """The loss of the model on a fixed probe batch, in eval mode and without gradients."""
+
+    def __init__(self, model, batch: dict, batch_keys: dict, loss_spec: str, loss_fn=None):
+        self.model, self.batch, self.keys, self.loss_spec, self._loss_fn = model, batch, batch_keys, loss_spec, loss_fn
+        if not {batch_keys["input"], batch_keys["target"]} <= set(batch):
+            raise ValueError(f"probe must hold the batch keys {batch_keys['input']!r} and {batch_keys['target']!r}, "
+                             f"got {sorted(batch)}")
+
+    def loss(self) -> float:
+        """The probe loss at the current weights (a float; NaN/Inf kept)."""
+        if self._loss_fn is None:
+            from forensics.losses import resolve_loss
+
+            self._loss_fn = resolve_loss(self.loss_spec, allow_import=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(self.batch[self.keys["input"]])
+                out = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)  # HF ModelOutput
+                return float(self._loss_fn(out, self.batch[self.keys["target"]]).float().item())
+        finally:
+            self.model.train(was_training)
+
+
+class AutoProbe:
+    """Collects the input and target of the first `batches` batches, at most `size` samples.
+
+    `offer(batch)` per observed step returns None while collecting, then once a decision:
+    ("probe", {input, target}) with the samples concatenated along dim 0, or ("off", reason) when
+    every collected batch equals the first (full-batch training: the loss is the objective) or the
+    batches cannot be concatenated (no common leading sample dimension).
+    """
+
+    def __init__(self, batch_keys: dict, *, size: int, batches: int):
+        self.keys, self.size, self.batches = (batch_keys["input"], batch_keys["target"]), size, batches
+        self.parts: list[dict] = []
+        self.samples = 0
+        self.all_same = True
+        self.done = False
+
+    def offer(self, batch: dict):
+        """Add one step's (flat) batch; see the class docstring for the return value."""
+        if self.done:
+            return None
+        if not set(self.keys) <= set(batch):
+            return self._finish(("off", f"the batch lacks {self.keys[0]!r} or {self.keys[1]!r}"))
+        part = {k: batch[k].detach() for k in self.keys}
+        n = part[self.keys[0]].shape[0] if part[self.keys[0]].dim() else 0
+        if n == 0 or part[self.keys[1]].dim() == 0 or part[self.keys[1]].shape[0] != n:
+            return self._finish(("off", "input and target have no common leading sample dimension"))
+        if self.parts:
+            first = self.parts[0]
+            self.all_same = self.all_same and all(
+                part[k].shape == first[k].shape and torch.equal(part[k], first[k]) for k in self.keys)
+        self.parts.append({k: v[: self.size - self.samples].clone() for k, v in part.items()})
+        self.samples += min(n, self.size - self.samples)
+        if len(self.parts) >= self.batches or self.samples >= self.size:
+            return self._finish(self._decide())
+        return None
+
+    def _decide(self):
+        if len(self.parts) > 1 and self.all_same:
+            return ("off", "the first batches are all the same batch (full-batch training)")
+        try:
+            return ("probe", {k: torch.cat([p[k] for p in self.parts]) for k in self.keys})
+        except RuntimeError as e:
+            return ("off", f"the batches cannot be concatenated ({e})")
+
+    def _finish(self, decision):
+        self.done, self.parts = True, []
+        return decision
+
+
+def save_probe(run_dir: Path | str, batch: dict) -> None:
+    """Write the probe set to `run_dir/probe.safetensors` atomically (tensors only)."""
+    from safetensors.torch import save_file
+
+    from forensics.rundir.atomic import write_with
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in batch.items()}
+    write_with(Path(run_dir) / PROBE_FILE, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_probe(run_dir: Path | str, device) -> dict | None:
+    """The probe set written by `save_probe`, on `device`; None if there is none."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / PROBE_FILE
+    if not path.is_file():
+        return None
+    return {k: v.to(device) for k, v in load_file(str(path)).items()}
+
+
+__all__ = ["PROBE_FILE", "AutoProbe", "Probe", "load_probe", "save_probe"]
