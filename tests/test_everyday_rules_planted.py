@@ -185,7 +185,7 @@ def test_last_partial_batch_of_each_epoch_is_named_with_size_and_period(tmp_path
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True,
                                          drop_last=False, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-    rec = Recorder(model, opt, tmp_path / "run", loss="mse")
+    rec = Recorder(model, opt, tmp_path / "run", loss="mse", probe=None)  # detection on the minibatch loss
     for _ in range(20):
         for xb, yb in loader:
             opt.zero_grad()
@@ -256,7 +256,7 @@ def test_last_partial_batch_through_the_lightning_callback(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=False,
                                          generator=torch.Generator().manual_seed(2))
     module = Module()
-    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net")
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net", probe=None)
     quiet = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=30, logger=False,
                                 callbacks=[callback],

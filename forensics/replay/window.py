@@ -54,7 +54,9 @@ def spike_window(run: Run, spike_id: int) -> Window:
     """
     spike = find_spike(run, spike_id)
     by_step = {s.step: s for s in run.snapshots}
-    own = sorted(s.step for s in run.snapshots if s.spike_id == spike.spike_id)
+    # the sparse `context` snapshots before the dense ring have no batches between them: they
+    # are for the rules (when was a limit crossed), not a place to replay from
+    own = sorted(s.step for s in run.snapshots if s.spike_id == spike.spike_id and s.role != "context")
     if not own:
         raise ValueError(f"{run.path}: spike {spike_id} has no snapshots (recorded after the spike "
                          f"budget ran out, or with capture off): nothing to replay from")
