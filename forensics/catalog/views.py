@@ -63,6 +63,7 @@ class Catalog:
         return query(self, sql, params, **limits)
 
     def close(self) -> None:
+        """Close the DuckDB connection and delete its temporary directory."""
         self.con.close()
         _remove_temp_directory(self.temp_directory)
 

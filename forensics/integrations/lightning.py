@@ -99,12 +99,16 @@ class SpikeForensicsCallback(pl.Callback):
             self._pending_state = None
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Flush and close the recorder when fit ends normally."""
         self._close()
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                     exception: BaseException) -> None:
+        """Flush and close the recorder when training raises, so the rows and events so far reach disk."""
         self._close()
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Close the recorder on teardown too (idempotent), in case neither hook above ran."""
         self._close()
 
     # ----------------------------------------------------------------- per step
@@ -170,7 +174,7 @@ class SpikeForensicsCallback(pl.Callback):
             return {self._keys[0]: batch}
         if isinstance(batch, (tuple, list)):
             names = list(self._keys) + [str(i) for i in range(2, len(batch))]
-            return dict(zip(names, batch))
+            return dict(zip(names, batch, strict=False))
         return {"0": batch}
 
     def _will_clip(self, trainer) -> bool:

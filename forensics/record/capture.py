@@ -117,7 +117,7 @@ class SnapshotPolicy:
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta
-        groups = [{**g, "params": names} for g, names in zip(m["groups"], self.group_names)]
+        groups = [{**g, "params": names} for g, names in zip(m["groups"], self.group_names, strict=False)]
         return {"format_version": FORMAT_VERSION, "run_id": self.run_id, "step": info.step,
                 "loss": float(m["loss"]), "role": role, "spike_id": spike_id, "optimizer": self.opt_class,
                 "optimizer_step": m["optimizer_step"], **snapshot_hparams(self.optimizer, m["groups"]),

@@ -161,7 +161,7 @@ class SpikeDetector:
         """Raise the episode's and the current sub-peak's highest value (a NaN/Inf counts as highest)."""
         if not _finite(v):
             sp["nonfinite"] = True
-        for key, holder in (("peak", None), ("cur", sp["cur"])):
+        for _key, holder in (("peak", None), ("cur", sp["cur"])):
             best = sp["peak_loss"] if holder is None else holder[1]
             if _finite(best) and (not _finite(v) or v > best):
                 if holder is None:
@@ -272,7 +272,7 @@ def detect_offline(steps, values, config: DetectorConfig | str | dict = "robust"
         raise ValueError(f"steps ({len(steps)}) and values ({len(values)}) differ in length")
     probe = list(probe) if probe is not None else [None] * len(steps)
     events = []
-    for s, v, p in zip(steps, values, probe):
+    for s, v, p in zip(steps, values, probe, strict=False):
         p = None if p is None or (isinstance(p, float) and math.isnan(p)) else p
         events += det.update(int(s), v, probe=p)
     events += det.finish()

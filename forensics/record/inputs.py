@@ -40,34 +40,45 @@ def _join(prefix: str, key) -> str:
 
 
 def _walk(v, key: str, out: dict, dropped: list) -> None:
+    """Add the tensors of `v` under `key` (dotted for nesting) to `out`; describe what cannot be kept in `dropped`."""
     if v is None:
         return
     if isinstance(v, torch.Tensor):
         out[key or "0"] = v
     elif _is_numpy(v):
-        try:
-            t = _numpy_tensor(v)
-        except (TypeError, ValueError, RuntimeError):
-            t = None
-        if t is None:
-            dropped.append(f"{key or '<batch>'!r} (numpy {v.dtype})")
-        else:
-            out[key or "0"] = t
+        _walk_numpy(v, key, out, dropped)
     elif isinstance(v, _NUMBER):
         out[key or "0"] = torch.tensor(v)
     elif isinstance(v, Mapping):
         for k, x in v.items():
             _walk(x, _join(key, k), out, dropped)
     elif isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, _NUMBER) for x in v):
-            out[key or "0"] = torch.tensor(list(v))
-        elif v and all(isinstance(x, str) for x in v):
-            dropped.append(f"{key or '<batch>'!r} ({type(v).__name__} of str)")
-        else:
-            for i, x in enumerate(v):
-                _walk(x, _join(key, i), out, dropped)
+        _walk_sequence(v, key, out, dropped)
     else:
         dropped.append(f"{key or '<batch>'!r} ({type(v).__name__})")
+
+
+def _walk_numpy(v, key: str, out: dict, dropped: list) -> None:
+    """A numpy array or scalar becomes a tensor; a dtype torch cannot hold (strings, objects) is dropped."""
+    try:
+        t = _numpy_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None:
+        dropped.append(f"{key or '<batch>'!r} (numpy {v.dtype})")
+    else:
+        out[key or "0"] = t
+
+
+def _walk_sequence(v, key: str, out: dict, dropped: list) -> None:
+    """A list/tuple of numbers becomes one tensor, one of strings is dropped, anything else is walked per index."""
+    if v and all(isinstance(x, _NUMBER) for x in v):
+        out[key or "0"] = torch.tensor(list(v))
+    elif v and all(isinstance(x, str) for x in v):
+        dropped.append(f"{key or '<batch>'!r} ({type(v).__name__} of str)")
+    else:
+        for i, x in enumerate(v):
+            _walk(x, _join(key, i), out, dropped)
 
 
 def flatten_batch(batch) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -12,11 +12,13 @@ _HPARAM_KEYS = ("lr", "eps", "weight_decay", "momentum", "dampening")
 
 
 def is_adam(optimizer) -> bool:
+    """Whether the optimizer is torch's Adam or AdamW (or subclasses one), whose state has exp_avg/exp_avg_sq."""
     return any(c.__name__ in _ADAM_FAMILY and c.__module__.startswith("torch.optim")
                for c in type(optimizer).__mro__)
 
 
 def is_sgd(optimizer) -> bool:
+    """Whether the optimizer is torch's SGD (or subclasses it), whose only state is momentum_buffer."""
     return any(c.__name__ == "SGD" and c.__module__.startswith("torch.optim") for c in type(optimizer).__mro__)
 
 

@@ -37,14 +37,38 @@ class Channel(Protocol):
     count: int
     min_seen: float
 
-    def push(self, v: float) -> None: ...
-    def check(self, v: float) -> tuple[bool, float, float]: ...
-    def baseline(self) -> float: ...
-    def close_level(self, base: float) -> float: ...
-    def ready(self) -> bool: ...
-    def window_max(self) -> float: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, d: dict) -> None: ...
+    def push(self, v: float) -> None:
+        """Add a non-spike value to the trailing window the baseline is computed from."""
+        ...
+
+    def check(self, v: float) -> tuple[bool, float, float]:
+        """(whether v opens a spike, its score against the window, the baseline it was compared with)."""
+        ...
+
+    def baseline(self) -> float:
+        """The level the next value is compared against (in loss units; nan before any value)."""
+        ...
+
+    def close_level(self, base: float) -> float:
+        """The value below which a spike opened against baseline `base` is over."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether enough values have been seen for `check` to be meaningful."""
+        ...
+
+    def window_max(self) -> float:
+        """The largest value in the trailing window."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The channel's state as plain data, for resuming a run."""
+        ...
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore the state `state_dict` returned."""
+        ...
+
 
 
 class _Base:
@@ -264,6 +288,7 @@ class RecentMin(_Base):
         self.size = cfg.objective_window
 
     def push(self, v):
+        """Append v to the window of the last `objective_window` values and update the extremes."""
         self.count += 1
         self.max_seen, self.min_seen = max(self.max_seen, v), min(self.min_seen, v)
         self.values.append(v)
@@ -271,17 +296,21 @@ class RecentMin(_Base):
             self.values.popleft()
 
     def ready(self):
+        """True after MIN_VALUES values: a minimum over fewer is too noisy to compare against."""
         return self.count >= self.MIN_VALUES
 
     def check(self, v):
+        """(v / window minimum > objective_ratio, that ratio, the window minimum)."""
         base = min(self.values)
         score = v / base if base > 0 else 0.0
         return score > self.cfg.objective_ratio, score, base
 
     def baseline(self):
+        """The minimum over the window (nan when empty)."""
         return min(self.values) if self.values else math.nan
 
     def close_level(self, base):
+        """objective_ratio x base: the sub-peak is over once the value drops below it."""
         return self.cfg.objective_ratio * base if math.isfinite(base) else math.inf
 
 

@@ -60,14 +60,17 @@ class RunSink(WriterJobs):
 
     @property
     def finished(self) -> bool:
+        """Whether `finish` has run: rows given after that are counted lost, not written."""
         return self._finished
 
     @property
     def stopped(self) -> bool:
+        """Whether writing stopped for good (the run directory went away); training goes on."""
         return self._st.stopped is not None
 
     @property
     def status(self) -> WriteStatus:
+        """A snapshot of the write counters, with the rows and events still waiting for the disk."""
         with self._lock:
             return replace(self._st, rows_pending=sum(len(r["step"]) for r in self._chunks.values()),
                            events_pending=len(self._events))
@@ -91,6 +94,7 @@ class RunSink(WriterJobs):
             self._rows[column][-1] = value
 
     def last_step(self) -> int | None:
+        """The step of the last buffered (not yet submitted) row, or None when the buffer is empty."""
         return self._rows["step"][-1] if self._rows["step"] else None
 
     def submit_rows(self) -> None:

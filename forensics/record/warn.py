@@ -27,6 +27,7 @@ class WarnOnce:
         self._seen: set[str] = set()
 
     def seen(self, key: str) -> bool:
+        """Whether the warning `key` has already fired (each fires once per recorder)."""
         return key in self._seen
 
     def __call__(self, key: str, message: str, *, stacklevel: int = 3) -> bool:

@@ -15,6 +15,7 @@ STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
 
 def render(root: str) -> None:
+    """Draw the Spike page: pick a run and one of its spikes (synced with the URL) and show it."""
     runs = data.runs(root)
     if not len(runs):
         st.title("Spike")
@@ -55,6 +56,7 @@ def _row(spikes: pd.DataFrame, spike_id: int) -> dict:
 
 
 def context(root: str, run: dict, spike: dict) -> panels.SpikeFrames:
+    """Load the frames a spike's panels need: steps from 3 windows before onset to 1 past the end, snapshots, measurements."""
     lo, hi = charts.window(spike)
     lo_wide = lo - 3 * (hi - lo)
     return panels.SpikeFrames(
@@ -91,7 +93,7 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
     if not len(found):
         return
     found = found.assign(order=[(0 if p else 1, STATUS_ORDER.get(s, 3), -(sc or 0))
-                                for p, s, sc in zip(found["primary"], found["status"], found["score"])])
+                                for p, s, sc in zip(found["primary"], found["status"], found["score"], strict=True)])
     found = found.sort_values("order")
     st.markdown("### Findings")
     for f in found.to_dict("records"):
