@@ -1,8 +1,9 @@
 """What a user hands the recorder, made regular: the batch, the model, the loss, the options.
 
-Batches become the flat `{key: tensor}` a snapshot stores. Tensors are kept as they are; numpy arrays and numpy/Python numbers become tensors; dicts,
-lists and tuples are walked, their keys joined with `SEP` (`{"a": {"b": t}}` -> `"a.b"`,
-`[{"x": t}]` -> `"0.x"`, a top-level tensor or sequence gets `"0"`, `"1"`, ...). A list or tuple of
+Batches become the flat `{key: tensor}` a snapshot stores. Tensors are kept as they are; numpy
+arrays and numpy/Python numbers become tensors; dicts, lists and tuples are walked, their keys
+joined with `SEP` (`{"a": {"b": t}}` -> `"a.b"`, `[{"x": t}]` -> `"0.x"`, a top-level tensor or
+sequence gets `"0"`, `"1"`, ...). A list or tuple of
 plain numbers becomes one 1-D tensor. `None` entries hold nothing and are skipped; anything else
 (strings, arbitrary objects) is dropped and named, so the caller can warn once.
 """
@@ -40,7 +41,8 @@ def _join(prefix: str, key) -> str:
 
 
 def _walk(v, key: str, out: dict, dropped: list) -> None:
-    """Add the tensors of `v` under `key` (dotted for nesting) to `out`; describe what cannot be kept in `dropped`."""
+    """Add the tensors in `v` to `out` under `key` (joined with SEP when nested); describe what
+    cannot be kept in `dropped`."""
     if v is None:
         return
     if isinstance(v, torch.Tensor):
@@ -71,7 +73,8 @@ def _walk_numpy(v, key: str, out: dict, dropped: list) -> None:
 
 
 def _walk_sequence(v, key: str, out: dict, dropped: list) -> None:
-    """A list/tuple of numbers becomes one tensor, one of strings is dropped, anything else is walked per index."""
+    """A list/tuple of numbers becomes one 1-D tensor, one of strings is dropped, anything else is
+    walked per index."""
     if v and all(isinstance(x, _NUMBER) for x in v):
         out[key or "0"] = torch.tensor(list(v))
     elif v and all(isinstance(x, str) for x in v):
@@ -105,7 +108,8 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def loss_spec(loss) -> str:
-    """run.json's `loss`: a name ("mse", "cross_entropy") or `module:qualname` of a callable; ValueError otherwise."""
+    """run.json's `loss`: a name ("mse", "cross_entropy") or `module:qualname` of a callable;
+    ValueError otherwise."""
     if isinstance(loss, str):
         return loss
     if callable(loss) and hasattr(loss, "__module__") and hasattr(loss, "__qualname__"):
@@ -114,7 +118,8 @@ def loss_spec(loss) -> str:
 
 
 def batch_key_map(batch_keys) -> dict:
-    """`(input_key, target_key)` or `{"input": ..., "target": ...}` as run.json's `batch_keys`; ValueError otherwise."""
+    """`(input_key, target_key)` or `{"input": ..., "target": ...}` as run.json's `batch_keys`;
+    ValueError otherwise."""
     if isinstance(batch_keys, dict):
         return {"input": batch_keys["input"], "target": batch_keys["target"]}
     if isinstance(batch_keys, (tuple, list)) and len(batch_keys) == 2:

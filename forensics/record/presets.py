@@ -24,51 +24,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Protocol
 
 import numpy as np
 
+from forensics.record.channel import Channel
+
 _RECENT = 8  # robust: the trend's prediction is floored at the minimum of the window's last _RECENT values
-
-
-class Channel(Protocol):
-    """What the detector asks of a preset (see the module docstring)."""
-
-    count: int
-    min_seen: float
-
-    def push(self, v: float) -> None:
-        """Add a non-spike value to the trailing window the baseline is computed from."""
-        ...
-
-    def check(self, v: float) -> tuple[bool, float, float]:
-        """(whether v opens a spike, its score against the window, the baseline it was compared with)."""
-        ...
-
-    def baseline(self) -> float:
-        """The level the next value is compared against (in loss units; nan before any value)."""
-        ...
-
-    def close_level(self, base: float) -> float:
-        """The value below which a spike opened against baseline `base` is over."""
-        ...
-
-    def ready(self) -> bool:
-        """Whether enough values have been seen for `check` to be meaningful."""
-        ...
-
-    def window_max(self) -> float:
-        """The largest value in the trailing window."""
-        ...
-
-    def state_dict(self) -> dict:
-        """The channel's state as plain data, for resuming a run."""
-        ...
-
-    def load_state_dict(self, d: dict) -> None:
-        """Restore the state `state_dict` returned."""
-        ...
-
 
 
 class _Base:

@@ -125,4 +125,5 @@ def restore(point: ResumePoint, detector, snaps, sink, step: int) -> None:
                 "message": f"resumed at step {step}; detector state restored"})
 
 
-__all__ = ["STATE_FILE", "ResumePoint", "open_manifest", "read_state", "restore", "resume_point", "write_state"]
+__all__ = ["STATE_FILE", "ResumePoint", "open_manifest", "read_state", "restore", "resume_point",
+           "write_state"]

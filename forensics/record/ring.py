@@ -25,7 +25,7 @@ class Layout:
 
     @classmethod
     def of(cls, names, tensors) -> "Layout":
-        """The layout packing `tensors` (in order) into one flat buffer per dtype, each at its running offset."""
+        """The layout packing `tensors`, in order, into one flat buffer per dtype (running offsets)."""
         lay = cls(list(names), [tuple(t.shape) for t in tensors], [t.dtype for t in tensors], [])
         for t in tensors:
             off = lay.totals.get(t.dtype, 0)
@@ -49,10 +49,12 @@ class FlatBank:
 
     def __init__(self, layout: Layout, ring_size: int, device):
         self.layout = layout
-        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device) for dt, n in layout.totals.items()}
+        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device)
+                     for dt, n in layout.totals.items()}
         self.slot_views = [list(layout.views({dt: b[k] for dt, b in self.bufs.items()}).values())
                            for k in range(ring_size)]
-        self.nbytes_per_slot = sum(n * torch.empty((), dtype=dt).element_size() for dt, n in layout.totals.items())
+        self.nbytes_per_slot = sum(n * torch.empty((), dtype=dt).element_size()
+                                   for dt, n in layout.totals.items())
 
     def fill(self, slot: int, sources: list) -> None:
         """Copy `sources` (aligned with the layout; None -> zeros) into `slot`."""
@@ -88,7 +90,8 @@ class SlotInfo:
 class Ring:
     """The last K captured states: params, grads, optimizer state kinds and batches."""
 
-    def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *, ring_size: int):
+    def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *,
+                 ring_size: int):
         if ring_size < 1:
             raise ValueError(f"ring_size must be >= 1, got {ring_size}")
         self.size = ring_size
@@ -150,7 +153,7 @@ class Ring:
                 yield k
 
     def find(self, step: int) -> int | None:
-        """The slot holding the capture of `step`, or None once it has been overwritten (or never captured)."""
+        """The slot holding the capture of `step`; None if it was overwritten or never captured."""
         for k in self.slots_newest_first():
             if self.info[k].step == step:
                 return k
