@@ -95,7 +95,8 @@ def run_overview(steps: pd.DataFrame, spikes: pd.DataFrame, *, log_scale: bool =
         stroke=alt.value("black"),
         strokeWidth=alt.condition(pick, alt.value(2), alt.value(0.5)),
         tooltip=["spike_id:Q", "verdict:N", "onset_step:Q", "peak_step:Q", "end_step:Q",
-                 alt.Tooltip("magnitude:Q", format=".3g"), alt.Tooltip("sub_peaks:Q", title="peaks in episode")],
+                 alt.Tooltip("magnitude:Q", format=".3g"),
+                 alt.Tooltip("sub_peaks:Q", title="peaks in episode")],
     ).add_params(pick)
     layers = [spans, line, marks]
     if len(bad):

@@ -63,6 +63,7 @@ class Catalog:
         return query(self, sql, params, **limits)
 
     def close(self) -> None:
+        """Close the DuckDB connection and delete its temporary directory."""
         self.con.close()
         _remove_temp_directory(self.temp_directory)
 
@@ -114,7 +115,7 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
             catalog.notes.append(problem)
             continue
         if entry.run_id in ids:
-            new_id = f"{entry.run_id}~{sum(1 for r in catalog.runs if r.run_id.split('~')[0] == entry.run_id) + 1}"
+            new_id = f"{entry.run_id}~{1 + sum(r.run_id.split('~')[0] == entry.run_id for r in catalog.runs)}"
             entry.notes.append(f"run_id {entry.run_id!r} is also the id of {ids[entry.run_id]}; "
                                f"shown as {new_id!r}")
             entry.run_id = new_id
@@ -185,7 +186,8 @@ def _create_views(con, runs: list[RunEntry]) -> None:
     create_run_table(con, runs)
 
     steps = [f"SELECT {_lit(r.run_id)} AS run_id, {projection('steps', r.step_columns, r.step_types)} "
-             f"FROM read_parquet({_files(r.path / STEPS_DIR, '*.parquet', r.step_files, glob=r.steps_complete)}"
+             "FROM read_parquet("
+             f"{_files(r.path / STEPS_DIR, '*.parquet', r.step_files, glob=r.steps_complete)}"
              f"{'' if r.steps_uniform else ', union_by_name = true'})" for r in runs if r.step_files]
     con.execute(f"CREATE VIEW steps AS {_union('steps', steps)}")
 
@@ -255,7 +257,8 @@ _ONLINE_SPIKES = f"""
     WITH marks AS (
         SELECT run_id, spike_id, type, event,
                CASE WHEN type = 'spike' THEN TRY_CAST(event->>'onset' AS BIGINT) ELSE step END AS mark_step,
-               TRY_CAST(event->>(CASE WHEN type = 'spike' THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE) AS value
+               TRY_CAST(event->>(CASE WHEN type = 'spike' THEN 'peak_loss' ELSE 'loss' END) AS DOUBLE)
+                   AS value
         FROM events WHERE type IN ('spike', 'spike_open', 'spike_reopen')),
     closed AS (
         SELECT run_id, spike_id, mark_step AS onset_step, TRY_CAST(event->>'peak' AS BIGINT) AS peak_step,

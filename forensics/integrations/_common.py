@@ -25,7 +25,8 @@ class MicroBatches:
         self._warn = WarnOnce()
 
     def add_loss(self, loss) -> None:
-        self.losses.append(float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss))
+        value = loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss
+        self.losses.append(float(value))
 
     def add_batch(self, batch) -> None:
         """Keep a micro-batch: any nesting of dicts, lists and tuples of tensors, arrays and numbers
@@ -66,7 +67,8 @@ class MicroBatches:
 
 
 def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer inside wrappers such as accelerate's `AcceleratedOptimizer` or `LightningOptimizer`."""
+    """The torch optimizer inside wrappers such as accelerate's `AcceleratedOptimizer` or
+    `LightningOptimizer`."""
     seen = 0
     while not _is_plain(optimizer) and seen < 8:
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)

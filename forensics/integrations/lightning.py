@@ -58,9 +58,11 @@ class SpikeForensicsCallback(pl.Callback):
         elif isinstance(batch_keys, (tuple, list)) and len(batch_keys) == 2:
             self._batch_fn, self._keys = None, (str(batch_keys[0]), str(batch_keys[1]))
         else:
-            raise ValueError(f"batch_keys must be (input_key, target_key) or a callable batch -> dict, got {batch_keys!r}")
+            raise ValueError("batch_keys must be (input_key, target_key) or a callable batch -> dict, "
+                             f"got {batch_keys!r}")
         self.run_dir = Path(run_dir)
-        self.model_factory, self.model_kwargs, self.loss, self.module = model_factory, model_kwargs, loss, module
+        self.model_factory, self.model_kwargs = model_factory, model_kwargs
+        self.loss, self.module = loss, module
         self.recorder_options = recorder_options
         self.recorder = None
         self._optimizer = None
@@ -80,8 +82,8 @@ class SpikeForensicsCallback(pl.Callback):
                           stacklevel=2)
             return
         if len(trainer.optimizers) > 1:
-            warnings.warn("spike forensics: several optimizers configured; recording trainer.optimizers[0] only",
-                          stacklevel=2)
+            warnings.warn("spike forensics: several optimizers configured; "
+                          "recording trainer.optimizers[0] only", stacklevel=2)
         from forensics.record.recorder import Recorder
 
         model = self._model(pl_module)
@@ -99,12 +101,16 @@ class SpikeForensicsCallback(pl.Callback):
             self._pending_state = None
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Flush and close the recorder when fit ends normally."""
         self._close()
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                     exception: BaseException) -> None:
+        """Flush and close the recorder when training raises, so the rows and events so far reach disk."""
         self._close()
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Close the recorder on teardown too (idempotent), in case neither hook above ran."""
         self._close()
 
     # ----------------------------------------------------------------- per step
@@ -162,7 +168,8 @@ class SpikeForensicsCallback(pl.Callback):
         if self._batch_fn is not None:
             out = self._batch_fn(batch)
             if not isinstance(out, dict):
-                raise ValueError(f"batch_keys callable must return a dict of tensors, got {type(out).__name__}")
+                raise ValueError("batch_keys callable must return a dict of tensors, "
+                                 f"got {type(out).__name__}")
             return out
         if isinstance(batch, dict):
             return batch  # nested entries, arrays and numbers are flattened by MicroBatches.add_batch
@@ -170,7 +177,7 @@ class SpikeForensicsCallback(pl.Callback):
             return {self._keys[0]: batch}
         if isinstance(batch, (tuple, list)):
             names = list(self._keys) + [str(i) for i in range(2, len(batch))]
-            return dict(zip(names, batch))
+            return dict(zip(names, batch, strict=False))
         return {"0": batch}
 
     def _will_clip(self, trainer) -> bool:

@@ -22,7 +22,8 @@ class SnapshotPolicy:
         self.ring, self.context, self.sink, self.warn = ring, context, sink, warn
         self.ring_size, self.tail, self.baseline_every = ring_size, tail, baseline_every
         self.max_spikes, self.max_bytes = max_spikes, max_bytes
-        self.run_id, self.optimizer, self.opt_class, self.group_names = run_id, optimizer, opt_class, group_names
+        self.run_id, self.optimizer = run_id, optimizer
+        self.opt_class, self.group_names = opt_class, group_names
         self.enabled = ring is not None
         self.capturing = None  # id of the episode whose snapshots are being written
         self.tail_left = 0
@@ -79,8 +80,8 @@ class SnapshotPolicy:
             return
         if self.spikes_captured >= self.max_spikes:
             # only spike capture ends: sparse baselines go on (max_bytes still bounds them)
-            self.warn("budget", f"spike budget exhausted (max_spikes={self.max_spikes} episodes): no more spike "
-                      "snapshots; baselines, per-step scalars and spike events continue")
+            self.warn("budget", f"spike budget exhausted (max_spikes={self.max_spikes} episodes): "
+                      "no more spike snapshots; baselines, per-step scalars and spike events continue")
             return
         self.spikes_captured += 1
         sid = ev["spike_id"]
@@ -117,7 +118,7 @@ class SnapshotPolicy:
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta
-        groups = [{**g, "params": names} for g, names in zip(m["groups"], self.group_names)]
+        groups = [{**g, "params": names} for g, names in zip(m["groups"], self.group_names, strict=False)]
         return {"format_version": FORMAT_VERSION, "run_id": self.run_id, "step": info.step,
                 "loss": float(m["loss"]), "role": role, "spike_id": spike_id, "optimizer": self.opt_class,
                 "optimizer_step": m["optimizer_step"], **snapshot_hparams(self.optimizer, m["groups"]),
@@ -126,7 +127,8 @@ class SnapshotPolicy:
                 "batch_keys": info.batch_keys}
 
 
-def capture_context(context, ring, t: int, every: int, params: list, optimizer, batch: dict, meta: dict) -> None:
+def capture_context(context, ring, t: int, every: int, params: list, optimizer, batch: dict,
+                    meta: dict) -> None:
     """Every `every` steps, a full state into the sparse `context` ring too (None: no context)."""
     if context is None or t % every:
         return

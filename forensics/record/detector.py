@@ -16,9 +16,10 @@ Episodes: a spike's sub-peak ends at the first value back to normal (below `clos
 baseline frozen at onset, or within `close_z` spreads of the frozen window; with signal="both" the
 other channel back too), or after `max_len` steps. The episode then stays open for `merge_gap`
 steps: a value inside that recovery window that would open a spike (the same rule, against the
-window as it is then) is a re-trigger (ringing, an echo) and a new sub-peak of the same episode. The episode's `spike` event is written when the recovery
-window has passed, with `end` = the first step back to normal after the last sub-peak and
-`sub_peaks` = [[step, value], ...] of each sub-peak's highest value.
+window as it is then) is a re-trigger (ringing, an echo) and a new sub-peak of the same episode.
+The episode's `spike` event is written when the recovery window has passed, with `end` = the
+first step back to normal after the last sub-peak and `sub_peaks` = [[step, value], ...] of each
+sub-peak's highest value.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class SpikeDetector:
         """Raise the episode's and the current sub-peak's highest value (a NaN/Inf counts as highest)."""
         if not _finite(v):
             sp["nonfinite"] = True
-        for key, holder in (("peak", None), ("cur", sp["cur"])):
+        for _key, holder in (("peak", None), ("cur", sp["cur"])):
             best = sp["peak_loss"] if holder is None else holder[1]
             if _finite(best) and (not _finite(v) or v > best):
                 if holder is None:
@@ -233,7 +234,8 @@ class SpikeDetector:
     def state_dict(self) -> dict:
         """Everything needed to resume detection exactly (JSON-able but for NaN/Inf floats)."""
         return {"config": self.config.to_dict(), "next_id": self.next_id, "open": copy.deepcopy(self.open),
-                "nonfinite_latched": self.nonfinite_latched, "probe_seen": self.probe_seen, "warm": copy.deepcopy(self.warm),
+                "nonfinite_latched": self.nonfinite_latched, "probe_seen": self.probe_seen,
+                "warm": copy.deepcopy(self.warm),
                 "channels": {n: ch.state_dict() for n, ch in self.channels.items()}}
 
     def load_state_dict(self, d: dict) -> None:
@@ -272,7 +274,7 @@ def detect_offline(steps, values, config: DetectorConfig | str | dict = "robust"
         raise ValueError(f"steps ({len(steps)}) and values ({len(values)}) differ in length")
     probe = list(probe) if probe is not None else [None] * len(steps)
     events = []
-    for s, v, p in zip(steps, values, probe):
+    for s, v, p in zip(steps, values, probe, strict=False):
         p = None if p is None or (isinstance(p, float) and math.isnan(p)) else p
         events += det.update(int(s), v, probe=p)
     events += det.finish()

@@ -8,7 +8,8 @@ SIGNALS = ("auto", "loss", "probe", "both")
 # preset -> defaults of the fields left None (see forensics.record.presets for each rule)
 PRESET_DEFAULTS = {
     "robust": dict(window=64, min_history=16, threshold=6.0, min_ratio=1.5, close_ratio=1.2, max_len=100),
-    "robust_flat": dict(window=64, min_history=16, threshold=6.0, min_ratio=1.5, close_ratio=1.2, max_len=100),
+    "robust_flat": dict(window=64, min_history=16, threshold=6.0, min_ratio=1.5, close_ratio=1.2,
+                        max_len=100),
     "zscore": dict(window=128, min_history=32, threshold=6.0, min_ratio=1.0, close_ratio=1.2, max_len=100),
     "ratio": dict(window=32, min_history=8, threshold=3.0, min_ratio=1.0, close_ratio=1.5, max_len=100),
     "megatron": dict(window=0, min_history=1, threshold=10.0, min_ratio=1.0, close_ratio=2.0, max_len=100),
@@ -69,7 +70,8 @@ class DetectorConfig:
 
     def __post_init__(self):
         if self.preset not in PRESET_DEFAULTS:
-            raise ValueError(f"unknown detector preset {self.preset!r}; choose from {', '.join(PRESET_DEFAULTS)}")
+            raise ValueError(f"unknown detector preset {self.preset!r}; "
+                             f"choose from {', '.join(PRESET_DEFAULTS)}")
         if self.signal not in SIGNALS:
             raise ValueError(f"detector signal must be one of {SIGNALS}, got {self.signal!r}")
         for k, v in PRESET_DEFAULTS[self.preset].items():

@@ -1,8 +1,9 @@
 """What a user hands the recorder, made regular: the batch, the model, the loss, the options.
 
-Batches become the flat `{key: tensor}` a snapshot stores. Tensors are kept as they are; numpy arrays and numpy/Python numbers become tensors; dicts,
-lists and tuples are walked, their keys joined with `SEP` (`{"a": {"b": t}}` -> `"a.b"`,
-`[{"x": t}]` -> `"0.x"`, a top-level tensor or sequence gets `"0"`, `"1"`, ...). A list or tuple of
+Batches become the flat `{key: tensor}` a snapshot stores. Tensors are kept as they are; numpy
+arrays and numpy/Python numbers become tensors; dicts, lists and tuples are walked, their keys
+joined with `SEP` (`{"a": {"b": t}}` -> `"a.b"`, `[{"x": t}]` -> `"0.x"`, a top-level tensor or
+sequence gets `"0"`, `"1"`, ...). A list or tuple of
 plain numbers becomes one 1-D tensor. `None` entries hold nothing and are skipped; anything else
 (strings, arbitrary objects) is dropped and named, so the caller can warn once.
 """
@@ -40,34 +41,47 @@ def _join(prefix: str, key) -> str:
 
 
 def _walk(v, key: str, out: dict, dropped: list) -> None:
+    """Add the tensors in `v` to `out` under `key` (joined with SEP when nested); describe what
+    cannot be kept in `dropped`."""
     if v is None:
         return
     if isinstance(v, torch.Tensor):
         out[key or "0"] = v
     elif _is_numpy(v):
-        try:
-            t = _numpy_tensor(v)
-        except (TypeError, ValueError, RuntimeError):
-            t = None
-        if t is None:
-            dropped.append(f"{key or '<batch>'!r} (numpy {v.dtype})")
-        else:
-            out[key or "0"] = t
+        _walk_numpy(v, key, out, dropped)
     elif isinstance(v, _NUMBER):
         out[key or "0"] = torch.tensor(v)
     elif isinstance(v, Mapping):
         for k, x in v.items():
             _walk(x, _join(key, k), out, dropped)
     elif isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, _NUMBER) for x in v):
-            out[key or "0"] = torch.tensor(list(v))
-        elif v and all(isinstance(x, str) for x in v):
-            dropped.append(f"{key or '<batch>'!r} ({type(v).__name__} of str)")
-        else:
-            for i, x in enumerate(v):
-                _walk(x, _join(key, i), out, dropped)
+        _walk_sequence(v, key, out, dropped)
     else:
         dropped.append(f"{key or '<batch>'!r} ({type(v).__name__})")
+
+
+def _walk_numpy(v, key: str, out: dict, dropped: list) -> None:
+    """A numpy array or scalar becomes a tensor; a dtype torch cannot hold (strings, objects) is dropped."""
+    try:
+        t = _numpy_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None:
+        dropped.append(f"{key or '<batch>'!r} (numpy {v.dtype})")
+    else:
+        out[key or "0"] = t
+
+
+def _walk_sequence(v, key: str, out: dict, dropped: list) -> None:
+    """A list/tuple of numbers becomes one 1-D tensor, one of strings is dropped, anything else is
+    walked per index."""
+    if v and all(isinstance(x, _NUMBER) for x in v):
+        out[key or "0"] = torch.tensor(list(v))
+    elif v and all(isinstance(x, str) for x in v):
+        dropped.append(f"{key or '<batch>'!r} ({type(v).__name__} of str)")
+    else:
+        for i, x in enumerate(v):
+            _walk(x, _join(key, i), out, dropped)
 
 
 def flatten_batch(batch) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -94,7 +108,8 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def loss_spec(loss) -> str:
-    """run.json's `loss`: a name ("mse", "cross_entropy") or `module:qualname` of a callable; ValueError otherwise."""
+    """run.json's `loss`: a name ("mse", "cross_entropy") or `module:qualname` of a callable;
+    ValueError otherwise."""
     if isinstance(loss, str):
         return loss
     if callable(loss) and hasattr(loss, "__module__") and hasattr(loss, "__qualname__"):
@@ -103,7 +118,8 @@ def loss_spec(loss) -> str:
 
 
 def batch_key_map(batch_keys) -> dict:
-    """`(input_key, target_key)` or `{"input": ..., "target": ...}` as run.json's `batch_keys`; ValueError otherwise."""
+    """`(input_key, target_key)` or `{"input": ..., "target": ...}` as run.json's `batch_keys`;
+    ValueError otherwise."""
     if isinstance(batch_keys, dict):
         return {"input": batch_keys["input"], "target": batch_keys["target"]}
     if isinstance(batch_keys, (tuple, list)) and len(batch_keys) == 2:

@@ -57,7 +57,8 @@ class Objective:
             self.probe = self._make(detail)
             n = int(next(iter(detail.values())).shape[0])
             return {"type": "probe", "step": t, "active": True, "samples": n,
-                    "message": f"probe set of {n} samples drawn from the first batches; the detector watches it"}
+                    "message": f"probe set of {n} samples drawn from the first batches; "
+                               "the detector watches it"}
         return {"type": "probe", "step": t, "active": False, "samples": 0,
                 "message": f"no probe: {detail}; the detector watches the training loss"}
 

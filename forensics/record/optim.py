@@ -12,12 +12,15 @@ _HPARAM_KEYS = ("lr", "eps", "weight_decay", "momentum", "dampening")
 
 
 def is_adam(optimizer) -> bool:
+    """Whether the optimizer is torch's Adam or AdamW (or a subclass): state exp_avg, exp_avg_sq."""
     return any(c.__name__ in _ADAM_FAMILY and c.__module__.startswith("torch.optim")
                for c in type(optimizer).__mro__)
 
 
 def is_sgd(optimizer) -> bool:
-    return any(c.__name__ == "SGD" and c.__module__.startswith("torch.optim") for c in type(optimizer).__mro__)
+    """Whether the optimizer is torch's SGD (or subclasses it), whose only state is momentum_buffer."""
+    return any(c.__name__ == "SGD" and c.__module__.startswith("torch.optim")
+               for c in type(optimizer).__mro__)
 
 
 def state_kinds(optimizer) -> tuple[list[str], bool]:
@@ -32,7 +35,8 @@ def state_kinds(optimizer) -> tuple[list[str], bool]:
             kinds.append("max_exp_avg_sq")
         return kinds, True
     if is_sgd(optimizer):
-        return (["momentum_buffer"] if any(g.get("momentum", 0) for g in optimizer.param_groups) else []), True
+        momentum = any(g.get("momentum", 0) for g in optimizer.param_groups)
+        return (["momentum_buffer"] if momentum else []), True
     return [], False
 
 
@@ -74,7 +78,8 @@ def group_hparams(optimizer) -> list[dict]:
 def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
     """Group-0 hyperparameters as snapshot metadata keys (docs/format.md)."""
     g0 = groups[0] if groups else {}
-    meta = {k: g0[k] for k in _HPARAM_KEYS if k in g0 and isinstance(g0[k], (int, float)) and not isinstance(g0[k], bool)}
+    meta = {k: g0[k] for k in _HPARAM_KEYS
+            if k in g0 and isinstance(g0[k], (int, float)) and not isinstance(g0[k], bool)}
     if "betas" in g0:
         meta["betas"] = list(g0["betas"])
     if is_adam(optimizer):
@@ -85,5 +90,5 @@ def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
     return meta
 
 
-__all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "state_tensors", "discover_state_kinds", "optimizer_step",
-           "group_hparams", "snapshot_hparams"]
+__all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "state_tensors", "discover_state_kinds",
+           "optimizer_step", "group_hparams", "snapshot_hparams"]

@@ -42,6 +42,7 @@ class BackwardCounter:
         self.count += 1
 
     def remove(self) -> None:
+        """Detach the backward hook (safe to call twice)."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

@@ -24,27 +24,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Protocol
 
 import numpy as np
 
+from forensics.record.channel import Channel
+
 _RECENT = 8  # robust: the trend's prediction is floored at the minimum of the window's last _RECENT values
-
-
-class Channel(Protocol):
-    """What the detector asks of a preset (see the module docstring)."""
-
-    count: int
-    min_seen: float
-
-    def push(self, v: float) -> None: ...
-    def check(self, v: float) -> tuple[bool, float, float]: ...
-    def baseline(self) -> float: ...
-    def close_level(self, base: float) -> float: ...
-    def ready(self) -> bool: ...
-    def window_max(self) -> float: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, d: dict) -> None: ...
 
 
 class _Base:
@@ -264,6 +249,7 @@ class RecentMin(_Base):
         self.size = cfg.objective_window
 
     def push(self, v):
+        """Append v to the window of the last `objective_window` values and update the extremes."""
         self.count += 1
         self.max_seen, self.min_seen = max(self.max_seen, v), min(self.min_seen, v)
         self.values.append(v)
@@ -271,17 +257,21 @@ class RecentMin(_Base):
             self.values.popleft()
 
     def ready(self):
+        """True after MIN_VALUES values: a minimum over fewer is too noisy to compare against."""
         return self.count >= self.MIN_VALUES
 
     def check(self, v):
+        """(v / window minimum > objective_ratio, that ratio, the window minimum)."""
         base = min(self.values)
         score = v / base if base > 0 else 0.0
         return score > self.cfg.objective_ratio, score, base
 
     def baseline(self):
+        """The minimum over the window (nan when empty)."""
         return min(self.values) if self.values else math.nan
 
     def close_level(self, base):
+        """objective_ratio x base: the sub-peak is over once the value drops below it."""
         return self.cfg.objective_ratio * base if math.isfinite(base) else math.inf
 
 

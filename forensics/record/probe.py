@@ -14,10 +14,11 @@ class Probe:
     """The loss of the model on a fixed probe batch, in eval mode and without gradients."""
 
     def __init__(self, model, batch: dict, batch_keys: dict, loss_spec: str, loss_fn=None):
-        self.model, self.batch, self.keys, self.loss_spec, self._loss_fn = model, batch, batch_keys, loss_spec, loss_fn
+        self.model, self.batch, self.keys = model, batch, batch_keys
+        self.loss_spec, self._loss_fn = loss_spec, loss_fn
         if not {batch_keys["input"], batch_keys["target"]} <= set(batch):
-            raise ValueError(f"probe must hold the batch keys {batch_keys['input']!r} and {batch_keys['target']!r}, "
-                             f"got {sorted(batch)}")
+            raise ValueError(f"probe must hold the batch keys {batch_keys['input']!r} and "
+                             f"{batch_keys['target']!r}, got {sorted(batch)}")
 
     def loss(self) -> float:
         """The probe loss at the current weights (a float; NaN/Inf kept)."""

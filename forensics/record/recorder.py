@@ -1,4 +1,4 @@
-"""The Recorder: rides in the training loop, keeps the last K states in a ring and writes the black box on a spike.
+"""The Recorder: rides the training loop, keeps the last K states in a ring, writes the black box on a spike.
 
 Example:
     >>> rec = Recorder(model, optimizer, "runs/my-run", loss="mse")   # doctest: +SKIP
@@ -67,8 +67,8 @@ class Recorder(FailurePolicy):
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
-        self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys, self.loss_spec,
-                                                   self.detector, self.objective)
+        self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys,
+                                                   self.loss_spec, self.detector, self.objective)
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
         self._sink = RunSink(self.run_dir, steps_chunk=cfg.steps_chunk, max_pending_rows=cfg.max_pending_rows,
@@ -79,15 +79,16 @@ class Recorder(FailurePolicy):
         self._last_committed = self._step - 1
         self._spike_events: list[dict] = []  # the detector's events, for `spikes`
         self._warn = WarnOnce(on_first=self._log_warning)
-        self.ring = Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.ring_size) if self._params else None
+        self.ring = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.ring_size)
+                     if self._params else None)
         self.context = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.context_slots)
                         if self._params and cfg.context_slots else None)
         self._scalars = StepScalars(self.ring, self._params, is_adam(optimizer))
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
             self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
-            baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes, run_id=self.run_id,
-            optimizer=optimizer, opt_class=opt_class, context=self.context,
+            baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes,
+            run_id=self.run_id, optimizer=optimizer, opt_class=opt_class, context=self.context,
             group_names=[[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
                          for g in optimizer.param_groups])
         if point is not None:
@@ -125,8 +126,8 @@ class Recorder(FailurePolicy):
         try:
             flat, dropped = flatten_batch(batch)
             if dropped:
-                self._warn(f"dropped:{dropped}", f"batch entries that are not tensors, arrays or numbers are not "
-                           f"recorded: {', '.join(dropped)}")
+                self._warn(f"dropped:{dropped}", "batch entries that are not tensors, arrays or numbers "
+                           f"are not recorded: {', '.join(dropped)}")
             step = self._open
             if step is not None and self._backward.count == step.backwards:
                 self._open = None
@@ -160,7 +161,7 @@ class Recorder(FailurePolicy):
         write_manifest(self.run_dir, self.manifest)
 
     def flush(self) -> None:
-        """Write buffered rows as a (partial) chunk, retry earlier failed writes, wait until queued files are on disk."""
+        """Write buffered rows as a (partial) chunk, retry failed writes, block until all is on disk."""
         self._sink.flush()
         self._surface()
 
@@ -181,17 +182,19 @@ class Recorder(FailurePolicy):
                 self._sink.event(ev)
                 self._spike_events.append(ev)
             slot = self._row_slot
-            if slot is not None and self._snaps.enabled and self._sink.last_step() == self.ring.info[slot].step:
-                self._sink.patch_last(self.ring.info[slot].step, "update_norm", self._scalars.update_norm(slot, None))
+            last = self._sink.last_step()
+            if slot is not None and self._snaps.enabled and last == self.ring.info[slot].step:
+                self._sink.patch_last(last, "update_norm", self._scalars.update_norm(slot, None))
             self._sink.flush()  # snapshots queued behind the rows land first: "close" is the last event
-            self._sink.event({"type": "close", "step": self._step - 1, "wall_time": time.perf_counter() - self._t0})
+            self._sink.event({"type": "close", "step": self._step - 1,
+                              "wall_time": time.perf_counter() - self._t0})
         except Exception as e:  # noqa: BLE001
             self._fail("close", e)
         finally:
             self._finalizer.detach()
             status = self._sink.finish()
         self._surface()
-        if (status.rows_lost or status.events_lost) and not status.stopped:  # snapshot losses warned as they happened
+        if (status.rows_lost or status.events_lost) and not status.stopped:  # snapshot losses: warned
             self._warn("lost", f"at close, {status.loss_summary()}; see Recorder.status")
 
     def __enter__(self) -> Recorder:
@@ -240,8 +243,8 @@ class Recorder(FailurePolicy):
             meta = {"loss": math.nan if loss is None else loss, "optimizer_step": opt_step, "groups": groups,
                     "grad_clipped": clipped}
             try:
-                slot = self.ring.capture(t, [p.grad for p in self._params],
-                                         state_tensors(self.optimizer, self._params, self.ring.banks), batch, meta)
+                states = state_tensors(self.optimizer, self._params, self.ring.banks)
+                slot = self.ring.capture(t, [p.grad for p in self._params], states, batch, meta)
                 capture_context(self.context, self.ring, t, self.config.context_every, self._params,
                                 self.optimizer, batch, meta)
             except Exception as e:  # noqa: BLE001 - capture off, scalars go on
@@ -257,7 +260,8 @@ class Recorder(FailurePolicy):
             self._commit(step, loss)
             self._note(self.objective.offer(t, batch))
 
-    def _commit(self, step: CapturedStep, loss: float | None, batch: dict | None = None, clipped=None) -> None:
+    def _commit(self, step: CapturedStep, loss: float | None, batch: dict | None = None,
+                clipped=None) -> None:
         """Step `step.t` has its loss (None: never reported): detection, its row, its snapshots."""
         events = step.events
         if events is None:

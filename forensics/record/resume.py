@@ -74,7 +74,8 @@ def resume_point(run_dir: Path | str, start_step: int | None) -> ResumePoint:
     last = max(cols["step"], default=-1)
     start = last + 1 if start_step is None else start_step
     covered = state["step"] if state is not None else -1
-    replay = [(s, _num(v), _num(p)) for s, v, p in zip(cols["step"], cols.get("loss", []), cols.get("probe_loss", []))
+    replay = [(s, _num(v), _num(p))
+              for s, v, p in zip(cols["step"], cols.get("loss", []), cols.get("probe_loss", []), strict=True)
               if covered < s < start]
     indices = [int(p.stem.split("-")[1]) for p in chunk_files(run_dir) if p.stem.split("-")[-1].isdigit()]
     snaps = (state or {}).get("snapshots") or _snapshot_budget(run_dir)
@@ -124,4 +125,5 @@ def restore(point: ResumePoint, detector, snaps, sink, step: int) -> None:
                 "message": f"resumed at step {step}; detector state restored"})
 
 
-__all__ = ["STATE_FILE", "ResumePoint", "open_manifest", "read_state", "restore", "resume_point", "write_state"]
+__all__ = ["STATE_FILE", "ResumePoint", "open_manifest", "read_state", "restore", "resume_point",
+           "write_state"]

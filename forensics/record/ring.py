@@ -25,6 +25,7 @@ class Layout:
 
     @classmethod
     def of(cls, names, tensors) -> "Layout":
+        """The layout packing `tensors`, in order, into one flat buffer per dtype (running offsets)."""
         lay = cls(list(names), [tuple(t.shape) for t in tensors], [t.dtype for t in tensors], [])
         for t in tensors:
             off = lay.totals.get(t.dtype, 0)
@@ -35,7 +36,7 @@ class Layout:
     def views(self, flats: dict) -> dict:
         """`{name: tensor}` views into `flats` (dtype -> 1-D tensor) following this layout."""
         out = {}
-        for name, shape, dtype, off in zip(self.names, self.shapes, self.dtypes, self.offsets):
+        for name, shape, dtype, off in zip(self.names, self.shapes, self.dtypes, self.offsets, strict=True):
             n = 1
             for s in shape:
                 n *= s
@@ -48,16 +49,18 @@ class FlatBank:
 
     def __init__(self, layout: Layout, ring_size: int, device):
         self.layout = layout
-        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device) for dt, n in layout.totals.items()}
+        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device)
+                     for dt, n in layout.totals.items()}
         self.slot_views = [list(layout.views({dt: b[k] for dt, b in self.bufs.items()}).values())
                            for k in range(ring_size)]
-        self.nbytes_per_slot = sum(n * torch.empty((), dtype=dt).element_size() for dt, n in layout.totals.items())
+        self.nbytes_per_slot = sum(n * torch.empty((), dtype=dt).element_size()
+                                   for dt, n in layout.totals.items())
 
     def fill(self, slot: int, sources: list) -> None:
         """Copy `sources` (aligned with the layout; None -> zeros) into `slot`."""
         views = self.slot_views[slot]
         dst, src = [], []
-        for v, s in zip(views, sources):
+        for v, s in zip(views, sources, strict=True):
             if s is None:
                 v.zero_()
             else:
@@ -67,6 +70,7 @@ class FlatBank:
             torch._foreach_copy_(dst, src)
 
     def flats(self, slot: int) -> dict:
+        """Slot `slot`'s flat buffers (dtype -> 1-D tensor), as views, not copies."""
         return {dt: b[slot] for dt, b in self.bufs.items()}
 
     def clone_to_cpu(self, slot: int) -> dict:
@@ -86,7 +90,8 @@ class SlotInfo:
 class Ring:
     """The last K captured states: params, grads, optimizer state kinds and batches."""
 
-    def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *, ring_size: int):
+    def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *,
+                 ring_size: int):
         if ring_size < 1:
             raise ValueError(f"ring_size must be >= 1, got {ring_size}")
         self.size = ring_size
@@ -108,6 +113,7 @@ class Ring:
 
     @property
     def nbytes_per_slot(self) -> int:
+        """Bytes one slot holds across all kinds (params, grads, optimizer state); batches not counted."""
         return sum(b.nbytes_per_slot for b in self.banks.values())
 
     def capture(self, step: int, grads: list, states: dict, batch: dict, meta: dict) -> int:
@@ -147,6 +153,7 @@ class Ring:
                 yield k
 
     def find(self, step: int) -> int | None:
+        """The slot holding the capture of `step`; None if it was overwritten or never captured."""
         for k in self.slots_newest_first():
             if self.info[k].step == step:
                 return k

@@ -26,13 +26,15 @@ class StepScalars:
         self._subsample = self._make_subsample() if ring is not None and adam else None
 
     def norm(self, kind: str, slot: int | None, tensors: list) -> float:
-        """||kind||_2 over all parameters: from ring slot `slot`, else from the live `tensors` (None skipped)."""
+        """||kind||_2 over all parameters: from ring slot `slot`, else from the live `tensors`
+        (None skipped)."""
         if slot is not None:
             return math.sqrt(sum(sqnorm(f) for f in self.ring.banks[kind].flats(slot).values()))
         tensors = [t.detach() for t in tensors if t is not None]
         if not tensors:
             return math.nan
-        return float(torch.linalg.vector_norm(torch.stack([n.double() for n in torch._foreach_norm(tensors)])))
+        norms = [n.double() for n in torch._foreach_norm(tensors)]
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
 
     def update_norm(self, slot: int, next_slot: int | None) -> float:
         """||theta_{t+1} - theta_t||: slot `next_slot` (or, at close, the live weights) minus `slot`.
@@ -53,8 +55,10 @@ class StepScalars:
             sq += sqnorm(f)
         return math.sqrt(sq)
 
-    def row(self, t: int, wall_time: float, probe: float | None, groups: list, opt_step: int, slot: int | None) -> dict:
-        """Step t's row of steps/*.parquet, but for `loss` (nan) and `spike_id` (None), known only with the loss."""
+    def row(self, t: int, wall_time: float, probe: float | None, groups: list, opt_step: int,
+            slot: int | None) -> dict:
+        """Step t's row of steps/*.parquet, but for `loss` (nan) and `spike_id` (None), known only
+        with the loss."""
         median, frac = self.adam_ratio(slot, opt_step, groups)
         lr = groups[0].get("lr") if groups else None
         return {"step": t, "wall_time": wall_time, "loss": math.nan, "probe_loss": probe,

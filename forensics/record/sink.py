@@ -42,7 +42,8 @@ class RunSink(WriterJobs):
     def __init__(self, run_dir: Path | str, *, steps_chunk: int, max_pending_rows: int = MAX_PENDING_ROWS,
                  max_pending_events: int = MAX_PENDING_EVENTS, first_chunk: int = 0):
         self.run_dir, self.pid = Path(run_dir), os.getpid()  # a forked child must not write this run
-        self.steps_chunk, self.max_pending_rows, self.max_pending_events = steps_chunk, max_pending_rows, max_pending_events
+        self.steps_chunk = steps_chunk
+        self.max_pending_rows, self.max_pending_events = max_pending_rows, max_pending_events
         self._guard = RunDirGuard(self.run_dir)
         self._log = EventLog(self.run_dir)
         self._lock = threading.Lock()
@@ -54,20 +55,24 @@ class RunSink(WriterJobs):
         self._events: deque = deque()
         self._problems: list[tuple[str, str]] = []
         self._finished = False
-        self._writer = BackgroundWriter(on_error=lambda e, name: self._report("crash", f"{name} crashed ({e!r})"))
+        self._writer = BackgroundWriter(
+            on_error=lambda e, name: self._report("crash", f"{name} crashed ({e!r})"))
 
     # ----------------------------------------------------------------- training thread
 
     @property
     def finished(self) -> bool:
+        """Whether `finish` has run: rows given after that are counted lost, not written."""
         return self._finished
 
     @property
     def stopped(self) -> bool:
+        """Whether writing stopped for good (the run directory went away); training goes on."""
         return self._st.stopped is not None
 
     @property
     def status(self) -> WriteStatus:
+        """A snapshot of the write counters, with the rows and events still waiting for the disk."""
         with self._lock:
             return replace(self._st, rows_pending=sum(len(r["step"]) for r in self._chunks.values()),
                            events_pending=len(self._events))
@@ -91,6 +96,7 @@ class RunSink(WriterJobs):
             self._rows[column][-1] = value
 
     def last_step(self) -> int | None:
+        """The step of the last buffered (not yet submitted) row, or None when the buffer is empty."""
         return self._rows["step"][-1] if self._rows["step"] else None
 
     def submit_rows(self) -> None:
@@ -102,8 +108,8 @@ class RunSink(WriterJobs):
                 self._next_chunk += 1
                 dropped = self._bound_chunks()
             if dropped:
-                self._report("overflow", f"more than {self.max_pending_rows} step rows wait for the disk: the "
-                             f"oldest {dropped} were dropped")
+                self._report("overflow", f"more than {self.max_pending_rows} step rows wait for the disk: "
+                             f"the oldest {dropped} were dropped")
         self._submit("steps chunks", self._write_chunks, FIRST)
 
     def submit_file(self, name: str, write) -> None:
@@ -133,8 +139,8 @@ class RunSink(WriterJobs):
             with self._lock:
                 self._st.snapshots_lost += 1
             return
-        self._submit(f"snapshot of step {step}", lambda: self._write_snapshot(step, role, spike_id, export, meta),
-                     LATER)
+        self._submit(f"snapshot of step {step}",
+                     lambda: self._write_snapshot(step, role, spike_id, export, meta), LATER)
 
     def flush(self) -> None:
         """Write buffered rows as a (partial) chunk, retry what failed, wait for everything queued."""
@@ -207,7 +213,8 @@ class RunSink(WriterJobs):
         with self._lock:
             self._st.stopped = problem
             self._drop_pending()
-        self._report("stopped", f"{problem}: recording stopped (nothing more is written there), training continues")
+        self._report("stopped", f"{problem}: recording stopped (nothing more is written there), "
+                     "training continues")
         return False
 
     def _report(self, kind: str, message: str, error: BaseException | None = None) -> None:

@@ -32,9 +32,9 @@ class WriterJobs:
                 written = False
                 if not reported:
                     reported = True
-                    self._report("chunk", f"writing steps chunk {index} failed ({type(e).__name__}: {e}); its rows "
-                                 f"stay in memory (at most {self.max_pending_rows} rows) and are retried at the next "
-                                 "flush and at close", e)
+                    self._report("chunk", f"writing steps chunk {index} failed ({type(e).__name__}: {e}); "
+                                 f"its rows stay in memory (at most {self.max_pending_rows} rows) and are "
+                                 "retried at the next flush and at close", e)
             except Exception as e:  # noqa: BLE001 - not the disk: a retry cannot help
                 written = None
                 self._report("dropped", f"steps chunk {index} cannot be written ({type(e).__name__}: {e}); "
@@ -67,12 +67,13 @@ class WriterJobs:
                 self._log.append(ev["type"], **{k: v for k, v in ev.items() if k != "type"})
                 ok = True
             except OSError as e:
-                self._report("event", f"writing event {ev['type']!r} failed ({type(e).__name__}: {e}); events stay "
-                             f"in memory (at most {self.max_pending_events}) and are retried", e)
+                self._report("event", f"writing event {ev['type']!r} failed ({type(e).__name__}: {e}); "
+                             f"events stay in memory (at most {self.max_pending_events}) and are retried", e)
                 return
             except Exception as e:  # noqa: BLE001 - an event that cannot be encoded: drop it, keep the rest
                 ok = False
-                self._report("dropped", f"event {ev.get('type')!r} cannot be written ({type(e).__name__}: {e})", e)
+                self._report("dropped",
+                             f"event {ev.get('type')!r} cannot be written ({type(e).__name__}: {e})", e)
             with self._lock:
                 if self._events and self._events[0] is ev:
                     self._events.popleft()
@@ -92,7 +93,8 @@ class WriterJobs:
         except Exception as e:  # noqa: BLE001 - snapshots are too large to keep for a retry
             with self._lock:
                 self._st.snapshots_lost += 1
-            self._report("snapshot", f"writing the snapshot of step {step} failed ({type(e).__name__}: {e})", e)
+            self._report("snapshot",
+                         f"writing the snapshot of step {step} failed ({type(e).__name__}: {e})", e)
             return
         with self._lock:
             self._st.snapshots_written += 1

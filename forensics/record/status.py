@@ -31,9 +31,11 @@ class WriteStatus:
 
     @property
     def lost(self) -> bool:
+        """Whether any row, event or snapshot could not be written."""
         return bool(self.rows_lost or self.events_lost or self.snapshots_lost)
 
     def loss_summary(self) -> str:
+        """One line for the user: what was lost, by count, and the last error."""
         parts = [f"{n} {what}" for n, what in ((self.rows_lost, "step rows"), (self.events_lost, "events"),
                                                (self.snapshots_lost, "snapshots")) if n]
         return ", ".join(parts) + f" could not be written (last error: {self.last_error})"

@@ -10,7 +10,8 @@ log = logging.getLogger("forensics.record")
 
 
 class RecorderWarning(UserWarning):
-    """Something the recorder could not do (budget exhausted, write error, unknown optimizer, dropped input)."""
+    """Something the recorder could not do (budget exhausted, write error, unknown optimizer,
+    dropped input)."""
 
 
 class WarnOnce:
@@ -22,11 +23,13 @@ class WarnOnce:
     is called the first time each key fires (the recorder logs it as a `warning` event).
     """
 
-    def __init__(self, category: type[Warning] = RecorderWarning, on_first: Callable[[str], None] | None = None):
+    def __init__(self, category: type[Warning] = RecorderWarning,
+                 on_first: Callable[[str], None] | None = None):
         self.category, self.on_first = category, on_first
         self._seen: set[str] = set()
 
     def seen(self, key: str) -> bool:
+        """Whether the warning `key` has already fired (each fires once per recorder)."""
         return key in self._seen
 
     def __call__(self, key: str, message: str, *, stacklevel: int = 3) -> bool:

@@ -58,14 +58,17 @@ class BackgroundWriter:
 
     @property
     def thread(self) -> threading.Thread:
+        """The background thread that runs the write jobs (for joins and tests)."""
         return self._thread
 
     @property
     def closed(self) -> bool:
+        """Whether `close` has been called: `submit` then raises RuntimeError."""
         return self._closed
 
     @property
     def pending(self) -> int:
+        """Jobs queued and not yet started (approximate: the queue's qsize)."""
         return self._queue.qsize()
 
     def _run(self) -> None:

@@ -91,9 +91,9 @@ def clean_stale_temps(run_dir: Path | str, *, own: bool = False) -> list[Path]:
     A temp file is stale when no process with its pid is alive (a writer killed with SIGKILL
     leaves one behind; readers ignore them, but they hold disk). Temp files of live processes,
     this one included, are kept: they may be writes in progress; with `own=True` this process's
-    are removed too (the recorder, when it opens or closes a run and has no write in flight). Only regular files directly
-    in those folders are touched, and only in folders that lie inside the run (links out are
-    not followed). Call it when a run is opened for writing and when it is closed.
+    are removed too (the recorder, when it opens or closes a run and has no write in flight).
+    Only regular files directly in those folders are touched, and only in folders that lie inside
+    the run (links out are not followed). Call it when a run is opened for writing and when it is closed.
     """
     from forensics.rundir.format import ANALYSIS_DIR, SNAPSHOTS_DIR, STEPS_DIR
     from forensics.rundir.paths import is_regular_file, root_of

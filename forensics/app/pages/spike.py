@@ -15,6 +15,7 @@ STATUS_ORDER = {"fired": 0, "inconclusive": 1, "not_fired": 2}
 
 
 def render(root: str) -> None:
+    """Draw the Spike page: pick a run and one of its spikes (synced with the URL) and show it."""
     runs = data.runs(root)
     if not len(runs):
         st.title("Spike")
@@ -55,11 +56,14 @@ def _row(spikes: pd.DataFrame, spike_id: int) -> dict:
 
 
 def context(root: str, run: dict, spike: dict) -> panels.SpikeFrames:
+    """The frames a spike's panels need: its measurements, snapshots and the steps from three window
+    widths before the loss window to one width past it."""
     lo, hi = charts.window(spike)
     lo_wide = lo - 3 * (hi - lo)
     return panels.SpikeFrames(
         root=root, run=run, spike=spike, m=data.measurements(root, run["run_id"], spike["spike_id"]),
-        steps=data.steps(root, run["run_id"], lo_wide, hi + (hi - lo)), snaps=data.snapshots(root, run["run_id"]))
+        steps=data.steps(root, run["run_id"], lo_wide, hi + (hi - lo)),
+        snaps=data.snapshots(root, run["run_id"]))
 
 
 def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> None:
@@ -90,8 +94,8 @@ def show_spike(root: str, run: dict, spike: dict, *, compact: bool = False) -> N
     found = data.findings(root, run["run_id"], spike["spike_id"])
     if not len(found):
         return
-    found = found.assign(order=[(0 if p else 1, STATUS_ORDER.get(s, 3), -(sc or 0))
-                                for p, s, sc in zip(found["primary"], found["status"], found["score"])])
+    rows = zip(found["primary"], found["status"], found["score"], strict=True)
+    found = found.assign(order=[(0 if p else 1, STATUS_ORDER.get(s, 3), -(sc or 0)) for p, s, sc in rows])
     found = found.sort_values("order")
     st.markdown("### Findings")
     for f in found.to_dict("records"):
