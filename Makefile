@@ -35,10 +35,12 @@ demo: report
 
 report: setup-app
 	$(VENV)/bin/forensics demo --if-missing sample_runs
-	$(VENV)/bin/forensics analyze sample_runs
+	# exit 4: some spike is not_analyzed — small_batch's spikes past its capture budget (max_spikes=2)
+	$(VENV)/bin/forensics analyze sample_runs || [ $$? -eq 4 ]
 	-$(VENV)/bin/forensics report sample_runs
 
 test: setup browser
+	$(PY) -m ruff check forensics
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
