@@ -32,7 +32,11 @@ def column(run, name: str, lo: int | None = None, hi: int | None = None):
     """(steps int64, values float64) of the `steps/` column `name` with lo <= step <= hi
     (None: unbounded), sorted by step; nulls are NaN. Both empty when the run recorded no
     steps or not that column (an older or partial run)."""
-    steps, values = _whole(run, name)
+    return between(*_whole(run, name), lo, hi)
+
+
+def between(steps: np.ndarray, values: np.ndarray, lo: int | None, hi: int | None):
+    """The (steps, values) pairs with lo <= step <= hi (None: unbounded); both arrays of one length."""
     keep = np.ones(len(steps), dtype=bool)
     if lo is not None:
         keep &= steps >= lo

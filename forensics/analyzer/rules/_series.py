@@ -8,19 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from forensics.analyzer.evidence import Evidence, EvidenceView
+from forensics.analyzer.measure._steps import between
 
 Readable = Evidence | EvidenceView
 
 
 def window(ev: Readable, metric: str, lo: int | None, hi: int | None):
     """Steps and values of `metric` with lo <= step <= hi (None: unbounded)."""
-    steps, values = ev.series(metric)
-    keep = np.ones(len(steps), dtype=bool)
-    if lo is not None:
-        keep &= steps >= lo
-    if hi is not None:
-        keep &= steps <= hi
-    return steps[keep], values[keep]
+    return between(*ev.series(metric), lo, hi)
 
 
 def first(ev: Readable, metric: str, lo: int | None = None, hi: int | None = None):
