@@ -87,6 +87,8 @@ def measure(ev: Evidence, scene) -> None:
     steps = [i.step for i in scene.run.snapshots if first <= i.step <= last]
     batch = scene.batch(ctx.onset, max_samples=2048)
     x, y = batch[replay.input_key], batch[replay.target_key]
+    if not x.is_floating_point():
+        raise Skip("integer inputs (token ids) have no input-space distance: no frequency bands")
     if x.dim() == 2 and x.shape[1] == 1 and ctx.task.get("grid") == "uniform-1d":
         order = torch.argsort(x[:, 0])
         x, y = x[order], y[order]
