@@ -31,6 +31,7 @@ class Block(nn.Module):
         self.out = nn.Linear(mlp_ratio * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on hidden states x (B, T, d); causal: position t reads positions ≤ t."""
         B, T, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)                       # 3 × (B, T, d)
         q, k, v = (t.view(B, T, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))

@@ -14,8 +14,9 @@ r_s − r_ref's energy in the top-s eigenspace: in [0, 1] by construction.
 Token sequences (integer inputs (B, T), outputs (B, T, V)) keep whole sequences (causal
 outputs need their prefix) up to `MAX_TOKENS` tokens: the kernel's rows are the n·T·V logits
 of ⌊MAX_TOKENS / T⌋ sequences, and the loss and its residual are the run's on those sequences.
-AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) (float inputs only: token ids have no input gradient) is compared with the task's true AGOP when the run declares
-one (`task.true_agop`), else with the AGOP at the reference step.
+AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) (float inputs only: token ids have no input gradient) is
+compared with the task's true AGOP when the run declares one (`task.true_agop`), else with the
+AGOP at the reference step.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def measure(ev: Evidence, scene) -> None:
             energy = float(e @ e)
             if energy > 0:
                 row["excess_top_share"] = float((U.T @ e).pow(2).sum()) / energy
-        if x.dim() == 2 and x.is_floating_point() and step in (scene.window.ref, scene.window.onset, scene.window.steps[-1]):
+        agop_step = step in (scene.window.ref, scene.window.onset, scene.window.steps[-1])
+        if x.dim() == 2 and x.is_floating_point() and agop_step:
             G = agop(lambda xx: replay.outputs(params, xx), x)
             if task_agop in TRUE_AGOP_TASKS:
                 row["agop_alignment"] = agop_alignment(G, true_agop(task_agop, x.shape[1]))
