@@ -11,7 +11,11 @@ steps, with the labels of the batch at step 32 multiplied by 10 (a planted bad b
 the recorder's "robust" detector with a 16-step window. The run is analysed ``--repeats``
 times and the median is reported.
 
-Run: .venv/bin/python bench/analysis.py [--repeats 2]
+With ``--gpt`` it times instead one spike of the zoo GPT at ~1M and ~10M parameters (sequence
+128, AdamW, a planted random-token batch; see ``bench/_gpt.py``) and the cost of one
+Hessian-vector product against PyHessian's, into ``bench/results/analysis_gpt.md``.
+
+Run: .venv/bin/python bench/analysis.py [--repeats 2] [--gpt]
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import torch
 import torch.nn.functional as F
 
 import _common as C  # noqa: E402
-from forensics.analyzer.pipeline import ENGINE_ORDER, analyze  # noqa: E402
+from forensics.analyzer.mechanisms import MECHANISMS, engines_for  # noqa: E402
+from forensics.analyzer.pipeline import analyze  # noqa: E402
+
+ENGINE_ORDER = engines_for(MECHANISMS)
 
 MODEL = {"sizes": [256, 1024, 768, 1], "activation": "tanh"}
 N, BATCH, LR, STEPS, BAD_STEP, LABEL_SCALE = 4096, 256, 0.05, 48, 32, 10.0
@@ -139,7 +146,10 @@ def engine_row(label, runs, params=None) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--gpt", action="store_true", help="the zoo GPT cases (analysis_gpt.md) only")
     args = ap.parse_args()
+    if args.gpt:
+        return gpt_main(args)
     rows = []
     for run_dir in sorted(p for p in (C.ROOT / "sample_runs").iterdir() if (p / "run.json").is_file()):
         out = timed_analysis(run_dir)
@@ -183,6 +193,44 @@ def main():
                     ("Where the 1M spike's curvature time goes (one extra instrumented pass; wrappers "
                      "around the curvature engine's `lanczos` and `HVPOperator.matvec`)", C.table([where]))],
                    libs=("numpy", "scipy", "pyarrow"))
+
+
+def gpt_main(args) -> None:
+    """One planted spike of the zoo GPT at each size: whole analysis, per engine; HVP vs PyHessian."""
+    from _gpt import GPT_BAD, GPT_SIZES, GPT_STEPS, hvp_vs_pyhessian, record_gpt_run
+
+    from forensics.analyzer.measure.curvature import HESSIAN_TOKENS
+
+    rows, wheres, notes = [], [], []
+    folder = Path(tempfile.mkdtemp(prefix="bench-gpt-", dir=C.ROOT / "tmp"))
+    try:
+        for label, kwargs in GPT_SIZES.items():
+            t0 = time.perf_counter()
+            run = record_gpt_run(folder, kwargs, label.strip("~"))
+            rec_s = time.perf_counter() - t0
+            with LanczosProbe() as probe:  # wrappers only: the timed passes are the instrumented ones
+                runs = [timed_analysis(run) for _ in range(args.repeats)]
+            wheres.append({"model": label, **probe.summary()})
+            n = sum(p["numel"] for p in json.loads((run / "run.json").read_text())["params"])
+            rows.append(engine_row(f"zoo GPT {label} ({kwargs})", runs, n))
+            notes.append(f"- {label}: recorded {GPT_STEPS} steps in {rec_s:.0f} s; spikes "
+                         f"{[s for s in runs[0]['verdicts']]}; per spike {rows[-1]['s/spike (median)']:.1f} s")
+            print(rows[-1], wheres[-1], flush=True)
+            shutil.rmtree(run, ignore_errors=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    hvp = hvp_vs_pyhessian()
+    cols = ["run", "params", "spikes", "verdicts", "analyze() s", "s/spike (median)", *ENGINE_ORDER]
+    intro = [f"- `analyze(run, write=False)` with default Settings, {args.repeats} repeat(s), median; "
+             f"planted random-token batch at step {GPT_BAD}; curvature/adam Hessians on "
+             f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS)", *notes]
+    sections = [("Results (seconds)", C.table(rows, cols)),
+                ("Where the curvature engine's time goes (instrumented pass)", C.table(wheres))]
+    if hvp:
+        sections.append(("One Hessian-vector product on the bench's 1M MLP, in turn with PyHessian",
+                         C.table([hvp])))
+    C.write_result("analysis_gpt", "Whole-analysis time of one zoo GPT spike, per engine", intro, sections,
+                   libs=("numpy", "PyHessian"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Callable
 # Modules whose registered callables may be resolved without allow_import: the project's model
 # zoo, and the Hugging Face rebuild (it instantiates only transformers.PreTrainedModel classes
 # from a config). Exact names: a module's submodules are not trusted by inheritance.
-TRUSTED_MODULES = ("forensics.zoo.models", "forensics.integrations.huggingface")
+TRUSTED_MODULES = ("forensics.zoo.models", "forensics.zoo.gpt", "forensics.integrations.huggingface")
 
 # Largest model a trusted factory may build without the user's consent (4e8 parameters is
 # 1.6 GB in float32): a stranger's run.json must not make `forensics analyze` allocate without bound.

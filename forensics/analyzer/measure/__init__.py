@@ -98,10 +98,17 @@ class Scene:
         """The snapshot's parameters of `step` on the replay device and dtype."""
         return self.require_replay().tensors(self.snapshot(step).params)
 
-    def batch(self, step: int, *, max_samples: int | None = None) -> dict[str, torch.Tensor]:
-        """The batch of `step` on the device; a seeded subsample when it has more rows."""
-        batch = self.require_replay().batch(self.snapshot(step))
+    def batch(self, step: int, *, max_samples: int | None = None,
+              max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+        """The batch of `step` on the device; a seeded subsample when it has more rows. With
+        `max_tokens`, a batch of token sequences (integer input (B, T, ...)) keeps at most
+        ⌊max_tokens / T⌋ whole sequences (at least one)."""
+        replay = self.require_replay()
+        batch = replay.batch(self.snapshot(step))
         n = max_samples or self.settings.max_samples
+        x = batch.get(replay.input_key)
+        if max_tokens and x is not None and x.dim() >= 2 and not x.is_floating_point():
+            n = min(n, max(1, max_tokens // x[0].numel()))
         rows = next(iter(batch.values())).shape[0]
         if rows <= n:
             return batch

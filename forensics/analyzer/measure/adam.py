@@ -19,6 +19,7 @@ import torch
 
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
+from forensics.analyzer.measure.curvature import HESSIAN_TOKENS
 from forensics.math.directional import cosine_with_eigenvectors, preconditioned_directional_curvature
 from forensics.math.flat import FlatSpec
 from forensics.math.hvp import HVPOperator
@@ -99,7 +100,7 @@ def measure(ev: Evidence, scene) -> None:
         last_v["sum"] = (step, v_sum)
         if t == 0:
             return row
-        batch = scene.batch(step)
+        batch = scene.batch(step, max_tokens=HESSIAN_TOKENS)
         hvp = HVPOperator(lambda q: replay.loss(q, batch), params)
         pop = PreconditionedOperator(hvp, p)
         eig = lanczos(pop, k=1, tol=scene.settings.lanczos_tol, max_iter=120,

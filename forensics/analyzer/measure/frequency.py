@@ -62,6 +62,12 @@ def _bands(scene, x: torch.Tensor, n: int):
     return (lambda r: band_energies(r, x=xx, delta=delta)), delta, False
 
 
+def _require_float(x: torch.Tensor) -> None:
+    """Skip for integer inputs (token ids): no input-space distance, so no frequency bands."""
+    if not x.is_floating_point():
+        raise Skip("integer inputs (token ids) have no input-space distance: no frequency bands")
+
+
 def _finite(steps, res):
     """(steps, residuals, dropped steps): the steps whose residual is all finite, and the others."""
     keep = torch.isfinite(res).flatten(1).all(dim=1).tolist()
@@ -87,6 +93,7 @@ def measure(ev: Evidence, scene) -> None:
     steps = [i.step for i in scene.run.snapshots if first <= i.step <= last]
     batch = scene.batch(ctx.onset, max_samples=2048)
     x, y = batch[replay.input_key], batch[replay.target_key]
+    _require_float(x)
     if x.dim() == 2 and x.shape[1] == 1 and ctx.task.get("grid") == "uniform-1d":
         order = torch.argsort(x[:, 0])
         x, y = x[order], y[order]

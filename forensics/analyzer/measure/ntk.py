@@ -11,8 +11,12 @@ cross-entropy) along K's top-s eigenvectors (Zhu, Liu, Radhakrishnan & Belkin 20
 in SGD: spikes in the training loss and their impact on generalization through feature
 learning", arXiv 2306.04815). `excess_top_share` is the share of the excess residual
 r_s − r_ref's energy in the top-s eigenspace: in [0, 1] by construction.
-AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) is compared with the task's true AGOP when the run declares
-one (`task.true_agop`), else with the AGOP at the reference step.
+Token sequences (integer inputs (B, T), outputs (B, T, V)) keep whole sequences (causal
+outputs need their prefix) up to `MAX_TOKENS` tokens: the kernel's rows are the n·T·V logits
+of ⌊MAX_TOKENS / T⌋ sequences, and the loss and its residual are the run's on those sequences.
+AGOP (1/n)Σ J_x(x_i)ᵀJ_x(x_i) (float inputs only: token ids have no input gradient) is
+compared with the task's true AGOP when the run declares one (`task.true_agop`), else with the
+AGOP at the reference step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from forensics.math.gauss_newton import GaussNewtonOperator
 from forensics.math.lanczos import lanczos
 from forensics.math.ntk import empirical_ntk, loss_split
 
+MAX_TOKENS = 256  # token sequences: the kernel is taken on ⌊MAX_TOKENS / T⌋ whole sequences (≥ 1)
 
 METRICS = {
     "ntk_lambda_max": ("kernel", "top eigenvalue of the empirical NTK K = JJᵀ of the batch outputs"),
@@ -66,6 +71,9 @@ def measure(ev: Evidence, scene) -> None:
     # one fixed batch (the onset's) for every step, so PL_s and ‖K‖ compare like with like
     batch = scene.batch(ev.context.onset, max_samples=scene.settings.ntk_max_n)
     x, y = batch[replay.input_key], batch[replay.target_key]
+    if x.dim() >= 2 and not x.is_floating_point():  # token sequences: whole sequences, ≤ MAX_TOKENS
+        keep = max(1, MAX_TOKENS // x[0].numel())
+        x, y = x[:keep], y[:keep]
     # the top-s split says something only when s is small against the batch: s ≤ n/4
     s = min(s, max(1, x.shape[0] // 4))
 
@@ -89,7 +97,8 @@ def measure(ev: Evidence, scene) -> None:
             energy = float(e @ e)
             if energy > 0:
                 row["excess_top_share"] = float((U.T @ e).pow(2).sum()) / energy
-        if x.dim() == 2 and step in (scene.window.ref, scene.window.onset, scene.window.steps[-1]):
+        agop_step = step in (scene.window.ref, scene.window.onset, scene.window.steps[-1])
+        if x.dim() == 2 and x.is_floating_point() and agop_step:
             G = agop(lambda xx: replay.outputs(params, xx), x)
             if task_agop in TRUE_AGOP_TASKS:
                 row["agop_alignment"] = agop_alignment(G, true_agop(task_agop, x.shape[1]))
