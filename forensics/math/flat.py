@@ -63,7 +63,7 @@ class FlatSpec:
         if flat.dim() != 1 or flat.numel() != self.dim:
             raise ValueError(f"expected a flat vector of {self.dim} elements, got {tuple(flat.shape)}")
         parts = torch.split(flat, list(self.numels))
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
     def split(self, flat: Tensor) -> tuple[Tensor, ...]:
         """Like :meth:`unflatten` but as a tuple in order."""

@@ -88,7 +88,7 @@ class HVPOperator:
             inputs = list(self._params.values())
             grads = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
         self.loss = float(loss.detach())
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads, strict=True)]
         self._grad_flat = torch.cat([g.detach().reshape(-1) for g in grads])
         # Only gradient entries that still depend on θ contribute to H v.
         self._live = [i for i, g in enumerate(grads) if g.requires_grad]
@@ -123,7 +123,7 @@ class HVPOperator:
                                  grad_outputs=[vs[i] for i in self._live],
                                  retain_graph=True, allow_unused=True)
         return torch.cat([(torch.zeros_like(p) if h is None else h).reshape(-1)
-                          for p, h in zip(inputs, hv)])
+                          for p, h in zip(inputs, hv, strict=True)])
 
     def _matvec_func(self, v: Tensor) -> Tensor:
         primals = {n: t.detach() for n, t in self._params.items()}

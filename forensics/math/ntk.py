@@ -80,7 +80,7 @@ class NTKOperator:
     def __init__(self, f: ModelFn, params: Mapping[str, Tensor], x: Tensor) -> None:
         self._inputs = [v.detach().clone().requires_grad_(True) for v in params.values()]
         with torch.enable_grad():
-            out = f(dict(zip(params.keys(), self._inputs)), x)
+            out = f(dict(zip(params.keys(), self._inputs, strict=True)), x)
             self._z = torch.zeros_like(out, requires_grad=True)
             g = torch.autograd.grad(out, self._inputs, self._z, create_graph=True,
                                     allow_unused=True)
@@ -92,6 +92,7 @@ class NTKOperator:
         self.num_matvecs = 0
 
     def matvec(self, u: Tensor) -> Tensor:
+        """K·u = J(Jᵀu) for u over the flattened outputs: a VJP, then a double-backward JVP."""
         self.num_matvecs += 1
         u = u.reshape(self._out.shape).to(device=self.device, dtype=self.dtype)
         if not self._live:

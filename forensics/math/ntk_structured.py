@@ -53,6 +53,42 @@ def ntk_structured(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | N
     if params is None:
         params = dict(model.named_parameters())
     params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    out, inputs, outputs = _forward_recording(model, x, params, layers)
+    n = x.shape[0]
+    if out.shape[0] != n or out.dim() > 2:
+        raise ValueError(f"outputs must be (n,) or (n, c), got {tuple(out.shape)}")
+    out2 = out.reshape(n, -1)  # (n, c)
+    c = out2.shape[1]
+    used = _used_layers(layers, params, inputs, outputs, n)
+    # 1. B per layer per output: c backward passes through the stored graph
+    zs = [z for *_, z in used]
+    backs: list[list[Tensor]] = [[] for _ in used]  # [layer][a] -> (n, d_out)
+    for a_idx in range(c):
+        onehot = torch.zeros_like(out2)
+        onehot[:, a_idx] = 1
+        grads = torch.autograd.grad(out2, zs, grad_outputs=onehot, retain_graph=a_idx < c - 1,
+                                    allow_unused=True)
+        for li, g in enumerate(grads):
+            backs[li].append(torch.zeros_like(zs[li]) if g is None else g.detach())
+    # 2. K = Σ_l (A Aᵀ + 1) ⊙ (B Bᵀ)
+    size = n * c if output_mode == "flatten" else n
+    K = torch.zeros(size, size, dtype=out.dtype, device=out.device)
+    for (a, has_w, has_b, _), bl in zip(used, backs, strict=True):
+        gram_a = torch.zeros(n, n, dtype=out.dtype, device=out.device)
+        if has_w:
+            gram_a += a @ a.T
+        if has_b:
+            gram_a += 1
+        if output_mode == "flatten":
+            B = torch.stack(bl, dim=1).reshape(n * c, -1)  # (n·c, d_out), sample-major
+            K += gram_a.repeat_interleave(c, 0).repeat_interleave(c, 1) * (B @ B.T)
+        else:
+            K += gram_a * sum(b @ b.T for b in bl)
+    return K
+
+
+def _forward_recording(model, x, params, layers):
+    """Run the model once, keeping each Linear layer's input (detached) and output (in the graph)."""
     inputs: dict[str, list[Tensor]] = {n: [] for n, _ in layers}
     outputs: dict[str, list[Tensor]] = {n: [] for n, _ in layers}
 
@@ -70,12 +106,12 @@ def ntk_structured(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | N
     finally:
         for h in handles:
             h.remove()
-    n = x.shape[0]
-    if out.shape[0] != n or out.dim() > 2:
-        raise ValueError(f"outputs must be (n,) or (n, c), got {tuple(out.shape)}")
-    out2 = out.reshape(n, -1)  # (n, c)
-    c = out2.shape[1]
-    used = []  # (A (n, d_in) or None, has_weight, has_bias, z)
+    return out, inputs, outputs
+
+
+def _used_layers(layers, params, inputs, outputs, n: int) -> list:
+    """(A (n, d_in), has_weight, has_bias, z) for each layer with a parameter in `params`."""
+    used = []
     for name, mod in layers:
         w_key, b_key = f"{name}.weight" if name else "weight", f"{name}.bias" if name else "bias"
         has_w, has_b = w_key in params, (mod.bias is not None and b_key in params)
@@ -87,28 +123,4 @@ def ntk_structured(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | N
         if a.dim() != 2 or a.shape[0] != n:
             raise ValueError(f"layer {name!r} input is {tuple(a.shape)}; need (n, d_in)")
         used.append((a, has_w, has_b, z))
-    # 1. B per layer per output: c backward passes through the stored graph
-    zs = [z for *_, z in used]
-    backs: list[list[Tensor]] = [[] for _ in used]  # [layer][a] -> (n, d_out)
-    for a_idx in range(c):
-        onehot = torch.zeros_like(out2)
-        onehot[:, a_idx] = 1
-        grads = torch.autograd.grad(out2, zs, grad_outputs=onehot, retain_graph=a_idx < c - 1,
-                                    allow_unused=True)
-        for li, g in enumerate(grads):
-            backs[li].append(torch.zeros_like(zs[li]) if g is None else g.detach())
-    # 2. K = Σ_l (A Aᵀ + 1) ⊙ (B Bᵀ)
-    size = n * c if output_mode == "flatten" else n
-    K = torch.zeros(size, size, dtype=out.dtype, device=out.device)
-    for (a, has_w, has_b, _), bl in zip(used, backs):
-        gram_a = torch.zeros(n, n, dtype=out.dtype, device=out.device)
-        if has_w:
-            gram_a += a @ a.T
-        if has_b:
-            gram_a += 1
-        if output_mode == "flatten":
-            B = torch.stack(bl, dim=1).reshape(n * c, -1)  # (n·c, d_out), sample-major
-            K += gram_a.repeat_interleave(c, 0).repeat_interleave(c, 1) * (B @ B.T)
-        else:
-            K += gram_a * sum(b @ b.T for b in bl)
-    return K
+    return used

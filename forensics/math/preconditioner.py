@@ -166,6 +166,7 @@ class PreconditionedOperator:
         self.num_matvecs = 0
 
     def matvec(self, v: Tensor) -> Tensor:
+        """P^{-1/2} H P^{-1/2} v: one Hessian-vector product between two diagonal scalings."""
         self.num_matvecs += 1
         return self.inv_sqrt * self.op.matvec(self.inv_sqrt * v)
 
