@@ -4,6 +4,7 @@ loop step under a GradScaler (skipped ones marked, with the loss scale), micro-b
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -85,3 +86,86 @@ def test_cleared_adam_state_records_the_optimizers_own_count(tmp_path):
             rec.observe(loss, {"x": x, "y": y})
             opt.step()
     assert [r["optimizer_step"] for r in steps_table(tmp_path / "run")] == [0, 1, 2, 3, 4, 0, 1, 2]
+
+
+# ------------------------------------------------------------------ short batches: the default detector
+
+STEPS_PER_EPOCH = 13  # 12 batches of 32 and one of 3
+
+
+def short_batch_data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 12 + 3, 8, generator=g)
+    y = torch.sin(x @ torch.randn(8, 1, generator=g) * 0.5)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True,
+                                       drop_last=False, generator=torch.Generator().manual_seed(2))
+
+
+def summed_loss(out, y):  # normalised by B twice: the 3-sample batch's loss is ×32/3 too large
+    return ((out - y) ** 2).sum() / out.shape[0] ** 2 * 32
+
+
+def short_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+
+
+def check_one_short_batch_spike_per_epoch(run_dir, model, epochs):
+    from forensics.analyzer import pipeline
+
+    table = steps_table(run_dir)
+    short = [r["step"] for r in table if r["batch_rows"] == 3]
+    assert len(short) == epochs and all(s % STEPS_PER_EPOCH == STEPS_PER_EPOCH - 1 for s in short)
+    loss = [r["loss"] for r in table]
+    # a short batch is a spike when its loss is well above the full batches' of its epoch (3 samples
+    # can happen to fit well: then there is nothing to find)
+    spiky = [s for s in short if loss[s] > 3 * statistics.median(loss[s - STEPS_PER_EPOCH + 1:s])]
+    assert len(spiky) >= epochs - 1
+    result = pipeline.analyze(run_dir, model=model)
+    assert [s.context.onset for s in result.spikes] == spiky
+    for spike in result.spikes:
+        assert spike.verdict == "short_batch", spike.verdict_message
+        f = next(f for f in spike.findings if f.rule == "short_batch")
+        assert (f.evidence["batch_rows"], f.evidence["usual"]) == (3, 32)
+
+
+def test_every_epochs_short_batch_is_one_spike_with_the_default_detector(tmp_path):
+    model, loader, epochs = short_net(), short_batch_data(), 6
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    with Recorder(model, opt, tmp_path / "run", loss=summed_loss) as rec:  # default: probe="auto"
+        for _ in range(epochs):
+            for xb, yb in loader:
+                opt.zero_grad()
+                loss = summed_loss(model(xb), yb)
+                loss.backward()
+                rec.observe(loss, {"x": xb, "y": yb})
+                opt.step()
+    check_one_short_batch_spike_per_epoch(tmp_path / "run", model, epochs)
+
+
+def test_every_epochs_short_batch_through_the_lightning_callback(tmp_path):
+    lightning = pytest.importorskip("lightning.pytorch")
+    import warnings
+
+    from forensics.integrations.lightning import SpikeForensicsCallback
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = short_net()
+
+        def training_step(self, batch, i):
+            return summed_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.001, momentum=0.9)
+
+    module, epochs = Module(), 6
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=summed_loss, module="net")
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
+                                callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, short_batch_data())
+    check_one_short_batch_spike_per_epoch(tmp_path / "run", module.net, epochs)

@@ -51,7 +51,8 @@ class StepLoop:
         groups = group_hparams(self.optimizer)
         opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates,
                                   self._adam)
-        events = self.detector.update(t, loss, probe=probe) if pending is not None else None
+        rows = batch_rows(batch, self.batch_keys["input"]) if pending is not None else None
+        events = self.detector.update(t, loss, probe=probe, rows=rows) if pending is not None else None
         slot = None
         active = self.detector.current_spike_id
         if self._snaps.enabled and (events is None or t % self.stride == 0
@@ -74,8 +75,7 @@ class StepLoop:
         row = self._scalars.row(t, time.perf_counter() - self._t0, probe, groups, opt_step, slot)
         row.update(self._amp.columns() if self._amp is not None else {})
         if pending is not None:
-            row.update(batch_rows=batch_rows(batch, self.batch_keys["input"]),
-                       micro_batches=micro.get("micro_batches", 1))
+            row.update(batch_rows=rows, micro_batches=micro.get("micro_batches", 1))
         step = CapturedStep(t, slot, probe, row, events, self._backward.count)
         if pending is None:
             self._open, self._sink.open_row = step, row
@@ -88,13 +88,14 @@ class StepLoop:
         """Step `step.t` has its loss (None: never reported): detection, its row, its snapshots."""
         events = step.events
         if events is None:
-            events = self.detector.update(step.t, loss, probe=step.probe)
+            rows = batch_rows(batch, self.batch_keys["input"]) if batch is not None else None
+            events = self.detector.update(step.t, loss, probe=step.probe, rows=rows)
             for ring in (self.ring, self.context):
                 slot = ring.find(step.t) if ring is not None and batch is not None else None
                 if slot is not None:
                     ring.attach(slot, batch, loss=loss, grad_clipped=clipped)
             if batch is not None:
-                step.row.update(batch_rows=batch_rows(batch, self.batch_keys["input"]), micro_batches=1)
+                step.row.update(batch_rows=rows, micro_batches=1)
         if batch is not None:
             self._note(self.objective.offer(step.t, batch))
         step.row["loss"] = math.nan if loss is None else loss
