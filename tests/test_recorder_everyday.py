@@ -169,3 +169,89 @@ def test_every_epochs_short_batch_through_the_lightning_callback(tmp_path):
         warnings.simplefilter("ignore")
         trainer.fit(module, short_batch_data())
     check_one_short_batch_spike_per_epoch(tmp_path / "run", module.net, epochs)
+
+
+# ------------------------------------------------------------------ float16 with a GradScaler
+
+@pytest.mark.parametrize("observe_first", [True, False])
+def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_first):
+    """float16 autocast on CPU; at steps 5..7 the gradients overflow (inf) so the scaler skips
+    `optimizer.step()`: those loop steps are still rows, marked, with the halving loss scale."""
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    overflow = {5, 6, 7}
+    with Recorder(model, opt, tmp_path / "run", scaler=scaler, probe=None) as rec:
+        for t, (x, y) in enumerate(batches([8] * 12)):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.mse_loss(model(x).float(), y)
+            scaler.scale(loss * (1e30 if t in overflow else 1.0)).backward()
+            if observe_first:
+                rec.observe(loss, {"x": x, "y": y})
+            scaler.step(opt)
+            scaler.update()
+            if not observe_first:
+                rec.observe(loss, {"x": x, "y": y})
+        assert rec.step == 12
+    assert "step" not in scaler.__dict__  # the scaler's own step is back after close
+    rows = steps_table(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(12))
+    assert [t for t, r in enumerate(rows) if r["amp_skipped"]] == sorted(overflow)
+    assert [r["loss_scale"] for r in rows[4:9]] == [2.0**10, 2.0**10, 2.0**9, 2.0**8, 2.0**7]
+    assert [r["optimizer_step"] for r in rows[3:10]] == [3, 4, 5, 5, 5, 5, 6]  # no update when skipped
+    assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_without_a_scaler_the_amp_columns_are_null(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Recorder(model, opt, tmp_path / "run", probe=None) as rec:
+        for x, y in batches([4, 4]):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+    assert {(r["amp_skipped"], r["loss_scale"]) for r in steps_table(tmp_path / "run")} == {(None, None)}
+
+
+def test_lightning_16_mixed_records_the_steps_its_scaler_skips(tmp_path):
+    """Lightning's precision plugin steps through its GradScaler; the callback hands it to the Recorder.
+    (On CPU Lightning makes no scaler of its own for 16-mixed: the test passes one to the plugin.)"""
+    lightning = pytest.importorskip("lightning.pytorch")
+    import warnings
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from forensics.integrations.lightning import SpikeForensicsCallback
+
+    overflow = {4, 5}
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def training_step(self, batch, i):
+            loss = F.mse_loss(self.net(batch[0]).float(), batch[1])
+            return loss * 1e36 if self.global_step in overflow and i in overflow else loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    x, y = next(batches([80]))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    module = Module()
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), module="net", probe=None)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, plugins=[plugin],
+                                callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    rows = steps_table(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(10))
+    assert [r["step"] for r in rows if r["amp_skipped"]] == sorted(overflow)
+    assert [r["loss_scale"] for r in rows[3:7]] == [2.0**8, 2.0**8, 2.0**7, 2.0**6]

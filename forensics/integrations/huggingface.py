@@ -171,6 +171,9 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             options.update(resume=True, start_step=state.global_step)
         # run.json is written once, by the Recorder, with the config's file name; the file itself is
         # saved after the Recorder has made the run directory ready (overwrite=True clears an old run)
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer under fp16
+        if scaler is not None and "scaler" not in options:  # steps the scaler skips are recorded too
+            options["scaler"] = scaler
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
                                  hf_config=None if config is None else CONFIG_FILE, **options)
