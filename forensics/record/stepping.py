@@ -53,7 +53,7 @@ class StepLoop:
                                   self._adam)
         rows = batch_rows(batch, self.batch_keys["input"]) if pending is not None else None
         events = self.detector.update(t, loss, probe=probe, rows=rows) if pending is not None else None
-        slot = None
+        slot, amp = None, (self._amp.columns() if self._amp is not None else {})
         active = self.detector.current_spike_id
         if self._snaps.enabled and (events is None or t % self.stride == 0
                                     or self._snaps.must_capture(t, events, active)):
@@ -61,7 +61,7 @@ class StepLoop:
                 for kind in discover_state_kinds(self.optimizer, self._params):
                     self.ring.add_kind(kind)
             meta = {"loss": math.nan if loss is None else loss, "optimizer_step": opt_step, "groups": groups,
-                    "grad_clipped": clipped, **micro}
+                    "grad_clipped": clipped, **micro, **amp}
             try:
                 states = state_tensors(self.optimizer, self._params, self.ring.banks)
                 slot = self.ring.capture(t, [p.grad for p in self._params], states, batch, meta)
@@ -73,7 +73,7 @@ class StepLoop:
         if prev is not None and slot is not None and prev != slot:
             self._sink.patch_last(t - 1, "update_norm", self._scalars.update_norm(prev, slot))
         row = self._scalars.row(t, time.perf_counter() - self._t0, probe, groups, opt_step, slot)
-        row.update(self._amp.columns() if self._amp is not None else {})
+        row.update(amp)
         if pending is not None:
             row.update(batch_rows=rows, micro_batches=micro.get("micro_batches", 1))
         step = CapturedStep(t, slot, probe, row, events, self._backward.count)
