@@ -255,3 +255,33 @@ def test_lightning_16_mixed_records_the_steps_its_scaler_skips(tmp_path):
     assert [r["step"] for r in rows] == list(range(10))
     assert [r["step"] for r in rows if r["amp_skipped"]] == sorted(overflow)
     assert [r["loss_scale"] for r in rows[3:7]] == [2.0**8, 2.0**8, 2.0**7, 2.0**6]
+
+
+# ------------------------------------------------------------------ micro-batches
+
+def test_every_observe_before_a_step_is_one_micro_batch(tmp_path):
+    """Gradient accumulation over 3 micro-batches of 8: one row per optimizer step with the count,
+    the mean loss and 24 rows; the snapshot holds the concatenated batch and each micro-batch's loss."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = list(batches([8] * 12))
+    losses = []
+    with Recorder(model, opt, tmp_path / "run", probe=None) as rec:
+        for k in range(4):
+            opt.zero_grad()
+            step_losses = []
+            for x, y in data[3 * k:3 * k + 3]:
+                loss = F.mse_loss(model(x), y)
+                (loss / 3).backward()
+                rec.observe(loss, {"x": x, "y": y})
+                step_losses.append(loss.item())
+            losses.append(step_losses)
+            opt.step()
+    rows = steps_table(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert [r["micro_batches"] for r in rows] == [3] * 4
+    assert [r["batch_rows"] for r in rows] == [24] * 4
+    assert [r["loss"] for r in rows] == pytest.approx([sum(v) / 3 for v in losses])
+    meta = read_meta(tmp_path / "run" / "snapshots" / "step-00000000.safetensors")
+    assert int(meta["micro_batches"]) == 3
+    assert [float(v) for v in meta["micro_batch_losses"]] == pytest.approx(losses[0])

@@ -195,6 +195,7 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         """Report the step's loss and batch (gradients are accumulated and clipped by now)."""
         if self.recorder is None:
             return
+        parts = list(self._micro.losses)  # each micro-batch's loss as the model returned it
         loss, batch = self._micro.take("sum" if self._summed else "mean")
         if loss is None:
             return  # no training forward seen: the recorder logs the step's loss as missing
@@ -206,7 +207,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
                        f"{self.recorder.step} (resumed run?); the run directory counts from 0")
         if not self._loss_checked:
             self._check_loss_count(batch)
-        self.recorder.observe(loss, batch, grad_clipped=self._clipped(args))
+        self.recorder.observe(loss, batch, grad_clipped=self._clipped(args),
+                              micro_losses=parts if len(parts) > 1 else None)
 
     # ----------------------------------------------------------------- helpers
 

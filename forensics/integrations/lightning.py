@@ -133,11 +133,13 @@ class SpikeForensicsCallback(pl.Callback):
         """Report the step's loss and batch; the Recorder captures the clipped gradient inside step()."""
         if self.recorder is None or optimizer is not self._optimizer:
             return
+        parts = list(self._micro.losses)  # as Lightning hands them: divided by accumulate_grad_batches
         loss, batch = self._micro.take("sum")
         clipped = self._will_clip(trainer)
         if loss is None:
             return  # training_step returned None: the recorder logs the step's loss as missing
-        self.recorder.observe(loss, batch, grad_clipped=clipped)
+        self.recorder.observe(loss, batch, grad_clipped=clipped,
+                              micro_losses=parts if len(parts) > 1 else None)
 
     # ----------------------------------------------------------------- resume
 
