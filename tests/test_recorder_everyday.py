@@ -285,3 +285,20 @@ def test_every_observe_before_a_step_is_one_micro_batch(tmp_path):
     meta = read_meta(tmp_path / "run" / "snapshots" / "step-00000000.safetensors")
     assert int(meta["micro_batches"]) == 3
     assert [float(v) for v in meta["micro_batch_losses"]] == pytest.approx(losses[0])
+
+
+def test_detector_short_batch_trigger_known_answer():
+    """Full batches of 32 with loss 1.0/1.1 and a quiet probe; short batches of 3 at 12 (loss 1.5:
+    below 2 x the window's max, no spike, and kept out of the window), 25 (2.6: a spike, though above
+    2 x 1.5) and 38 (2.6 with 16 rows of 32: still short). A 2.6 on a full batch at 45 is no spike
+    (the probe is quiet: the bad-batch rule needs z too)."""
+    from forensics.record.detector import SpikeDetector
+
+    det = SpikeDetector()
+    special = {12: (3, 1.5), 25: (3, 2.6), 38: (16, 2.6), 45: (32, 2.6)}
+    opened = []
+    for t in range(50):
+        rows, loss = special.get(t, (32, 1.0 + 0.1 * (t % 2)))
+        opened += [(e["step"], e["rule"]) for e in det.update(t, loss, probe=0.5, rows=rows)
+                   if e["type"] == "spike_open"]
+    assert opened == [(25, "short_batch"), (38, "short_batch")]

@@ -64,16 +64,16 @@ class SpikeDetector:
     def update(self, step: int, value: float | None, *, probe: float | None = None,
                rows: int | None = None) -> list[dict]:
         """Observe the loss (and optionally the probe loss and the batch's row count) of `step`;
-        return new events. A loss spike on a batch of at most half the usual rows opens a spike
-        whatever the probe says (`forensics.record.batchsize`)."""
+        return new events. A short batch's loss spike opens a spike of its own (`_short_fires`)."""
         vals = {"loss": None if value is None else float(value),
                 "probe": None if probe is None else float(probe)}
-        short = self.rows.short(rows) and self._short_fires(vals["loss"])
-        self.rows.push(rows)
+        small, _ = self.rows.short(rows), self.rows.push(rows)
+        short = small and self._short_fires(vals["loss"])
+        if small and not short and _finite(vals["loss"]):
+            vals["loss"] = None  # another population: kept out of the loss window (and its max)
         if short:  # an episode of its own: one still open ends here
             sp, ch, v = self.open, self.channels["loss"], vals["loss"]
-            end = step if sp is None or sp["recovered_at"] is None else sp["recovered_at"]
-            done = [] if sp is None else [self._close(end)]
+            done = [] if sp is None else [self._close(sp["recovered_at"] or step)]  # recovered_at >= 1
             warm = self._warm_levels(self.warm["loss"]) if not ch.ready() else None
             base, close = (ch.baseline(), None) if warm is None else (warm[0], warm[2])
             return done + [self._open(step, "loss", v, v / ch.window_max(), base, ch, "short_batch", close)]
