@@ -301,4 +301,4 @@ def test_detector_short_batch_trigger_known_answer():
         rows, loss = special.get(t, (32, 1.0 + 0.1 * (t % 2)))
         opened += [(e["step"], e["rule"]) for e in det.update(t, loss, probe=0.5, rows=rows)
                    if e["type"] == "spike_open"]
-    assert opened == [(25, "short_batch"), (38, "short_batch")]
+    assert opened == [(25, "short"), (38, "short")]

@@ -76,7 +76,7 @@ class SpikeDetector:
             done = [] if sp is None else [self._close(sp["recovered_at"] or step)]  # recovered_at >= 1
             warm = self._warm_levels(self.warm["loss"]) if not ch.ready() else None
             base, close = (ch.baseline(), None) if warm is None else (warm[0], warm[2])
-            return done + [self._open(step, "loss", v, v / ch.window_max(), base, ch, "short_batch", close)]
+            return done + [self._open(step, "loss", v, v / ch.window_max(), base, ch, "short", close)]
         if self.open is not None:
             return self._update_open(step, vals)
         return self._update_closed(step, vals)
@@ -162,7 +162,7 @@ class SpikeDetector:
 
     def _open(self, step, signal, v, score, base, ch, rule, close=None) -> dict:
         # every watched channel must be back below its level (frozen now) for the sub-peak to end
-        both = self.config.signal == "both" or rule == "short_batch"  # its aftermath is in the objective
+        both = self.config.signal == "both" or rule == "short"  # its aftermath is in the objective
         openers = ("loss", "probe") if both else (signal,)  # "auto": its own signal
         levels = {n: (ch.close_level(base) if n == signal else c.close_level(c.baseline()))
                   for n, c in self.channels.items() if n == signal or (n in openers and c.ready())}
