@@ -148,6 +148,9 @@ def test_clipping_and_accumulation_record_the_grad_the_optimizer_used(tmp_path):
     assert [s.onset for s in run.spikes] == [onset]
     snap, nxt, names, loss, g = _check_onset_grad_is_the_update(run, onset)
     assert snap.batch["x"].shape[0] == 16  # both micro-batches
+    assert int(snap.meta["micro_batches"]) == 2 and len(snap.meta["micro_batch_losses"]) == 2
+    assert run.steps.column("micro_batches")[onset].as_py() == 2
+    assert run.steps.column("batch_rows")[onset].as_py() == 16
     assert float(snap.meta["loss"]) == pytest.approx(loss, rel=1e-5)  # mean of the two micro-batch means
     assert snap.meta["grad_clipped"] in ("true", True)
     norm = math.sqrt(sum(float(gi.square().sum()) for gi in g))

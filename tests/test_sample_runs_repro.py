@@ -54,8 +54,11 @@ def test_rerunning_a_trainer_reproduces_its_tensors_bit_for_bit(name, tmp_path):
         assert {k: v for k, v in meta.items() if k not in VOLATILE_META} == {
             k: v for k, v in meta2.items() if k not in VOLATILE_META}
     a, b = _steps(committed), _steps(fresh)
-    assert a.keys() == b.keys()
+    assert a.keys() <= b.keys()  # a run recorded before columns were added (#16) lacks them
     for k in a:
+        if k == "param_groups":  # JSON text
+            assert a[k] == b[k]
+            continue
         x, y = (np.array([np.nan if v is None else v for v in col], dtype=float) for col in (a[k], b[k]))
         assert x.tobytes() == y.tobytes(), k
     m1, m2 = (load_manifest(r).to_dict() for r in (committed, fresh))  # old runs: family derived

@@ -171,6 +171,9 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
             options.update(resume=True, start_step=state.global_step)
         # run.json is written once, by the Recorder, with the config's file name; the file itself is
         # saved after the Recorder has made the run directory ready (overwrite=True clears an old run)
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer under fp16
+        if scaler is not None and "scaler" not in options:  # steps the scaler skips are recorded too
+            options["scaler"] = scaler
         self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
                                  model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
                                  hf_config=None if config is None else CONFIG_FILE, **options)
@@ -192,6 +195,7 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         """Report the step's loss and batch (gradients are accumulated and clipped by now)."""
         if self.recorder is None:
             return
+        parts = list(self._micro.losses)  # each micro-batch's loss as the model returned it
         loss, batch = self._micro.take("sum" if self._summed else "mean")
         if loss is None:
             return  # no training forward seen: the recorder logs the step's loss as missing
@@ -203,7 +207,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
                        f"{self.recorder.step} (resumed run?); the run directory counts from 0")
         if not self._loss_checked:
             self._check_loss_count(batch)
-        self.recorder.observe(loss, batch, grad_clipped=self._clipped(args))
+        self.recorder.observe(loss, batch, grad_clipped=self._clipped(args),
+                              micro_losses=parts if len(parts) > 1 else None)
 
     # ----------------------------------------------------------------- helpers
 

@@ -17,7 +17,8 @@ How the hooks map onto the recorder (one optimizer step = one recorded step):
   the Recorder's that evaluates the closure first (see `_common.run_closure_first`): the snapshot
   then holds the gradient after Lightning's clipping, exactly what the update uses. With 16-bit
   native AMP Lightning calls the closure itself and `scaler.step()` later, so the order is right
-  already; a step the scaler skips (inf/NaN gradients) is not recorded.
+  already; the precision plugin's GradScaler is handed to the Recorder (`scaler=`), so a step the
+  scaler skips (inf/NaN gradients) is recorded too, marked `amp_skipped`, with its `loss_scale`.
 
 Only global rank 0 records (`trainer.is_global_zero`); other ranks do nothing. The detector's
 statistics go through `state_dict()` / `load_state_dict()`, so a run resumed from a Lightning
@@ -91,6 +92,9 @@ class SpikeForensicsCallback(pl.Callback):
         # Registered before the Recorder's own pre-hook, so it fires first (see module docstring).
         self._hook = self._optimizer.register_step_pre_hook(run_closure_first())
         options = dict(self.recorder_options)
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None and "scaler" not in options:  # 16-bit native AMP: skipped steps recorded too
+            options["scaler"] = scaler
         if self._pending_state and "resume" not in options:  # a fit resumed from a checkpoint: same run dir
             options.update(resume=True, start_step=self._pending_state.get("step"))
         self.recorder = Recorder(model, self._optimizer, self.run_dir, model_factory=self.model_factory,
@@ -129,11 +133,13 @@ class SpikeForensicsCallback(pl.Callback):
         """Report the step's loss and batch; the Recorder captures the clipped gradient inside step()."""
         if self.recorder is None or optimizer is not self._optimizer:
             return
+        parts = list(self._micro.losses)  # as Lightning hands them: divided by accumulate_grad_batches
         loss, batch = self._micro.take("sum")
         clipped = self._will_clip(trainer)
         if loss is None:
             return  # training_step returned None: the recorder logs the step's loss as missing
-        self.recorder.observe(loss, batch, grad_clipped=clipped)
+        self.recorder.observe(loss, batch, grad_clipped=clipped,
+                              micro_losses=parts if len(parts) > 1 else None)
 
     # ----------------------------------------------------------------- resume
 

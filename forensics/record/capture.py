@@ -124,7 +124,9 @@ class SnapshotPolicy:
                 "optimizer_step": m["optimizer_step"], **snapshot_hparams(self.optimizer, m["groups"]),
                 "param_groups": groups,
                 "grad_clipped": "unknown" if m["grad_clipped"] is None else bool(m["grad_clipped"]),
-                "batch_keys": info.batch_keys}
+                "batch_keys": info.batch_keys,
+                **{k: m[k] for k in ("micro_batches", "micro_batch_losses", "amp_skipped", "loss_scale")
+                   if m.get(k) is not None}}
 
 
 def capture_context(context, ring, t: int, every: int, params: list, optimizer, batch: dict,

@@ -19,7 +19,7 @@ steps: a value inside that recovery window that would open a spike (the same rul
 window as it is then) is a re-trigger (ringing, an echo) and a new sub-peak of the same episode.
 The episode's `spike` event is written when the recovery window has passed, with `end` = the
 first step back to normal after the last sub-peak and `sub_peaks` = [[step, value], ...] of each
-sub-peak's highest value.
+sub-peak's highest value. A short batch's loss spike is an episode of its own (`_short_fires`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 
+from forensics.record.batchsize import UsualRows
 from forensics.record.detector_config import SIGNALS, DetectorConfig
 from forensics.record.presets import RecentMin, make_channel
 
@@ -53,16 +54,29 @@ class SpikeDetector:
         self.probe_seen = False  # signal="auto": a probe value has arrived
         self.nonfinite_latched = False  # after a NaN spike times out, wait for a finite value
         self.warm = {n: {"ref": [], "held": [], "streak": 0} for n in names}
+        self.rows = UsualRows()  # batch sizes seen: a short batch's loss spike opens (batchsize.py)
 
     @property
     def current_spike_id(self) -> int | None:
         """Id of the episode whose sub-peak is in progress (None when none is, or it is recovering)."""
         return None if self.open is None or self.open["recovered_at"] is not None else self.open["spike_id"]
 
-    def update(self, step: int, value: float | None, *, probe: float | None = None) -> list[dict]:
-        """Observe the loss (and optionally the probe loss) of `step`; return new events."""
+    def update(self, step: int, value: float | None, *, probe: float | None = None,
+               rows: int | None = None) -> list[dict]:
+        """Observe the loss (and optionally the probe loss and the batch's row count) of `step`;
+        return new events. A short batch's loss spike opens a spike of its own (`_short_fires`)."""
         vals = {"loss": None if value is None else float(value),
                 "probe": None if probe is None else float(probe)}
+        small, _ = self.rows.short(rows), self.rows.push(rows)
+        short = small and self._short_fires(vals["loss"])
+        if small and not short and _finite(vals["loss"]):
+            vals["loss"] = None  # another population: kept out of the loss window (and its max)
+        if short:  # an episode of its own: one still open ends here
+            sp, ch, v = self.open, self.channels["loss"], vals["loss"]
+            done = [] if sp is None else [self._close(sp["recovered_at"] or step)]  # recovered_at >= 1
+            warm = self._warm_levels(self.warm["loss"]) if not ch.ready() else None
+            base, close = (ch.baseline(), None) if warm is None else (warm[0], warm[2])
+            return done + [self._open(step, "loss", v, v / ch.window_max(), base, ch, "short", close)]
         if self.open is not None:
             return self._update_open(step, vals)
         return self._update_closed(step, vals)
@@ -76,6 +90,13 @@ class SpikeDetector:
             self.probe_seen = self.probe_seen or _finite(vals["probe"])
             return ("probe", "loss") if self.probe_seen else ("loss",)
         return ("loss", "probe") if sig == "both" else (sig,)
+
+    def _short_fires(self, v) -> bool:
+        """A short batch's loss above batch_ratio x the loss window's highest value (a noisy loss hides
+        it from the z rule; the probe does not see it: `forensics.record.batchsize`)."""
+        ch = self.channels.get("loss")
+        return (ch is not None and _finite(v) and bool(self.config.batch_ratio)
+                and bool(self.warm["loss"]["ref"]) and v > self.config.batch_ratio * ch.window_max())
 
     def _update_closed(self, step: int, vals: dict) -> list[dict]:
         openers = self._openers(vals)
@@ -141,7 +162,8 @@ class SpikeDetector:
 
     def _open(self, step, signal, v, score, base, ch, rule, close=None) -> dict:
         # every watched channel must be back below its level (frozen now) for the sub-peak to end
-        openers = ("loss", "probe") if self.config.signal == "both" else (signal,)  # "auto": its own signal
+        both = self.config.signal == "both" or rule == "short"  # its aftermath is in the objective
+        openers = ("loss", "probe") if both else (signal,)  # "auto": its own signal
         levels = {n: (ch.close_level(base) if n == signal else c.close_level(c.baseline()))
                   for n, c in self.channels.items() if n == signal or (n in openers and c.ready())}
         if ch is None:
@@ -160,15 +182,11 @@ class SpikeDetector:
 
     def _track(self, sp: dict, step: int, v: float) -> None:
         """Raise the episode's and the current sub-peak's highest value (a NaN/Inf counts as highest)."""
-        if not _finite(v):
-            sp["nonfinite"] = True
-        for _key, holder in (("peak", None), ("cur", sp["cur"])):
-            best = sp["peak_loss"] if holder is None else holder[1]
-            if _finite(best) and (not _finite(v) or v > best):
-                if holder is None:
-                    sp["peak"], sp["peak_loss"] = step, v
-                else:
-                    holder[0], holder[1] = step, v
+        sp["nonfinite"] = sp["nonfinite"] or not _finite(v)
+        if _finite(sp["peak_loss"]) and (not _finite(v) or v > sp["peak_loss"]):
+            sp["peak"], sp["peak_loss"] = step, v
+        if _finite(sp["cur"][1]) and (not _finite(v) or v > sp["cur"][1]):
+            sp["cur"][0], sp["cur"][1] = step, v
 
     def _update_open(self, step: int, vals: dict) -> list[dict]:
         sp = self.open
@@ -235,7 +253,7 @@ class SpikeDetector:
         """Everything needed to resume detection exactly (JSON-able but for NaN/Inf floats)."""
         return {"config": self.config.to_dict(), "next_id": self.next_id, "open": copy.deepcopy(self.open),
                 "nonfinite_latched": self.nonfinite_latched, "probe_seen": self.probe_seen,
-                "warm": copy.deepcopy(self.warm),
+                "warm": copy.deepcopy(self.warm), "rows": self.rows.state_dict(),
                 "channels": {n: ch.state_dict() for n, ch in self.channels.items()}}
 
     def load_state_dict(self, d: dict) -> None:
@@ -250,6 +268,7 @@ class SpikeDetector:
             self.open.setdefault("recovered_at", None)
         self.nonfinite_latched = d.get("nonfinite_latched", False)
         self.probe_seen = d.get("probe_seen", False)
+        self.rows.load_state_dict(d.get("rows"))
         for n, w in d.get("warm", {}).items():
             if n in self.warm:
                 self.warm[n] = copy.deepcopy(w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from forensics.rundir.jsonsafe import jsonsafe
@@ -57,13 +59,14 @@ def state_tensors(optimizer, params: list[torch.Tensor], kinds) -> dict:
             if kind not in ("param", "grad")}
 
 
-def optimizer_step(optimizer, first_param, fallback: int) -> int:
-    """The optimizer's own count of updates done (Adam's state["step"]), else `fallback`."""
+def optimizer_step(optimizer, first_param, fallback: int, adam: bool = False) -> int:
+    """The optimizer's own count of updates done (Adam's state["step"]); 0 for an Adam whose state
+    holds no step (fresh, or cleared: its next update is its first); else `fallback`."""
     st = optimizer.state.get(first_param) if first_param is not None else None
     if st and "step" in st:
         s = st["step"]
         return int(s.item() if isinstance(s, torch.Tensor) else s)
-    return fallback
+    return 0 if adam else fallback
 
 
 def _scalar(v):
@@ -73,6 +76,28 @@ def _scalar(v):
 def group_hparams(optimizer) -> list[dict]:
     """Every hyperparameter of every param group now in force (without the params), JSON-able."""
     return [{k: jsonsafe(_scalar(v)) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def _number(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def hparam_columns(groups: list[dict]) -> dict:
+    """steps/ columns of the hyperparameters in force (docs/format.md): group 0's `beta1`, `beta2`,
+    `eps`, `weight_decay`, `momentum` (None where the optimizer has no such key) and `param_groups`,
+    a compact JSON list of every group's `{lr, beta1, beta2, eps, weight_decay, momentum, dampening}`.
+    Python floats from `optimizer.param_groups`: no device sync."""
+    flat = []
+    for g in groups:
+        betas = g.get("betas")
+        b = betas if isinstance(betas, (list, tuple)) and len(betas) == 2 else (None, None)
+        row = {"lr": _number(g.get("lr")), "beta1": _number(b[0]), "beta2": _number(b[1])}
+        row.update({k: _number(g.get(k)) for k in ("eps", "weight_decay", "momentum", "dampening")})
+        flat.append({k: v for k, v in row.items() if v is not None})
+    g0 = flat[0] if flat else {}
+    cols = {k: g0.get(k) for k in ("beta1", "beta2", "eps", "weight_decay", "momentum")}
+    cols["param_groups"] = json.dumps(flat, separators=(",", ":"), allow_nan=True)
+    return cols
 
 
 def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
@@ -91,4 +116,4 @@ def snapshot_hparams(optimizer, groups: list[dict]) -> dict:
 
 
 __all__ = ["class_path", "is_adam", "is_sgd", "state_kinds", "state_tensors", "discover_state_kinds",
-           "optimizer_step", "group_hparams", "snapshot_hparams"]
+           "optimizer_step", "group_hparams", "hparam_columns", "snapshot_hparams"]

@@ -11,34 +11,36 @@ Example:
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from pathlib import Path
 
 import torch
 
-from forensics.record.capture import SnapshotPolicy, capture_context
+from forensics.record.amp import ScalerWatch
+from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
+from forensics.record.micro import StepInputs
 from forensics.record.optim import (
-    class_path, discover_state_kinds, group_hparams, is_adam, optimizer_step, state_kinds, state_tensors,
+    class_path, is_adam, state_kinds,
 )
 from forensics.record.order import BackwardCounter, CapturedStep
 from forensics.record.ring import Ring
 from forensics.record.objective import Objective
-from forensics.record.resume import STATE_FILE, open_manifest, restore, resume_point, write_state
+from forensics.record.resume import open_manifest, restore, resume_point
 from forensics.record.scalars import StepScalars
 from forensics.record.sink import RunSink
+from forensics.record.stepping import StepLoop
 from forensics.record.status import FailurePolicy, WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
 from forensics.rundir.manifest import param_names, write_manifest
 from forensics.rundir.spikes import spikes_from_events
 
-class Recorder(FailurePolicy):
+class Recorder(StepLoop, FailurePolicy):
     """Flight recorder for one training run; see README.md for the three-line usage.
 
     Hooks `optimizer` with `register_step_pre_hook` (capture state t into the ring: weights before
@@ -51,7 +53,7 @@ class Recorder(FailurePolicy):
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir,
-                 config: RecorderConfig | None = None, **options):
+                 config: RecorderConfig | None = None, *, scaler=None, **options):
         cfg = (config or RecorderConfig()).with_options(**options)
         self.config = cfg
         keys = batch_key_map(cfg.batch_keys)
@@ -83,7 +85,8 @@ class Recorder(FailurePolicy):
                      if self._params else None)
         self.context = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.context_slots)
                         if self._params and cfg.context_slots else None)
-        self._scalars = StepScalars(self.ring, self._params, is_adam(optimizer))
+        self._adam = is_adam(optimizer)
+        self._scalars = StepScalars(self.ring, self._params, self._adam)
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
             self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
@@ -96,7 +99,7 @@ class Recorder(FailurePolicy):
         self._backward = BackwardCounter(self._params)
         self._t0 = time.perf_counter()
         self._updates = 0  # post-hook count
-        self._pending = None  # (loss, batch, grad_clipped) reported before step()
+        self._pending = StepInputs()  # the micro-batches reported before step()
         self._open: CapturedStep | None = None  # captured, waiting for observe() after step()
         self._row_slot = None  # ring slot of the latest captured step
         if not self._known_optimizer:
@@ -104,16 +107,21 @@ class Recorder(FailurePolicy):
                        "weights, grads and whatever per-parameter state tensors it holds")
         self._hooks = [optimizer.register_step_pre_hook(self._pre_hook),
                        optimizer.register_step_post_hook(self._post_hook)]
+        self._amp = (None if scaler is None
+                     else ScalerWatch(scaler, optimizer, lambda: self._step, self._skipped))
 
     # ----------------------------------------------------------------- public API
 
-    def observe(self, loss, batch=None, *, grad_clipped: bool | None = None) -> None:
+    def observe(self, loss, batch=None, *, grad_clipped: bool | None = None, micro_losses=None) -> None:
         """Report the loss and batch of an optimizer step: after backward, before or after `step()`.
 
         Before `step()` they belong to the coming step; after it, to the step just taken (unless a
-        backward pass ran in between: then to the coming one). `loss` is a tensor or float; `batch`
+        backward pass ran in between: then to the coming one). Several calls before one `step()` are
+        its micro-batches (gradient accumulation; each with its own loss): the step's loss is their
+        mean, its batch their concatenation along dim 0. `loss` is a tensor or float; `batch`
         a dict of tensors, or any nesting of dicts, lists and tuples of tensors, numpy arrays and
         numbers (keys flattened with "."; a bare tensor or sequence gets keys "0", "1", ...).
+        `micro_losses`: an adapter that combined the micro-batches itself passes their losses here.
         """
         self._surface()
         try:
@@ -135,7 +143,7 @@ class Recorder(FailurePolicy):
                 return
             if step is not None:
                 self._commit_missing()
-            self._pending = (value, flat, grad_clipped)
+            self._pending.add(value, flat, grad_clipped, micro_losses)
         except Exception as e:  # noqa: BLE001
             self._fail("observe", e)
 
@@ -174,6 +182,8 @@ class Recorder(FailurePolicy):
         for h in self._hooks:
             h.remove()
         self._backward.remove()
+        if self._amp is not None:
+            self._amp.remove()
         try:
             if self._open is not None:
                 self._commit_missing()
@@ -202,101 +212,5 @@ class Recorder(FailurePolicy):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # ----------------------------------------------------------------- hooks and steps
-
-    def _pre_hook(self, optimizer, args, kwargs) -> None:
-        try:
-            self._on_pre_step()
-        except Exception as e:  # noqa: BLE001
-            self._fail("pre-step hook", e)
-        finally:
-            self._step += 1
-
-    def _post_hook(self, optimizer, args, kwargs) -> None:
-        self._updates += 1  # the update norm of step t is taken at step t+1 from two ring slots
-
-    def _on_pre_step(self) -> None:
-        """Capture step t. With its loss already reported, finish it here; otherwise it waits for observe()
-        (captured whatever the stride: whether it opens a spike is not known before its loss)."""
-        t = self._step
-        self._surface()
-        if self._open is not None:
-            self._commit_missing()
-        pending, self._pending = self._pending, None
-        if self._sink.stopped:
-            return
-        loss, batch, clipped = pending if pending is not None else (None, {}, None)
-        probe = self.objective.value(t)
-        if self.objective.failure is not None:
-            self._warn("probe", self.objective.failure + "; the detector watches the training loss")
-        groups = group_hparams(self.optimizer)
-        opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates)
-        events = self.detector.update(t, loss, probe=probe) if pending is not None else None
-        slot = None
-        active = self.detector.current_spike_id
-        if self._snaps.enabled and (events is None or t % self.stride == 0
-                                    or self._snaps.must_capture(t, events, active)):
-            if not self._known_optimizer:
-                for kind in discover_state_kinds(self.optimizer, self._params):
-                    self.ring.add_kind(kind)
-            meta = {"loss": math.nan if loss is None else loss, "optimizer_step": opt_step, "groups": groups,
-                    "grad_clipped": clipped}
-            try:
-                states = state_tensors(self.optimizer, self._params, self.ring.banks)
-                slot = self.ring.capture(t, [p.grad for p in self._params], states, batch, meta)
-                capture_context(self.context, self.ring, t, self.config.context_every, self._params,
-                                self.optimizer, batch, meta)
-            except Exception as e:  # noqa: BLE001 - capture off, scalars go on
-                self._fail("ring capture", e)
-        prev, self._row_slot = self._row_slot, slot
-        if prev is not None and slot is not None and prev != slot:
-            self._sink.patch_last(t - 1, "update_norm", self._scalars.update_norm(prev, slot))
-        row = self._scalars.row(t, time.perf_counter() - self._t0, probe, groups, opt_step, slot)
-        step = CapturedStep(t, slot, probe, row, events, self._backward.count)
-        if pending is None:
-            self._open, self._sink.open_row = step, row
-        else:
-            self._commit(step, loss)
-            self._note(self.objective.offer(t, batch))
-
-    def _commit(self, step: CapturedStep, loss: float | None, batch: dict | None = None,
-                clipped=None) -> None:
-        """Step `step.t` has its loss (None: never reported): detection, its row, its snapshots."""
-        events = step.events
-        if events is None:
-            events = self.detector.update(step.t, loss, probe=step.probe)
-            for ring in (self.ring, self.context):
-                slot = ring.find(step.t) if ring is not None and batch is not None else None
-                if slot is not None:
-                    ring.attach(slot, batch, loss=loss, grad_clipped=clipped)
-        if batch is not None:
-            self._note(self.objective.offer(step.t, batch))
-        step.row["loss"] = math.nan if loss is None else loss
-        step.row["spike_id"] = self.detector.current_spike_id
-        self._sink.add_row(step.row)
-        self._last_committed = step.t
-        if (step.t + 1) % self.config.steps_chunk == 0:
-            self._save_state()
-        for ev in events:
-            self._sink.event(ev)
-            self._spike_events.append(ev)
-        self._snaps.on_step(step.t, events, step.slot, self.detector.current_spike_id)
-
-    def _commit_missing(self) -> None:
-        step, self._open = self._open, None
-        self._warn("no-observe", "an optimizer step ran without rec.observe(loss, batch) before or after it; "
-                   "that step's loss is recorded as missing")
-        self._commit(step, None)
-
-    def _note(self, event: dict | None) -> None:
-        if event is not None:
-            self._sink.event(event)
-
-    def _save_state(self) -> None:
-        """Queue detector.json: what a resumed recorder restores (detector and snapshot budgets)."""
-        state = {"step": self._last_committed, "detector": self.detector.state_dict(),
-                 "snapshots": self._snaps.state_dict()}
-        self._sink.submit_file(STATE_FILE, lambda: write_state(self.run_dir, state))
 
 __all__ = ["Recorder", "RecorderWarning", "WriteStatus", "unwrap_model"]

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from forensics.record.optim import hparam_columns
+
 _SUBSAMPLE = 16384  # coordinates for the Adam ratio stats (format allows <= 65536)
 
 
@@ -66,7 +68,8 @@ class StepScalars:
                 "grad_norm": self.norm("grad", slot, [p.grad for p in self.params]),
                 "param_norm": self.norm("param", slot, self.params), "update_norm": None,
                 "optimizer_step": opt_step, "adam_ratio_median": median, "adam_ratio_frac_small": frac,
-                "spike_id": None}
+                "spike_id": None, "batch_rows": None, "micro_batches": None, **hparam_columns(groups),
+                "amp_skipped": None, "loss_scale": None}
 
     def _make_subsample(self):
         """Fixed random coordinates (<= 65536) of the largest dtype buffer, for cheap Adam ratio stats."""

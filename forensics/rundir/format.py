@@ -24,7 +24,12 @@ DIGEST_KEY = "sha256"
 STEP_COLUMNS = (
     "step", "wall_time", "loss", "probe_loss", "lr", "grad_norm", "param_norm",
     "update_norm", "optimizer_step", "adam_ratio_median", "adam_ratio_frac_small", "spike_id",
+    "batch_rows", "micro_batches", "beta1", "beta2", "eps", "weight_decay", "momentum", "param_groups",
+    "amp_skipped", "loss_scale",
 )
+# Step columns whose type is not float64 (pyarrow type names; docs/format.md, steps/).
+STEP_TYPES = {"step": "int64", "optimizer_step": "int64", "spike_id": "int32", "batch_rows": "int64",
+              "micro_batches": "int32", "param_groups": "string", "amp_skipped": "bool_"}
 
 
 # Columns of the analyzer's tables, analysis/<table>.parquet: (name, DuckDB type, meaning).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from forensics.rundir import atomic
 from forensics.rundir.format import (
-    STEP_COLUMNS, STEPS_DIR, CorruptFileError, RunFormatWarning, chunk_name, is_temp,
+    STEP_COLUMNS, STEP_TYPES, STEPS_DIR, CorruptFileError, RunFormatWarning, chunk_name, is_temp,
 )
 from forensics.rundir.paths import folder_inside, inside, is_regular_file
 
@@ -15,8 +15,7 @@ from forensics.rundir.paths import folder_inside, inside, is_regular_file
 def _schema():
     import pyarrow as pa
 
-    types = {"step": pa.int64(), "optimizer_step": pa.int64(), "spike_id": pa.int32()}
-    return pa.schema([(c, types.get(c, pa.float64())) for c in STEP_COLUMNS])
+    return pa.schema([(c, getattr(pa, STEP_TYPES.get(c, "float64"))()) for c in STEP_COLUMNS])
 
 
 def write_chunk(run_dir: Path | str, index: int, rows: dict[str, list]) -> Path:
@@ -87,8 +86,9 @@ def chunk_footer(path: Path | str):
         if name not in schema.names:
             continue
         have, want = schema.field(name).type, contract.field(name).type
-        ok = pa.types.is_null(have) or pa.types.is_integer(have) or (
-            pa.types.is_floating(have) and pa.types.is_floating(want))
+        ok = (pa.types.is_null(have) or have == want
+              or (pa.types.is_integer(have) and not pa.types.is_string(want))
+              or (pa.types.is_floating(have) and pa.types.is_floating(want)))
         if not ok:
             return None, f"column {name!r} is {have}, the contract says {want}"
     return footer, None
