@@ -49,8 +49,13 @@ def steps(name: str) -> dict[str, np.ndarray]:
         for k, v in t.items():
             table.setdefault(k, []).extend(v)
     order = np.argsort(table["step"])
+
+    def numeric(v) -> bool:  # text columns (param_groups JSON) and spike ids stay objects
+        return all(x is None or isinstance(x, (int, float, bool)) for x in v)
+
     return {k: np.array([np.nan if x is None else x for x in v], dtype=float)[order]
-            if k != "spike_id" else np.array(v, dtype=object)[order] for k, v in table.items()}
+            if k != "spike_id" and numeric(v) else np.array(v, dtype=object)[order]
+            for k, v in table.items()}
 
 
 @lru_cache(maxsize=None)
