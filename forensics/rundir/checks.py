@@ -38,39 +38,39 @@ def need(ok: bool, key: str, value: Any, kind: str) -> None:
         raise Invalid(f"{key} must be {kind}, got {short(value)}")
 
 
+def _to_check(d: dict, key: str, optional: bool, nullable: bool) -> bool:
+    """Whether `d[key]` has a value to check: Invalid when it is absent and not `optional`; False
+    when it is absent (optional) or null (`nullable`)."""
+    if key not in d:
+        need(optional, key, "<missing>", "present")
+        return False
+    return not (d[key] is None and nullable)
+
+
 def need_int(d: dict, key: str, *, optional: bool = False, nullable: bool = False,
              minimum: int | None = None) -> None:
     """`d[key]` is an integer (>= `minimum`); absent only when `optional`, null only when `nullable`."""
-    if key not in d:
-        need(optional, key, "<missing>", "present")
+    if not _to_check(d, key, optional, nullable):
         return
     value = d[key]
-    if value is None and nullable:
-        return
     need(is_int(value) and (minimum is None or value >= minimum), key, value,
          "an integer" + (f" >= {minimum}" if minimum is not None else "") + (" or null" if nullable else ""))
 
 
 def need_number(d: dict, key: str, *, optional: bool = False, nullable: bool = False) -> None:
     """`d[key]` is a number (or "nan"/"inf"/"-inf"); absent only when `optional`, null when `nullable`."""
-    if key not in d:
-        need(optional, key, "<missing>", "present")
+    if not _to_check(d, key, optional, nullable):
         return
     value = d[key]
-    if value is None and nullable:
-        return
     need(is_number(value), key, value, "a number" + (" or null" if nullable else ""))
 
 
 def need_type(d: dict, key: str, types: type | tuple, kind: str, *, optional: bool = True,
               nullable: bool = False) -> None:
     """`d[key]` is an instance of `types` (described as `kind`); absent only when `optional`."""
-    if key not in d:
-        need(optional, key, "<missing>", "present")
+    if not _to_check(d, key, optional, nullable):
         return
     value = d[key]
-    if value is None and nullable:
-        return
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _tuple(types))
     need(ok, key, value, kind + (" or null" if nullable else ""))
 
