@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Recorder": ("forensics.record.recorder", "Recorder"),
+    "RecorderConfig": ("forensics.record.config", "RecorderConfig"),
+    "RecorderWarning": ("forensics.record.warn", "RecorderWarning"),
+    "RunFormatError": ("forensics.rundir.format", "RunFormatError"),
     "DetectorConfig": ("forensics.record.detector", "DetectorConfig"),
     "open_run": ("forensics.rundir.reader", "open_run"),
     "analyze": ("forensics.analyzer.pipeline", "analyze"),

@@ -267,6 +267,8 @@ def test_public_names_survive_importing_the_analyzer_package():
             "a, b = forensics.analyze, forensics.analyze\n"
             "from forensics import analyze\n"
             "assert inspect.isfunction(a) and a is b is analyze, (a, b, analyze)\n"
-            "assert {'Recorder', 'analyze', 'open_run', 'connect'} <= set(dir(forensics))\n")
+            "assert {'Recorder', 'analyze', 'open_run', 'connect', 'whatif', 'RecorderConfig',\n"
+            "        'RecorderWarning', 'RunFormatError'} <= set(dir(forensics))\n"
+            "from forensics import RecorderConfig, RecorderWarning, RunFormatError\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -61,8 +61,8 @@ def import_callable(path: str, *, allow_import: bool, what: str = "factory") -> 
                 return fn
         raise PermissionError(
             f"refusing to import {what} {path!r}: importing runs code named in the run's "
-            f"run.json, and it is not one of the project's own trusted callables "
-            f"({', '.join(sorted(_TRUSTED)) or 'none loaded'}). If you trust this run, pass "
+            f"run.json, and it is not one of the project's own trusted callables (registered "
+            f"names in {', '.join(TRUSTED_MODULES)}). If you trust this run, pass "
             f"allow_import=True (--allow-import), or pass the live object (model=, loss_fn=).")
     try:
         obj = importlib.import_module(module_name)
