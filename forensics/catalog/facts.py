@@ -1,9 +1,8 @@
 """The catalog's `runs` table: one row of facts per run, read from its run.json.
 
-run.json comes from a stranger as often as from the recorder, so every field is checked for
-its shape: a field of the wrong kind (`"optimizer": [1]`) makes the run unreadable with a
-RunFormatError naming run.json (the catalog then skips that run with a note), never a crash
-of the whole catalog.
+run.json is checked once, by the run-directory reader's typed `Manifest`
+(forensics.rundir.manifest): a field of the wrong kind (`"optimizer": [1]`) makes the run
+unreadable before it gets here, and the catalog skips it with a note.
 """
 
 from __future__ import annotations
@@ -11,19 +10,8 @@ from __future__ import annotations
 import json
 
 from forensics.catalog.schema import VIEWS
-from forensics.rundir.format import MANIFEST_FILE, RunFormatError
 
 STORED = [(c, t) for c, t, _ in VIEWS["runs"] if c not in ("num_spikes", "num_snapshots")]
-
-
-def check_facts(entry) -> RunFormatError | None:
-    """None when the facts of `entry` (a discover.RunEntry) can be read, else the error naming
-    its run.json and the field that has the wrong shape."""
-    try:
-        run_facts(entry)
-    except (TypeError, ValueError) as e:
-        return RunFormatError(entry.path / MANIFEST_FILE, f"cannot read its fields: {e}")
-    return None
 
 
 def create_run_table(con, runs) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from forensics.catalog import guard
 from forensics.catalog.limits import QueryResult, run_statement
 from forensics.catalog.discover import RunEntry, check_run, find_runs
-from forensics.catalog.facts import check_facts
 from forensics.catalog.view_sql import create_views
 
 VIEW_NAMES = ("runs", "steps", "spikes", "measurements", "findings", "snapshots", "events", "whatif")
@@ -103,9 +102,6 @@ def connect(paths, *, strict: bool = False, sandbox: bool = True) -> Catalog:
     ids: dict[str, Path] = {}
     for path in run_dirs:
         entry, error = check_run(con, path)
-        if entry is not None:
-            error = check_facts(entry)
-            entry = None if error else entry
         if entry is None:
             if strict:
                 raise error
