@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from forensics.analyzer.evidence import inconclusive
+
 ROLES = ("ascent", "descent", "aftermath")
 # the colours `st.badge` accepts
 BADGE_COLOURS = ("red", "orange", "yellow", "blue", "green", "violet", "gray", "primary")
@@ -152,8 +154,20 @@ class Mechanism:
         return self.role == "ascent"
 
     def run(self, ev):
-        """Judge `ev` through the view of the engines this rule needs (its Finding)."""
-        return self.judge(ev.view(self.needs))
+        """Judge `ev` through the view of the engines this rule needs (its Finding).
+
+        A rule left without any evidence because every engine it needs produced nothing and
+        one of them failed (`Evidence.failed`) is inconclusive with that failure as its reason,
+        whatever it concluded from the empty evidence: it could not look, so it found nothing
+        only in appearance (the verdict then reads `not_analyzed`)."""
+        finding = self.judge(ev.view(self.needs))
+        if finding.fired:
+            return finding
+        measured = {row[1] for row in ev.rows}
+        lost = [e for e in self.needs if e in ev.failed]
+        if lost and not measured.intersection(self.needs):
+            return inconclusive(self.name, ev.failed[lost[0]])
+        return finding
 
     def prevails(self, ev) -> bool | None:
         """The tie-break's call on `ev` (None when the rule declares none)."""

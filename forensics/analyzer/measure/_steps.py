@@ -31,8 +31,23 @@ def _whole(run, name: str):
 def column(run, name: str, lo: int | None = None, hi: int | None = None):
     """(steps int64, values float64) of the `steps/` column `name` with lo <= step <= hi
     (None: unbounded), sorted by step; nulls are NaN. Both empty when the run recorded no
-    steps or not that column (an older or partial run)."""
+    steps or not that column (an older or partial run).
+
+    Raises:
+        Failed: a steps chunk that may hold some of lo..hi could not be read — what is missing
+            is unknown, so an engine reading it must not report "nothing found".
+    """
+    require_readable(run, lo, hi)
     return between(*_whole(run, name), lo, hi)
+
+
+def require_readable(run, lo: int | None, hi: int | None) -> None:
+    """Raise `Failed` naming the chunk when steps lo..hi may lie in a chunk the reader skipped."""
+    from forensics.analyzer.measure import Failed
+
+    for gap in getattr(run, "steps_gaps", ()):
+        if gap.overlaps(lo, hi):
+            raise Failed(gap.describe())
 
 
 def between(steps: np.ndarray, values: np.ndarray, lo: int | None, hi: int | None):
