@@ -169,9 +169,34 @@ def test_scheduler_jumping_the_lr_x25_is_named_with_old_new_and_step(tmp_path, m
     assert f.evidence["step"] == k and f.evidence["hparam"] == "lr"
     assert f.evidence["factor"] == pytest.approx(1 / schedule(k - 1), rel=1e-6)
     assert f.evidence["new"] == pytest.approx(0.1)
-    assert f"at step {k}" in f.message
+    assert f"learning rate jumped ×{f.evidence['factor']:.3g} at step {k} (schedule, " in f.message
     assert all(s.verdict != "hyperparameter_jump" for s in result.spikes if s.context.onset < k)
     assert drawn(monkeypatch, after[0], "hyperparameter_jump") == 1
+
+
+def test_a_change_between_snapshots_is_located_to_its_step_from_steps_param_groups(tmp_path):
+    """β₂ of the second param group edited at step K, which no snapshot holds: steps/ param_groups
+    (one JSON list per step) locate it to K, with old and new value; nothing fires before it."""
+    k = 173
+    model = mlp(32)
+    opt = torch.optim.Adam([{"params": model[0].parameters()},
+                            {"params": list(model[2].parameters()) + list(model[4].parameters())}], lr=1e-3)
+
+    def edit(t):
+        if t == k:
+            opt.param_groups[1]["betas"] = (0.9, 0.9)
+
+    rec = Recorder(model, opt, tmp_path / "run", loss="mse")
+    train(model, opt, regression(k + 40), rec, before_step=edit)
+    rec.close()
+    run = open_run(tmp_path / "run")
+    assert k not in {i.step for i in run.snapshots}
+    f = pretend(run, k + 5, k + 7, rules=("hyperparameter_jump",))["hyperparameter_jump"]
+    assert f.fired, f.message
+    assert (f.evidence["hparam"], f.evidence["group"], f.evidence["step"], f.evidence["since"]) == ("beta2", 1, k, k - 1)
+    assert (f.evidence["old"], f.evidence["new"]) == (0.999, 0.9)
+    assert f"β₂ of param group 1 jumped (1 − β₂ ×100) at step {k} (0.999 → 0.9)" in f.message
+    assert not pretend(run, k - 2, k, rules=("hyperparameter_jump",))["hyperparameter_jump"].fired
 
 
 # ------------------------------------------------------------------ short_batch
