@@ -158,7 +158,8 @@ def test_beta2_change_of_another_group_seen_between_snapshots():
     assert "between steps 100 and 116" in f.message and f.evidence["factor"] == pytest.approx(50)
 
 
-@pytest.mark.parametrize("scheduled, source", [(1.0, "(schedule, 0.004 → 0.1)"), (0.0, "(set directly, 0.004 → 0.1)"),
+@pytest.mark.parametrize("scheduled, source", [(1.0, "(schedule, 0.004 → 0.1)"),
+                                               (0.0, "(set directly, 0.004 → 0.1)"),
                                                (None, "(0.004 → 0.1)")])
 def test_lr_jump_names_its_source_when_a_scheduler_drives_the_group(scheduled, source):
     ev = Evidence(ctx(onset=603, peak=609, end=612, optimizer="sgd"))
@@ -284,14 +285,16 @@ def fp16_evidence(scale):
     return ev
 
 
-@pytest.mark.parametrize("scale, floor_words", [(2.0**-8, "at or below its floor 1"), (2.0**12, "above its floor 1")])
+@pytest.mark.parametrize("scale, floor_words", [(2.0**-8, "at or below its floor 1"),
+                                                (2.0**12, "above its floor 1")])
 def test_float16_overflow_names_module_step_margin_and_scale(scale, floor_words):
     f = judge("numerical", fp16_evidence(scale))
     assert f.status == "fired" and f.evidence["first_step"] == 174
     fp16 = f.evidence["fp16_overflow"]
     assert (fp16["module"], fp16["step"], fp16["output_layer"]) == ("4", 174, True)
     assert fp16["scale_at_floor"] == (scale <= 1) and fp16["loss_scale"] == scale
-    assert f.message.startswith("float16 overflow in the activations of module `4` (the model's output layer)")
+    assert f.message.startswith("float16 overflow in the activations of module `4` "
+                                "(the model's output layer)")
     assert "6.64e+04 > 65504" in f.message and "step 173" in f.message and floor_words in f.message
     assert "16 calibration skip(s) (steps up to 15)" in f.message
 

@@ -28,8 +28,10 @@ def _run(root, kind):
     scaler = torch.amp.GradScaler("cpu")  # initial scale 2**16: the first steps overflow and calibrate it
     truth = {"first": None, "module": None, "skips_before_first_ok": 0}
     overflowed = []
-    hooks = [m.register_forward_hook(lambda m, a, out, n=n: overflowed.append(n) if not torch.isfinite(out).all()
-                                     else None) for n, m in net.named_children()]
+    def note(name):
+        return lambda m, a, out: overflowed.append(name) if not torch.isfinite(out).all() else None
+
+    hooks = [m.register_forward_hook(note(n)) for n, m in net.named_children()]
     rec = Recorder(net, opt, root, loss="mse")
     ok_seen = False
     for t in range(K + 30):
@@ -68,7 +70,8 @@ def test_float16_overflow_is_named_with_module_step_and_scale(tmp_path, kind, mo
     assert truth["skips_before_first_ok"] >= 3  # the scaler calibrated first (not an origin)
     rows = open_run(tmp_path / kind).steps.to_pylist()
     assert [r["step"] for r in rows] == list(range(K + 30))  # every loop step, skipped ones too
-    assert sum(bool(r["amp_skipped"]) for r in rows[:truth["skips_before_first_ok"]]) == truth["skips_before_first_ok"]
+    calibration = truth["skips_before_first_ok"]
+    assert sum(bool(r["amp_skipped"]) for r in rows[:calibration]) == calibration
     result = analyze(tmp_path / kind, model=net, mechanisms=["numerical"], write=False)
     spike = next(s for s in result.spikes if s.context.onset <= K <= (s.context.end or math.inf))
     assert spike.verdict == "numerical", spike.verdict_message
@@ -76,7 +79,8 @@ def test_float16_overflow_is_named_with_module_step_and_scale(tmp_path, kind, mo
     fp16 = f.evidence["fp16_overflow"]
     assert (fp16["module"], fp16["step"]) == (module, K), f.message
     assert fp16["value"] > 65504 and fp16["output_layer"] == (module == "2")
-    assert fp16["loss_scale"] == rows[K]["loss_scale"] and fp16["scale_at_floor"] == (rows[K]["loss_scale"] <= 1)
+    assert fp16["loss_scale"] == rows[K]["loss_scale"]
+    assert fp16["scale_at_floor"] == (rows[K]["loss_scale"] <= 1)
     assert f.evidence["first_step"] == K  # not a calibration skip at the run's start
     assert f"{truth['skips_before_first_ok']} calibration skip" in f.message
     assert f"float16 overflow in the activations of module `{module}`" in f.message

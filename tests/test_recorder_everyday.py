@@ -173,7 +173,8 @@ def test_every_epochs_short_batch_through_the_lightning_callback(tmp_path):
 
 # ------------------------------------------------------------------ float16 with a GradScaler
 
-@pytest.mark.parametrize("observe_first, pass_scaler", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("observe_first, pass_scaler",
+                         [(True, True), (False, True), (True, False), (False, False)])
 def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_first, pass_scaler):
     """float16 autocast on CPU; at steps 5..7 the gradients overflow (inf) so the scaler skips
     `optimizer.step()`: those loop steps are still rows, marked, with the halving loss scale;
@@ -183,7 +184,8 @@ def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_fir
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     overflow = {5, 6, 7}
-    with Recorder(model, opt, tmp_path / "run", probe=None, **({"scaler": scaler} if pass_scaler else {})) as rec:
+    given = {"scaler": scaler} if pass_scaler else {}
+    with Recorder(model, opt, tmp_path / "run", probe=None, **given) as rec:
         for t, (x, y) in enumerate(batches([8] * 12)):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.float16):
@@ -215,7 +217,8 @@ def test_a_scaler_of_another_optimizer_is_left_alone(tmp_path):
     with Recorder(model, opt, tmp_path / "a", probe=None) as rec, \
             Recorder(other, opt2, tmp_path / "b", probe=None) as rec2:
         for t, (x, y) in enumerate(batches([4] * 6)):
-            for net, o, sc, r, bad in ((model, opt, scaler, rec, t == 2), (other, opt2, scaler2, rec2, t in (1, 4))):
+            for net, o, sc, r, bad in ((model, opt, scaler, rec, t == 2),
+                                       (other, opt2, scaler2, rec2, t in (1, 4))):
                 o.zero_grad()
                 loss = F.mse_loss(net(x), y)
                 sc.scale(loss * (math.inf if bad else 1.0)).backward()

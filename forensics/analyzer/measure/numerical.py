@@ -14,7 +14,8 @@ it and goes on, θ untouched (dynamic loss scaling; Micikevicius et al. 2018, "M
 Training", arXiv 1710.03740, §3.2). Such an *ordinary skip* (its calibration from the initial
 2¹⁶ before its first successful step, and any later finite-loss skip) is counted apart
 (`nonfinite_grad_skipped`) and never taken as the origin; a skip whose loss is non-finite is
-not ordinary (the forward pass overflowed, which no scale prevents). At the first step found non-finite otherwise, with the model rebuilt, the forward
+not ordinary (the forward pass overflowed, which no scale prevents). At the first step found
+non-finite otherwise, with the model rebuilt, the forward
 pass is replayed with a hook on every module (`_overflow`): the first module whose output
 passes the float16 maximum 65504 is named (`fp16_overflow@<module>`).
 """
@@ -146,7 +147,8 @@ def _replay(ev: Evidence, scene, step: int) -> dict | None:
     if any(not bool(torch.isfinite(t).all()) for t in snap.params.values()):
         return None  # weights already non-finite: every output is, whatever the precision
     try:
-        found = first_overflow(scene.replay, scene.params(step), scene.replay.batch(snap)[scene.replay.input_key])
+        x = scene.replay.batch(snap)[scene.replay.input_key]
+        found = first_overflow(scene.replay, scene.params(step), x)
     except Exception as exc:  # noqa: BLE001 - the counts above still stand
         ev.fail("numerical", f"float16 overflow replay at step {step}: {type(exc).__name__}: {exc}")
         return None
@@ -158,7 +160,8 @@ def _fp16_overflow(ev: Evidence, scene, step: int, amp: _Amp) -> None:
     """At `step`, the first module past the float16 maximum; at the last captured step before it
     (not an ordinary skip), how large the outputs were (`fp16_max_output`): the margin."""
     if scene.replay is None:
-        ev.skip("numerical", f"float16 overflow not looked for at step {step}: {scene.replay_error or 'no model'}")
+        why = scene.replay_error or "no model"
+        ev.skip("numerical", f"float16 overflow not looked for at step {step}: {why}")
         return
     found = _replay(ev, scene, step)
     if found is None:

@@ -10,7 +10,8 @@ itself: the jump is the cause, the crossing how it acts.
 Reads the lr of param group 0 at every recorded step and every group's hyperparameters from
 the per-step `param_groups` column of `steps/` (at snapshots for older runs; engine
 `hyperparams`), and whether an lr scheduler drives the group (its `initial_lr` key): the
-message says "(schedule)" then, the source of the change. A change counts when, between two consecutive recorded
+message says "(schedule)" then, the source of the change. A change counts when, between two
+consecutive recorded
 values at most `max_lag` steps before onset, it raises the step size by ≥ `min_factor`: the lr
 up, ε down, 1−β (β₁, β₂, momentum, dampening) or the weight decay either way. An lr rising
 from 0 (a warmup's first step) is not a jump.
@@ -147,8 +148,10 @@ SPEC = Mechanism(
     precedence_note="a jump before onset is the cause and the curvature crossing that follows is "
                     "how it acts (\"lr ×25 at step 600\"), so it ranks above the curvature rules; "
                     "below a fresh optimizer state, which rescales every coordinate's step whatever the lr",
-    false_alarms="0 at every 5th step and every snapshot step of clean_gd, clean_sgd, large_batch "
-                 "and adam_control as a pretend onset (tests/test_everyday_rules_planted.py)",
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("learning rate over the window", {"lr_recorded": "lr (param group 0)"},
                  y_title="lr (log)", log_y=True),),
     counterfactuals=("lr=hold",),

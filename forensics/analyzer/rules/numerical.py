@@ -145,9 +145,10 @@ def _words(key: str) -> str:
 
 
 SPEC = Mechanism(
-    false_alarms=('0 of 6 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms` on the '
-                  'shipped clean runs (clean_gd, clean_sgd, adam_control, large_batch; a pseudo-spike at '
-                  'each captured snapshot after the first)'),
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     name=RULE, role="ascent", needs=("numerical",), judge=judge, hint=HINT, thresholds=T,
     summary="any non-finite loss, gradient, weight or optimizer moment in the spike (a GradScaler's "
             f"ordinary skips apart); in float16, the first module whose output passes {FP16_MAX:g} "

@@ -176,8 +176,10 @@ SPEC = Mechanism(
     precedence_note="a fresh optimizer state rescales the whole update to ≈ lr·sign(g); a curvature "
                     "crossing that follows is how that step acts, so it ranks above the curvature "
                     "rules; below `data`, whose test is causal at the onset weights",
-    false_alarms="0 at every 5th step and every snapshot step of clean_gd, clean_sgd, large_batch "
-                 "and adam_control as a pretend onset (tests/test_everyday_rules_planted.py)",
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("update norm against its running median",
                  {"update_norm": "‖Δθ‖ per step", "update_norm_median": "running median (50 before)"},
                  y_title="‖Δθ‖ (log)", log_y=True),

@@ -82,8 +82,10 @@ SPEC = Mechanism(
     badge="orange", colour="#aec7e8", precedence=5,
     precedence_note="the batch's size is read, not inferred: a short batch makes its loss off at any "
                     "weights, which the `data` rule would call a bad batch",
-    false_alarms="0 at every snapshot step of clean_gd, clean_sgd, large_batch and adam_control as a "
-                 "pretend onset (tests/test_everyday_rules_planted.py)",
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("samples per batch: the onset's and every batch of the run off the usual size",
                  {"batch_rows": "batch rows"},
                  y_title="samples", from_first=True,
