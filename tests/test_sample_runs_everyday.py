@@ -104,3 +104,27 @@ def test_a_rebuild_reproduces_the_recorded_steps(tmp_path):
                                       np.array(b.column(column).to_pylist(), dtype=float), err_msg=column)
     for column in ("amp_skipped", "param_groups", "batch_rows"):
         assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
+
+
+@pytest.mark.parametrize("name, rule, charts", [("optimizer_reset", "optimizer_state_reset", 3),
+                                                ("lr_jump", "hyperparameter_jump", 1),
+                                                ("fp16_overflow", "numerical", 3),
+                                                ("short_batch", "short_batch", 1)])
+def test_the_spike_page_draws_each_rules_charts(tmp_path, monkeypatch, name, rule, charts):
+    """The rule's panel (its SPEC) draws from the spike's measurements: the update norm against its
+    running median, the lr, the loss scale and the skipped steps, the batch sizes."""
+    pytest.importorskip("streamlit")
+    import pandas as pd
+
+    from forensics.app import panels
+
+    spike = _analyze(name, tmp_path).spikes[0]
+    drawn = []
+    monkeypatch.setattr(panels.ui, "show_chart", lambda chart, **kw: drawn.append(chart))
+    c = spike.context
+    m = pd.DataFrame(spike.evidence.rows, columns=["step", "engine", "metric", "value"])
+    frames = panels.SpikeFrames(root="", run={"path": ""}, m=m, steps=pd.DataFrame({"step": []}),
+                                spike={"onset_step": c.onset, "peak_step": c.peak, "end_step": c.end},
+                                snaps=pd.DataFrame({"step": []}))
+    panels.draw_finding(rule, frames)
+    assert len(drawn) == charts
