@@ -98,6 +98,7 @@ def test_run_start_with_trained_weights_and_empty_state(ratio, counter, status):
     assert f.status == status, f.message
     if status == "fired":
         assert "trained weights" in f.message and "load the optimizer state" in f.hint
+        assert f.message.startswith("optimizer state reset at step 0, the run's start")
 
 
 def test_run_start_far_before_onset_does_not_fire():

@@ -157,9 +157,10 @@ def _judge_start(ev: EvidenceView, start) -> Finding:
                        f"a fresh start: the first weights look randomly initialised (σ_max at "
                        f"×{ratio:.2f} the random-matrix edge)", evidence=evidence, thresholds=thresholds)
     return Finding(RULE, "fired", 0.9,
-                   f"the run starts at step {s0} from trained weights (σ_max ×{ratio:.2f} the random-"
-                   f"init edge) with an empty optimizer state (step counter {start[1]:.0f}); the spike "
-                   f"begins {ctx.onset - s0} step(s) later", _hint(ev, s0, at_start=True),
+                   f"optimizer state reset at step {s0}, the run's start: trained weights (σ_max "
+                   f"×{ratio:.2f} the random-init edge) with an empty optimizer state (step counter "
+                   f"{start[1]:.0f}), as a resume that restores the weights but not the optimizer; the "
+                   f"spike begins {ctx.onset - s0} step(s) later", _hint(ev, s0, at_start=True),
                    evidence=evidence, thresholds=thresholds)
 
 
