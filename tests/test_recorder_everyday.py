@@ -330,3 +330,39 @@ def test_detector_short_batch_trigger_known_answer():
         opened += [(e["step"], e["rule"]) for e in det.update(t, loss, probe=0.5, rows=rows)
                    if e["type"] == "spike_open"]
     assert opened == [(25, "short"), (38, "short")]
+
+
+def test_a_later_wrapper_of_gradscaler_step_keeps_working_after_close(tmp_path):
+    """Another library wraps GradScaler.step while a recorder watches: after close the chain still
+    reaches torch's step (no recursion), and a new recorder still finds skipped steps."""
+    original = torch.amp.GradScaler.step
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = []
+    rec = Recorder(model, opt, tmp_path / "a", probe=None)
+    inner = torch.amp.GradScaler.step
+
+    def wrapper(self, optimizer, *a, **k):
+        calls.append(1)
+        return inner(self, optimizer, *a, **k)
+
+    torch.amp.GradScaler.step = wrapper
+    try:
+        rec.close()
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        for run, bad_at in (("b", 1), (None, None)):
+            r = Recorder(model, opt, tmp_path / run, probe=None) if run else None
+            for t, (x, y) in enumerate(batches([4] * 3)):
+                opt.zero_grad()
+                loss = F.mse_loss(model(x), y)
+                scaler.scale(loss * (math.inf if t == bad_at else 1.0)).backward()
+                if r is not None:
+                    r.observe(loss, {"x": x, "y": y})
+                scaler.step(opt)
+                scaler.update()
+            if r is not None:
+                r.close()
+        assert len(calls) == 6
+        assert [row["step"] for row in steps_table(tmp_path / "b") if row["amp_skipped"]] == [1]
+    finally:
+        torch.amp.GradScaler.step = original

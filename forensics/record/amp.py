@@ -96,7 +96,7 @@ _ORIGINAL: list = []  # GradScaler.step as torch defines it, while the class is 
 
 def _class_step(scaler, optimizer, *args, **kwargs):
     """`torch.amp.GradScaler.step` while a watch is registered: watched for a registered optimizer."""
-    inner = _ORIGINAL[0] if _ORIGINAL else type(scaler).step
+    inner = _ORIGINAL[0]  # kept while _class_step may still be called (see remove)
     watch = next((w for w in list(_AUTO) if _unwraps_to(optimizer, w.optimizer)), None)
     if watch is None:
         return inner(scaler, optimizer, *args, **kwargs)
@@ -116,8 +116,9 @@ class AutoScalerWatch(ScalerWatch):
         self._count, self._on_skip = count, on_skip
         self.scale, self.skipping = None, False
         with _LOCK:
-            if not _AUTO:
-                _ORIGINAL[:] = [torch.amp.GradScaler.step]
+            current = torch.amp.GradScaler.__dict__.get("step")
+            if current is not _class_step and (not _ORIGINAL or current is _ORIGINAL[0]):
+                _ORIGINAL[:] = [current]  # (again, if someone put torch's own step back)
                 torch.amp.GradScaler.step = _class_step
             _AUTO.add(self)
 
@@ -126,12 +127,12 @@ class AutoScalerWatch(ScalerWatch):
         return super().columns() if self.scaler is not None else {}
 
     def remove(self) -> None:
-        """Unregister (safe to call twice); the last watch restores `GradScaler.step`."""
+        """Unregister (safe to call twice); the last watch restores `GradScaler.step`, unless
+        something wrapped it after us (then ours stays in its chain, passing every call through)."""
         with _LOCK:
             _AUTO.discard(self)
-            if not _AUTO and _ORIGINAL:
-                if torch.amp.GradScaler.__dict__.get("step") is _class_step:
-                    torch.amp.GradScaler.step = _ORIGINAL[0]
+            if not _AUTO and _ORIGINAL and torch.amp.GradScaler.__dict__.get("step") is _class_step:
+                torch.amp.GradScaler.step = _ORIGINAL[0]
                 _ORIGINAL.clear()
 
 
