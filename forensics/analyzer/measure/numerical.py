@@ -2,8 +2,9 @@
 
 Reads the recorded per-step losses from `steps/` over the whole spike and every selected
 snapshot's tensors; needs no model. To name where a NaN/Inf started, it also scans every
-captured snapshot of the spike's window from `LEAD` steps before onset (at most `MAX_SCAN`, in
-step order) for the first one holding a non-finite tensor or loss, and records each such tensor there as
+captured snapshot of the spike's window from `LEAD` steps before onset (not before an earlier
+spike's end; at most `MAX_SCAN`, in step order) for the first one holding a non-finite tensor or
+loss, and records each such tensor there as
 `first_nonfinite@<kind>:<name>` (kind: state/<moment>, param, batch, grad; the value is its
 count of non-finite values) with `loss_finite_at_first`, whether that step's recorded loss
 was still finite.
@@ -122,12 +123,21 @@ def _nonfinite_tensors(snap) -> dict[str, float]:
     return out
 
 
+def _since(ev: Evidence, scene) -> int:
+    """The first step this spike's origin may lie at: `LEAD` steps before onset, but after the
+    end of an earlier recorded spike (its non-finite values are that spike's)."""
+    onset = ev.context.onset
+    ends = [s.end for s in (getattr(scene.run, "spikes", None) or [])
+            if s.end is not None and s.end < onset]
+    return max([onset - LEAD] + [e + 1 for e in ends])
+
+
 def _first_origin(ev: Evidence, scene, amp: _Amp) -> int | None:
     """The first captured snapshot of the window with a non-finite tensor (not an ordinary
     scaler skip), named tensor by tensor; its step, or None."""
     if not scene.window.steps:
         return None
-    lo, hi = max(scene.window.steps[0], ev.context.onset - LEAD), scene.window.steps[-1]
+    lo, hi = max(scene.window.steps[0], _since(ev, scene)), scene.window.steps[-1]
     steps = sorted({i.step for i in scene.run.snapshots if lo <= i.step <= hi and not amp.ordinary(i.step)})
     for step in steps[:MAX_SCAN]:
         snap = scene.snapshot(step)
@@ -170,7 +180,7 @@ def _fp16_overflow(ev: Evidence, scene, step: int, amp: _Amp) -> None:
     if found["module"] is not None:
         ev.add(step, "numerical", f"fp16_overflow@{found['module']}", found["value"])
         ev.add(step, "numerical", "fp16_output_layer", float(found["is_output"]))
-    before = [i.step for i in scene.run.snapshots if ev.context.onset - LEAD <= i.step < step
+    before = [i.step for i in scene.run.snapshots if _since(ev, scene) <= i.step < step
               and not amp.ordinary(i.step)]
     if before:
         _replay(ev, scene, max(before))
