@@ -15,8 +15,8 @@ import weakref
 import numpy as np
 
 from forensics.analyzer.evidence import Evidence
-from forensics.analyzer.measure import Skip
-from forensics.analyzer.measure._steps import column
+from forensics.analyzer.measure import Failed, Skip
+from forensics.analyzer.measure._steps import column, require_readable
 
 WITHOUT_SNAPSHOTS = True  # steps/ batch_rows; snapshot headers only for older runs
 MAX_SNAPSHOTS = 2000
@@ -33,7 +33,8 @@ METRICS = {
 def _from_steps(ev: Evidence, scene) -> bool:
     """batch_rows from steps/: False when the run recorded none."""
     ctx = ev.context
-    steps, rows = column(scene.run, "batch_rows")
+    require_readable(scene.run, ctx.onset - 1, ctx.onset)  # the usual size tolerates a lost chunk
+    steps, rows = column(scene.run, "batch_rows", check=False)
     ok = np.isfinite(rows) & (rows > 0)
     steps, rows = steps[ok], rows[ok]
     if not steps.size:
@@ -98,5 +99,7 @@ def measure(ev: Evidence, scene) -> None:
     try:
         if not _from_steps(ev, scene):
             _from_snapshots(ev, scene)
+    except Failed:
+        raise
     except Skip as exc:  # also without snapshots (the pipeline's steps/-only path does not catch it)
         ev.skip("batches", str(exc))

@@ -68,9 +68,10 @@ class _Amp:
     """The run's GradScaler columns: which steps it skipped, the scale, its first good step."""
 
     def __init__(self, run):
-        steps, skipped = column(run, "amp_skipped")
-        _, self.scale = column(run, "loss_scale")
-        _, self.loss = column(run, "loss")
+        # whole-run columns: a lost chunk only thins them (the spike's own range is checked in measure)
+        steps, skipped = column(run, "amp_skipped", check=False)
+        _, self.scale = column(run, "loss_scale", check=False)
+        _, self.loss = column(run, "loss", check=False)
         self.steps, self.skipped = steps, skipped == 1
         seen = np.isfinite(skipped)
         ok = steps[seen & ~self.skipped]
