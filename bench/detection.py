@@ -8,7 +8,9 @@ reference; spikes less than 10 steps apart are one (ringing; the detector's merg
 when the true peak lies in [onset - 2, end + 2] of the episode; an episode matching none is false.
 "lead/lag" is the median of (reported onset - true onset) over matched spikes (negative: earlier).
 Overhead: wall time of the recorded loop (Recorder defaults, into a temp folder) over the plain loop,
-and of the recorded loop with probe=None (no objective detection) over the plain loop.
+and of the recorded loop with probe=None (no objective detection) over the plain loop. "false:
+full-loss rise" gives, per false episode, the full loss's rise over it (x its lowest value of the 20
+steps before): a false report at x1.9 is a near miss of the truth's 2x line, one at x1.1 is noise.
 
 Run: .venv/bin/python bench/detection.py [--quick]
 """
@@ -90,7 +92,7 @@ def evaluate(case, *, overhead: bool = True, **recorder_options) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     truth = true_spikes(truth_full)
-    return score(case, truth, episodes, t_plain, t_rec, t_noprobe)
+    return score(case, truth, episodes, t_plain, t_rec, t_noprobe, truth_full)
 
 
 def _loop(case, model, rec, truth) -> float:
@@ -116,16 +118,27 @@ def _loop(case, model, rec, truth) -> float:
     return time.perf_counter() - t0 - spent
 
 
-def score(case, truth, episodes, t_plain, t_rec, t_noprobe) -> dict:
-    """One table row: true spikes, reported episodes, matched, false, split, lead/lag, overheads."""
+def full_rise(full, e, last) -> float:
+    """The full loss's highest value over the episode / its lowest over the 20 steps before it."""
+    end = (e.end if e.end is not None else last) + 1
+    ref = min(full[max(0, e.onset - 20):e.onset] or full[:1])
+    return max(full[e.onset:end]) / ref if ref > 0 else math.inf
+
+
+def score(case, truth, episodes, t_plain, t_rec, t_noprobe, full=None) -> dict:
+    """One table row: true spikes, reported episodes, matched, false (with the full loss's rise
+    over each false episode), split, lead/lag, overheads."""
     last = len(case.batches)
     windows = [(e.onset - 2, (e.end if e.end is not None else last) + 2) for e in episodes]
     hits = [[i for i, (a, b) in enumerate(windows) if a <= s[1] <= b] for s in truth]
     matched = sum(1 for h in hits if h)
     used = {i for h in hits for i in h}
     lags = [episodes[h[0]].onset - s[0] for s, h in zip(truth, hits) if h]
+    false = [e for i, e in enumerate(episodes) if i not in used]
+    rises = ", ".join(f"{e.onset}: x{full_rise(full, e, last):.2f}" for e in false) if full else ""
     return {"case": case.name, "true spikes": len(truth), "reported": len(episodes), "matched": matched,
-            "false": len(episodes) - len(used), "split": sum(1 for h in hits if len(h) > 1),
+            "false": len(false), "false: full-loss rise": rises or "—",
+            "split": sum(1 for h in hits if len(h) > 1),
             "lead/lag": statistics.median(lags) if lags else None,
             "overhead": t_rec / t_plain if not math.isnan(t_plain) else None,
             "overhead w/o probe": t_noprobe / t_plain if not math.isnan(t_plain) else None,
@@ -142,6 +155,32 @@ def cases(quick: bool = False) -> list:
     return out
 
 
+def probe_cost(case, reps: int = 3) -> dict:
+    """Median over `reps` of: one probe evaluation (256 samples of the case, forensics' Probe) and
+    one plain training step, in microseconds, and their ratio."""
+    from forensics.record.probe import Probe
+
+    torch.set_num_threads(1)
+    model, n = case.model, len(case.batches)
+    opt = case.make_opt(model.parameters())
+    probe = Probe(model, {"x": case.X[:256], "y": case.Y[:256]}, {"input": "x", "target": "y"}, "", case.loss_fn)
+    steps, probes = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for x, y in case.batches:
+            opt.zero_grad()
+            case.loss_fn(model(x), y).backward()
+            opt.step()
+        t1 = time.perf_counter()
+        for _ in case.batches:
+            probe.loss()
+        steps.append((t1 - t0) / n * 1e6)
+        probes.append((time.perf_counter() - t1) / n * 1e6)
+    step, cost = statistics.median(steps), statistics.median(probes)
+    return {"case": case.name, "step (us)": round(step), "probe of 256 (us)": round(cost),
+            "probe / step": round(cost / step, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -151,12 +190,15 @@ def main() -> None:
         t = time.time()
         rows.append(evaluate(case))
         print(f"{case.name}: {rows[-1]} ({time.time() - t:.1f}s)", flush=True)
-    cols = ["case", "true spikes", "reported", "matched", "false", "split", "lead/lag", "overhead",
-            "overhead w/o probe", "note"]
+    cols = ["case", "true spikes", "reported", "matched", "false", "false: full-loss rise", "split", "lead/lag",
+            "overhead", "overhead w/o probe", "note"]
+    costs = [probe_cost(dc.sgd(b, steps=200, ratio=0.5)) for b in (5, 50)]
     write_result("detection", "Spike detection on controlled runs", [
         "", "Recorder defaults (detector `robust`, signal `auto`, auto probe, context snapshots).",
         "Truth: the full training loss (bench/detection.py docstring). Controls must report nothing."],
-        [("Results", table(rows, cols))], libs=())
+        [("Results", table(rows, cols)),
+         ("Probe cost (one evaluation of the 256-sample probe vs one plain SGD step, medians of 3)",
+          table(costs, ["case", "step (us)", "probe of 256 (us)", "probe / step"]))], libs=())
 
 
 if __name__ == "__main__":
