@@ -2,17 +2,21 @@
 running-minimum rule, so that a spike is seen from the first steps of a run (or of a resumed run
 without history).
 
-With r >= 1 the largest step-to-step change among the values so far that opened no spike (a rise
-by f counts f, a fall by f counts f^(1/3): r measures the series' own noise), a series is smooth
-once SMOOTH_SEEN (5) such values are known and r^2 < warmup_ratio (a full-batch loss, a probe);
-otherwise noisy (a minibatch loss, or too few values to tell). A value above
+Over the values so far that opened no spike: r >= 1 is the largest step-to-step change with a
+fall by f counted as f^(1/3) (a smooth descent halving per step stays smooth), c >= 1 the largest
+change either way, lo the lowest value, m the median. A series is smooth once SMOOTH_SEEN (6) such
+values are known, r^2 < warmup_ratio and its direction (up/down) turned at most once (a full-batch
+loss, a probe: runs of descent and ascent); otherwise noisy (a minibatch loss zigzags, or too few
+values to tell). The warm-up level is
 
-    level = base x max(warmup_ratio, r^2),   base = lo (smooth) or the median (noisy)
+    smooth: lo x max(warmup_ratio, r^2)        noisy: m x max(warmup_ratio, c^2)
 
-of those values (lo their lowest) is above the warm-up level. A smooth series opens a spike at the
-first value above it; a noisy one needs WARMUP_PERSIST (3) values in a row above it and opens at
-the third (the running minimum of a noisy series is an extreme draw, so its median is the base).
-The spike's baseline is that base; its sub-peak is over below the opening level again.
+(the running minimum of a noisy series is an extreme draw, so its median is the base). A smooth
+series opens a spike at the first value above it; a noisy one needs WARMUP_PERSIST (3) values in a
+row above it (4 after a single reference value) and opens at the last of them. A streak that
+falls and then rises again is noise, not one spike (a spike rises to its peak, then falls): it is given back to the reference values and the
+rising value starts afresh. The spike's baseline is lo or m; its sub-peak is over below the
+opening level again.
 
 The trade-off: from the first value on, a smooth loss that doubles (warmup_ratio 2) over its lowest
 value is a spike, as the truth of bench/detection.py defines one; a fast initial descent that
@@ -28,7 +32,8 @@ import math
 import statistics
 
 WARMUP_PERSIST = 3  # a noisy series: values in a row above the level needed to open
-SMOOTH_SEEN = 5  # values seen before a series can count as smooth
+SMOOTH_SEEN = 6  # values seen before a series can count as smooth
+MAX_TURNS = 1  # changes of direction a smooth series may have had
 KEEP = 64  # values kept for the median
 FALL_ROOT = 3  # a fall by f counts as noise f^(1/FALL_ROOT): a smooth descent halves, noise drops x100
 
@@ -39,20 +44,22 @@ class Warmup:
 
     def __init__(self, ratio: float):
         self.ratio = ratio
-        self.lo, self.rise, self.prev, self.first = math.inf, 1.0, None, None
+        self.lo, self.rise, self.change, self.prev, self.first = math.inf, 1.0, 1.0, None, None
         self.streak, self.held, self.seen, self.values = 0, [], 0, []
+        self.turns, self.up = 0, None  # changes of direction; the last direction (True: up)
 
     def active(self) -> bool:
         """Whether the rule can fire (it is on and a value has been seen)."""
         return bool(self.ratio) and math.isfinite(self.lo)
 
     def smooth(self) -> bool:
-        return self.seen >= SMOOTH_SEEN and self.rise * self.rise < self.ratio
+        return self.seen >= SMOOTH_SEEN and self.rise * self.rise < self.ratio and self.turns <= MAX_TURNS
 
     def levels(self) -> tuple[float, float, float]:
         """(baseline, opening level, closing level)."""
-        base = self.lo if self.smooth() or not self.values else statistics.median(self.values)
-        level = base * max(self.ratio, self.rise * self.rise)
+        smooth = self.smooth() or not self.values
+        base = self.lo if smooth else statistics.median(self.values)
+        level = base * max(self.ratio, (self.rise if smooth else self.change) ** 2)
         return base, level, level
 
     def above(self, v: float) -> bool:
@@ -64,14 +71,16 @@ class Warmup:
         above the level is held out of lo/r; a broken streak gives its values back."""
         if not self.active():
             return False
-        if v > self.levels()[1]:
+        above = v > self.levels()[1]
+        fell = any(b < a for a, b in zip(self.held, self.held[1:]))
+        if above and not (fell and v > self.held[-1]):
             self.streak += 1
             self.held.append(v)
-            return self.streak >= (1 if self.smooth() else WARMUP_PERSIST)
+            return self.streak >= (1 if self.smooth() else WARMUP_PERSIST + (self.seen < 2))
         held, self.streak, self.held = self.held, 0, []
         for x in held:
             self.push(x)
-        return False
+        return self.fires(v) if above else False  # up, down, up: noise; v starts afresh
 
     def push(self, v: float) -> None:
         """Add a finite value that opened no spike (and is not in a streak)."""
@@ -81,6 +90,10 @@ class Warmup:
             self.first = v
         if self.prev is not None and self.prev > 0 and v > 0:
             self.rise = max(self.rise, v / self.prev, (self.prev / v) ** (1 / FALL_ROOT))
+            self.change = max(self.change, v / self.prev, self.prev / v)
+            if v != self.prev:
+                self.turns += self.up is not None and self.up != (v > self.prev)
+                self.up = v > self.prev
         self.prev, self.seen, self.lo = v, self.seen + 1, min(self.lo, v)
         self.values = (self.values + [v])[-KEEP:]
 
@@ -94,8 +107,9 @@ class Warmup:
             self.push(v)
 
     def state_dict(self) -> dict:
-        return {"lo": self.lo, "rise": self.rise, "prev": self.prev, "first": self.first,
-                "streak": self.streak, "held": list(self.held), "seen": self.seen, "values": list(self.values)}
+        return {"lo": self.lo, "rise": self.rise, "change": self.change, "prev": self.prev, "first": self.first,
+                "streak": self.streak, "held": list(self.held), "seen": self.seen, "values": list(self.values),
+                "turns": self.turns, "up": self.up}
 
     def load_state_dict(self, d: dict) -> None:
         """Restore `state_dict`'s output; a state of the older first-losses rule ({"ref": [...]})
@@ -106,8 +120,10 @@ class Warmup:
                 self.push(v)
             return
         self.lo, self.rise, self.prev, self.first = d["lo"], d["rise"], d["prev"], d.get("first")
+        self.change = d.get("change", self.rise)
         self.streak, self.held, self.seen = d.get("streak", 0), list(d.get("held", [])), d.get("seen", 0)
         self.values = list(d.get("values", []))
+        self.turns, self.up = d.get("turns", 0), d.get("up")
 
 
 __all__ = ["WARMUP_PERSIST", "Warmup"]
