@@ -8,7 +8,8 @@ reference; spikes less than 10 steps apart are one (ringing; the detector's merg
 when the true peak lies in [onset - 2, end + 2] of the episode; an episode matching none is false.
 "lead/lag" is the median of (reported onset - true onset) over matched spikes (negative: earlier).
 Overhead: wall time of the recorded loop (Recorder defaults, into a temp folder) over the plain loop,
-and of the recorded loop with probe=None (no objective detection) over the plain loop. "false:
+and of the recorded loop with probe=None (no objective detection) over the plain loop; medians of
+3 interleaved repeats (the machine is shared: read them as rough). "false:
 full-loss rise" gives, per false episode, the full loss's rise over it (x its lowest value of the 20
 steps before): a false report at x1.9 is a near miss of the truth's 2x line, one at x1.1 is noise.
 
@@ -64,7 +65,7 @@ def true_spikes(full, ratio=2.0, lookback=20, merge=10) -> list[tuple[int, int, 
     return [(s[0], s[1], s[2]) for s in merged]
 
 
-def evaluate(case, *, overhead: bool = True, **recorder_options) -> dict:
+def evaluate(case, *, overhead: bool = True, repeats: int = 3, **recorder_options) -> dict:
     """Run the case plain and recorded; match the recorder's episodes against the truth."""
     from forensics import Recorder
 
@@ -76,21 +77,26 @@ def evaluate(case, *, overhead: bool = True, **recorder_options) -> dict:
         return case.model
 
     tmp = Path(tempfile.mkdtemp(prefix="detect-"))
+    plain, recorded, noprobe, truth_full, episodes = [], [], [], [], []
     try:
-        t_plain = _loop(case, fresh(), None, None) if overhead else math.nan
-        truth_full: list = []
-        model = fresh()
-        rec = Recorder(model, case.make_opt(model.parameters()), tmp / "run", loss=case.loss_fn, **recorder_options)
-        t_rec = _loop(case, model, rec, truth_full)
-        episodes = rec.spikes
-        t_noprobe = math.nan
-        if overhead:
+        for rep in range(repeats if overhead else 1):  # interleaved: the machine's load hits all three
+            if overhead:
+                plain.append(_loop(case, fresh(), None, None))
             model = fresh()
-            rec = Recorder(model, case.make_opt(model.parameters()), tmp / "run2", loss=case.loss_fn,
-                           **{**recorder_options, "probe": None})
-            t_noprobe = _loop(case, model, rec, None)
+            rec = Recorder(model, case.make_opt(model.parameters()), tmp / f"run{rep}", loss=case.loss_fn,
+                           **recorder_options)
+            recorded.append(_loop(case, model, rec, truth_full if rep == 0 else None))
+            episodes = rec.spikes if rep == 0 else episodes
+            if overhead:
+                model = fresh()
+                rec = Recorder(model, case.make_opt(model.parameters()), tmp / f"np{rep}", loss=case.loss_fn,
+                               **{**recorder_options, "probe": None})
+                noprobe.append(_loop(case, model, rec, None))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    med = statistics.median
+    t_plain, t_rec = (med(plain), med(recorded)) if overhead else (math.nan, math.nan)
+    t_noprobe = med(noprobe) if overhead else math.nan
     truth = true_spikes(truth_full)
     return score(case, truth, episodes, t_plain, t_rec, t_noprobe, truth_full)
 
