@@ -4,8 +4,9 @@ and nothing on controls? Prints a table and writes bench/results/detection.md.
 Truth is the full training loss (all samples of the task, computed by this harness at every step,
 outside the timed loop): a true spike opens at the first step whose full loss is above 2x the lowest
 full loss of the previous 20 steps (that reference frozen), and lasts while it stays above 2x the
-reference; spikes less than 10 steps apart are one (ringing; the detector's merge_gap). A reported episode matches a true spike
-when the true peak lies in [onset - 2, end + 2] of the episode; an episode matching none is false.
+reference; spikes less than 10 steps apart are one (ringing; the detector's merge_gap). A reported
+episode matches a true spike when the true peak lies in [onset - 2, end + 2] of the episode; an
+episode matching none is false.
 "lead/lag" is the median of (reported onset - true onset) over matched spikes (negative: earlier).
 Overhead: wall time of the recorded loop (Recorder defaults, into a temp folder) over the plain loop,
 and of the recorded loop with probe=None (no objective detection) over the plain loop; medians of
@@ -139,7 +140,7 @@ def score(case, truth, episodes, t_plain, t_rec, t_noprobe, full=None) -> dict:
     hits = [[i for i, (a, b) in enumerate(windows) if a <= s[1] <= b] for s in truth]
     matched = sum(1 for h in hits if h)
     used = {i for h in hits for i in h}
-    lags = [episodes[h[0]].onset - s[0] for s, h in zip(truth, hits) if h]
+    lags = [episodes[h[0]].onset - s[0] for s, h in zip(truth, hits, strict=True) if h]
     false = [e for i, e in enumerate(episodes) if i not in used]
     rises = ", ".join(f"{e.onset}: x{full_rise(full, e, last):.2f}" for e in false) if full else ""
     return {"case": case.name, "true spikes": len(truth), "reported": len(episodes), "matched": matched,
@@ -169,7 +170,8 @@ def probe_cost(case, reps: int = 3) -> dict:
     torch.set_num_threads(1)
     model, n = case.model, len(case.batches)
     opt = case.make_opt(model.parameters())
-    probe = Probe(model, {"x": case.X[:256], "y": case.Y[:256]}, {"input": "x", "target": "y"}, "", case.loss_fn)
+    keys = {"input": "x", "target": "y"}
+    probe = Probe(model, {"x": case.X[:256], "y": case.Y[:256]}, keys, "", case.loss_fn)
     steps, probes = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -188,6 +190,7 @@ def probe_cost(case, reps: int = 3) -> dict:
 
 
 def main() -> None:
+    """Run every case, print each row, write bench/results/detection.md."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -196,8 +199,8 @@ def main() -> None:
         t = time.time()
         rows.append(evaluate(case))
         print(f"{case.name}: {rows[-1]} ({time.time() - t:.1f}s)", flush=True)
-    cols = ["case", "true spikes", "reported", "matched", "false", "false: full-loss rise", "split", "lead/lag",
-            "overhead", "overhead w/o probe", "note"]
+    cols = ["case", "true spikes", "reported", "matched", "false", "false: full-loss rise", "split",
+            "lead/lag", "overhead", "overhead w/o probe", "note"]
     costs = [probe_cost(dc.sgd(b, steps=200, ratio=0.5)) for b in (5, 50)]
     write_result("detection", "Spike detection on controlled runs", [
         "", "Recorder defaults (detector `robust`, signal `auto`, auto probe, context snapshots).",

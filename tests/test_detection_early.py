@@ -18,7 +18,8 @@ from forensics.record.probe import Probe
 
 # full-batch Adam's first steps (bench case "Adam lr=0.003"): a fast descent, then the loss doubles
 ADAM_START = [0.1372, 0.07024, 0.03177, 0.01408, 0.0092, 0.01046, 0.01394, 0.01767, 0.0199, 0.01925,
-              0.01593, 0.01133, 0.006975, 0.003907, 0.002492, 0.002512] + [0.0025 * 0.99 ** i for i in range(60)]
+              0.01593, 0.01133, 0.006975, 0.003907, 0.002492, 0.002512]
+ADAM_START += [0.0025 * 0.99 ** i for i in range(60)]
 
 
 def test_a_smooth_loss_that_doubles_in_its_first_steps_opens_at_once():
@@ -125,14 +126,14 @@ def test_short_batches_of_a_batch_size_dependent_loss_are_each_a_spike(seed):
     loss, rows = _epochs("summed", seed)
     eps = detect_offline(range(len(loss)), loss, rows=rows)
     short = [t for t, r in enumerate(rows) if r == 3]
-    usual = np.median([v for v, r in zip(loss, rows) if r == 32])
+    usual = np.median([v for v, r in zip(loss, rows, strict=True) if r == 32])
     elevated = [t for t in short if loss[t] > 2 * usual]  # the spikes a user sees in the curve
     found = {e.onset for e in eps}
     assert set(elevated) <= found
     assert found <= set(short)  # nothing else
     control, rows = _epochs("mean", seed)  # a correct mean: short batches are only noisier
     det, single = SpikeDetector(), []
-    for t, (v, r) in enumerate(zip(control, rows)):
+    for t, (v, r) in enumerate(zip(control, rows, strict=True)):
         if r == 3 and det.rows.usual() is not None:
             single.append(v > 2 * det.channels["loss"].window_max())  # the single-batch rule
         for e in det.update(t, v, rows=r):

@@ -71,12 +71,15 @@ class ShortHistory:
         return len(self.ratios) >= SHORT_SEEN and statistics.median(self.ratios) >= level
 
     def push(self, ratio: float) -> None:
+        """Add one short batch's ratio (the last SHORT_KEEP are kept)."""
         self.ratios = (self.ratios + [ratio])[-SHORT_KEEP:]
 
     def state_dict(self) -> list:
+        """The ratios, JSON-able."""
         return list(self.ratios)
 
     def load_state_dict(self, d) -> None:
+        """Restore `state_dict`'s output (None: none seen)."""
         self.ratios = [float(x) for x in (d or [])]
 
 

@@ -54,7 +54,8 @@ class SpikeDetector:
         self.rows, self.shorts = UsualRows(), ShortHistory()  # a short batch's spike (batchsize.py)
 
     def _channel(self, name: str):  # signal="auto" watches the probe by RecentMin
-        return RecentMin(self.config) if name == "probe" and self.config.signal == "auto" else make_channel(self.config)
+        auto_probe = name == "probe" and self.config.signal == "auto"
+        return RecentMin(self.config) if auto_probe else make_channel(self.config)
 
     @property
     def current_spike_id(self) -> int | None:
@@ -71,7 +72,7 @@ class SpikeDetector:
         A new id restarts the probe channel (values of another set are not comparable)."""
         vals = {"loss": None if value is None else float(value),
                 "probe": None if probe is None else float(probe)}
-        done = self._switch_probe(step, probe_set) if probe_set is not None and probe_set != self.probe_set else []
+        done = self._switch_probe(step, probe_set) if probe_set not in (None, self.probe_set) else []
         small, _ = self.rows.short(rows), self.rows.push(rows)
         short = small and self._short_fires(vals["loss"])
         if small and not short and _finite(vals["loss"]):
@@ -87,12 +88,12 @@ class SpikeDetector:
 
     def _switch_probe(self, step: int, new: str) -> list[dict]:
         """A new probe set: restart the probe channel; "off" also ends an episode on the probe."""
-        self.probe_set = new
+        self.probe_set, ratio = new, self.config.warmup_ratio
         if "probe" in self.channels:
-            self.channels["probe"], self.warm["probe"] = self._channel("probe"), Warmup(self.config.warmup_ratio)
-        self.probe_seen = self.probe_seen and new != "off"
-        sp = self.open
-        return [self._close(sp["recovered_at"] or step)] if new == "off" and sp and sp["signal"] == "probe" else []
+            self.channels["probe"], self.warm["probe"] = self._channel("probe"), Warmup(ratio)
+        self.probe_seen, sp = self.probe_seen and new != "off", self.open
+        ends = new == "off" and sp is not None and sp["signal"] == "probe"
+        return [self._close(sp["recovered_at"] or step)] if ends else []
 
     def _openers(self, vals: dict) -> tuple:
         """The channels that may open a spike: signal="auto" watches the probe once it has a value
@@ -162,7 +163,8 @@ class SpikeDetector:
             base, _, close = w.levels()
             score = v / base if base > 0 else math.inf
         if fires and name == "loss" and gated:
-            fires = bool(self.config.batch_ratio) and ch.count > 0 and v > self.config.batch_ratio * ch.window_max()
+            r = self.config.batch_ratio
+            fires = bool(r) and ch.count > 0 and v > r * ch.window_max()
         return (score, base, ch, rule, close) if fires else None
 
     def _push(self, vals: dict) -> None:
@@ -262,9 +264,7 @@ class SpikeDetector:
 
     def finish(self) -> list[dict]:
         """Close the episode still open at the end of the run (end=None unless it had recovered)."""
-        if self.open is None:
-            return []
-        return [self._close(self.open["recovered_at"])]
+        return [] if self.open is None else [self._close(self.open["recovered_at"])]
 
     def state_dict(self) -> dict:
         """Everything needed to resume detection exactly (JSON-able but for NaN/Inf floats)."""
@@ -281,9 +281,10 @@ class SpikeDetector:
         self.next_id = d["next_id"]
         self.open = copy.deepcopy(d["open"]) if d["open"] else None
         if self.open is not None:  # a state written before episodes
-            for k, v in (("sub_peaks", []), ("sub_onset", self.open["onset"]), ("recovered_at", None),
-                         ("cur", [self.open["peak"], self.open["peak_loss"]]), ("tail", []), ("recovered", True)):
-                self.open.setdefault(k, v)
+            sp = self.open
+            for k, v in (("sub_peaks", []), ("sub_onset", sp["onset"]), ("recovered_at", None),
+                         ("cur", [sp["peak"], sp["peak_loss"]]), ("tail", []), ("recovered", True)):
+                sp.setdefault(k, v)
         self.nonfinite_latched = d.get("nonfinite_latched", False)
         self.probe_seen, self.probe_set = d.get("probe_seen", False), d.get("probe_set")
         self.rows.load_state_dict(d.get("rows")), self.shorts.load_state_dict(d.get("shorts"))

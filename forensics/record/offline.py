@@ -42,7 +42,8 @@ def detect_offline(steps, values, config="robust", *, probe=None, rows=None, pro
     steps = list(steps)
     n = len(steps)
     values = _column("values", values, n)
-    probe, rows, sets = _column("probe", probe, n), _column("rows", rows, n), _column("probe_set", probe_set, n)
+    probe, rows = _column("probe", probe, n), _column("rows", rows, n)
+    sets = _column("probe_set", probe_set, n)
     det = SpikeDetector(config)
     events = []
     for s, v, p, r, k in zip(steps, values, probe, rows, sets, strict=True):

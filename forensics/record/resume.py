@@ -76,9 +76,8 @@ def resume_point(run_dir: Path | str, start_step: int | None) -> ResumePoint:
     start = last + 1 if start_step is None else start_step
     covered = state["step"] if state is not None else -1
     n = len(cols["step"])
-    replay = [(s, _num(v), _num(p), r)
-              for s, v, p, r in zip(cols["step"], cols.get("loss", [None] * n), cols.get("probe_loss", [None] * n),
-                                    cols.get("batch_rows", [None] * n), strict=True)
+    loss, probe, rows = (cols.get(k, [None] * n) for k in ("loss", "probe_loss", "batch_rows"))
+    replay = [(s, _num(v), _num(p), r) for s, v, p, r in zip(cols["step"], loss, probe, rows, strict=True)
               if covered < s < start]
     indices = [int(p.stem.split("-")[1]) for p in chunk_files(run_dir) if p.stem.split("-")[-1].isdigit()]
     snaps = (state or {}).get("snapshots") or _snapshot_budget(run_dir)

@@ -90,7 +90,8 @@ class StepLoop:
         events = step.events
         if events is None:
             rows = batch_rows(batch, self.batch_keys["input"]) if batch is not None else None
-            events = self.detector.update(step.t, loss, probe=step.probe, rows=rows, probe_set=self.objective.set_id)
+            events = self.detector.update(step.t, loss, probe=step.probe, rows=rows,
+                                          probe_set=self.objective.set_id)
             for ring in (self.ring, self.context):
                 slot = ring.find(step.t) if ring is not None and batch is not None else None
                 if slot is not None:

@@ -14,9 +14,9 @@ values to tell). The warm-up level is
 (the running minimum of a noisy series is an extreme draw, so its median is the base). A smooth
 series opens a spike at the first value above it; a noisy one needs WARMUP_PERSIST (3) values in a
 row above it (4 after a single reference value) and opens at the last of them. A streak that
-falls and then rises again is noise, not one spike (a spike rises to its peak, then falls): it is given back to the reference values and the
-rising value starts afresh. The spike's baseline is lo or m; its sub-peak is over below the
-opening level again.
+falls and then rises again is noise, not one spike (a spike rises to its peak, then falls): it is
+given back to the reference values and the rising value starts afresh. The spike's baseline is lo
+or m; its sub-peak is over below the opening level again.
 
 The trade-off: from the first value on, a smooth loss that doubles (warmup_ratio 2) over its lowest
 value is a spike, as the truth of bench/detection.py defines one; a fast initial descent that
@@ -53,6 +53,7 @@ class Warmup:
         return bool(self.ratio) and math.isfinite(self.lo)
 
     def smooth(self) -> bool:
+        """Whether the series counts as smooth (module docstring)."""
         return self.seen >= SMOOTH_SEEN and self.rise * self.rise < self.ratio and self.turns <= MAX_TURNS
 
     def levels(self) -> tuple[float, float, float]:
@@ -72,7 +73,7 @@ class Warmup:
         if not self.active():
             return False
         above = v > self.levels()[1]
-        fell = any(b < a for a, b in zip(self.held, self.held[1:]))
+        fell = any(b < a for a, b in zip(self.held, self.held[1:], strict=False))
         if above and not (fell and v > self.held[-1]):
             self.streak += 1
             self.held.append(v)
@@ -98,6 +99,7 @@ class Warmup:
         self.values = (self.values + [v])[-KEEP:]
 
     def reset_streak(self) -> None:
+        """Drop the current streak (its values belong to the spike that opened)."""
         self.streak, self.held = 0, []
 
     def rebase(self, values) -> None:
@@ -107,8 +109,10 @@ class Warmup:
             self.push(v)
 
     def state_dict(self) -> dict:
-        return {"lo": self.lo, "rise": self.rise, "change": self.change, "prev": self.prev, "first": self.first,
-                "streak": self.streak, "held": list(self.held), "seen": self.seen, "values": list(self.values),
+        """JSON-able state (NaN/Inf aside)."""
+        return {"lo": self.lo, "rise": self.rise, "change": self.change, "prev": self.prev,
+                "first": self.first, "streak": self.streak, "held": list(self.held), "seen": self.seen,
+                "values": list(self.values),
                 "turns": self.turns, "up": self.up}
 
     def load_state_dict(self, d: dict) -> None:
