@@ -37,12 +37,12 @@ class DetectorConfig:
         mad_floor: floor on the robust spread (1.4826 MAD of log L): a smooth loss is not
             "infinitely quiet".
         warmup_ratio: before `min_history` values exist, the running-minimum rule of
-            forensics.record.warmup: a smooth series opens a spike above warmup_ratio x its lowest
-            value (x the square of its own largest step-to-step change, if larger), a noisy one
-            above that factor x its median for 3 values in a row (0 turns the rule off). 2: a
-            doubling, the truth's definition of a spike in bench/detection.py. The trade-off: a
-            smooth loss that legitimately doubles above its lowest early value is flagged, and a
-            noisy loss's early spike must tower over its scatter.
+            forensics.record.warmup: a noisy series opens a spike above warmup_ratio x its median
+            (x the square of its own largest step-to-step change, if larger) for 3 values in a
+            row; a smooth one above min(2, warmup_ratio) x its lowest value (a doubling, the
+            truth's definition of a spike in bench/detection.py); 0 turns the rule off. The
+            trade-off: a smooth loss that legitimately doubles above its lowest early value is
+            flagged, and a noisy loss's early spike must tower over its scatter.
         merge_gap: an episode stays open this many steps after its recovery; a re-trigger inside
             it is a sub-peak of the same episode (ringing, echoes), not a new spike. 0: no merging.
         batch_ratio: signal="auto" with a probe: the training loss still opens a spike when its rule
@@ -67,7 +67,7 @@ class DetectorConfig:
     max_len: int | None = None
     close_z: float = 3.0
     mad_floor: float = 0.01
-    warmup_ratio: float = 2.0
+    warmup_ratio: float = 3.0
     merge_gap: int = 10
     batch_ratio: float = 2.0
     objective_ratio: float = 2.5

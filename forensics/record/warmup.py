@@ -4,12 +4,12 @@ without history).
 
 Over the values so far that opened no spike: r >= 1 is the largest step-to-step change with a
 fall by f counted as f^(1/3) (a smooth descent halving per step stays smooth), c >= 1 the largest
-change either way, lo the lowest value, m the median. A series is smooth once SMOOTH_SEEN (6) such
-values are known, r^2 < warmup_ratio and its direction (up/down) turned at most once (a full-batch
-loss, a probe: runs of descent and ascent); otherwise noisy (a minibatch loss zigzags, or too few
-values to tell). The warm-up level is
+change either way, lo the lowest value, m the median. With q = min(SMOOTH_RATIO (2), warmup_ratio),
+a series is smooth once SMOOTH_SEEN (6) such values are known, r^2 < q and its direction (up/down)
+turned at most once (a full-batch loss, a probe: runs of descent and ascent); otherwise noisy (a
+minibatch loss zigzags, or too few values to tell). The warm-up level is
 
-    smooth: lo x max(warmup_ratio, r^2)        noisy: m x max(warmup_ratio, c^2)
+    smooth: lo x max(q, r^2)        noisy: m x max(warmup_ratio, c^2)
 
 (the running minimum of a noisy series is an extreme draw, so its median is the base). A smooth
 series opens a spike at the first value above it; a noisy one needs WARMUP_PERSIST (3) values in a
@@ -33,6 +33,7 @@ import statistics
 
 WARMUP_PERSIST = 3  # a noisy series: values in a row above the level needed to open
 SMOOTH_SEEN = 6  # values seen before a series can count as smooth
+SMOOTH_RATIO = 2.0  # a smooth series doubling over its lowest value: the truth's spike (bench/detection.py)
 MAX_TURNS = 1  # changes of direction a smooth series may have had
 KEEP = 64  # values kept for the median
 FALL_ROOT = 3  # a fall by f counts as noise f^(1/FALL_ROOT): a smooth descent halves, noise drops x100
@@ -43,7 +44,7 @@ class Warmup:
     the current streak above the level (values held out of lo/r until the streak breaks)."""
 
     def __init__(self, ratio: float):
-        self.ratio = ratio
+        self.ratio, self.q = ratio, min(SMOOTH_RATIO, ratio)
         self.lo, self.rise, self.change, self.prev, self.first = math.inf, 1.0, 1.0, None, None
         self.streak, self.held, self.seen, self.values = 0, [], 0, []
         self.turns, self.up = 0, None  # changes of direction; the last direction (True: up)
@@ -54,13 +55,13 @@ class Warmup:
 
     def smooth(self) -> bool:
         """Whether the series counts as smooth (module docstring)."""
-        return self.seen >= SMOOTH_SEEN and self.rise * self.rise < self.ratio and self.turns <= MAX_TURNS
+        return self.seen >= SMOOTH_SEEN and self.rise * self.rise < self.q and self.turns <= MAX_TURNS
 
     def levels(self) -> tuple[float, float, float]:
         """(baseline, opening level, closing level)."""
         smooth = self.smooth() or not self.values
         base = self.lo if smooth else statistics.median(self.values)
-        level = base * max(self.ratio, (self.rise if smooth else self.change) ** 2)
+        level = base * (max(self.q, self.rise ** 2) if smooth else max(self.ratio, self.change ** 2))
         return base, level, level
 
     def above(self, v: float) -> bool:
