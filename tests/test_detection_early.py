@@ -33,7 +33,8 @@ def test_a_smooth_loss_that_doubles_in_its_first_steps_opens_at_once():
 def test_noisy_first_losses_rarely_open():
     """Minibatch noise in the first 16 steps of a run (no history, signal="loss"): per-sample
     chi-square(1) losses (x1000 between draws) and 5-sample means of them. The warm-up rule is
-    fooled in a few runs in a hundred at most (measured 6% and 0.7%; the old first-losses rule: 16% and 2%)."""
+    fooled in a few runs in a hundred at most (measured 6% and 0.7%; the old first-losses rule:
+    16% and 2%)."""
     rates = {}
     for df in (1, 5):
         early = 0
@@ -41,7 +42,7 @@ def test_noisy_first_losses_rarely_open():
             loss = 0.5 * np.random.default_rng(seed).chisquare(df, 40) / df
             early += any(e.onset < 16 for e in detect_offline(range(40), loss, {"signal": "loss"}))
         rates[df] = early / 300
-    assert rates[1] < 0.08 and rates[5] < 0.03, rates
+    assert rates[1] < 0.08 and rates[5] < 0.015, rates
 
 
 def _recorded(case, tmp_path, **options):
