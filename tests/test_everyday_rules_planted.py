@@ -315,7 +315,9 @@ def test_last_partial_batch_through_the_lightning_callback(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=False,
                                          generator=torch.Generator().manual_seed(2))
     module = Module()
-    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net", probe=None)
+    # one spike per epoch (30): a snapshot budget for each, so none is left not_analyzed
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net", probe=None,
+                                      max_spikes=40)
     quiet = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=30, logger=False,
                                 callbacks=[callback],
