@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from forensics.demo import adam, catapult, eos, gd, low_frequency, sgd, small_batch
+from forensics.demo import adam, catapult, eos, gd, gpt, low_frequency, sgd, small_batch
 
 # name -> (trainer, one line on what the run shows); order = the order they are recorded in.
 TRAINERS = {
@@ -18,6 +18,8 @@ TRAINERS = {
     "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
     "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),
     "clean_sgd": (sgd.train_clean_sgd, "control: minibatch SGD (bad_batch without the bad batch)"),
+    "gpt_bad_batch": (gpt.train_bad_batch, "tiny GPT, AdamW: a batch of random tokens at step 260"),
+    "gpt_control": (gpt.train_control, "control: the same GPT run on clean data, no spike"),
 }
 
 
