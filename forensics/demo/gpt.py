@@ -26,7 +26,8 @@ BAD_STEP = 260
 FACTORY, LOSS = "forensics.zoo.gpt:gpt", "forensics.zoo.gpt:next_token_loss"
 
 
-def _train(name: str, out_dir, record: bool, *, bad_step=None, lr=LR, warmup=WARMUP) -> list[float]:
+def _train(name: str, out_dir, record: bool, *, bad_step=None, lr=LR, warmup=WARMUP,
+           baseline_every=0) -> list[float]:
     from forensics.zoo.gpt import gpt, next_token_loss, walks
 
     with deterministic(SEED):
@@ -47,7 +48,7 @@ def _train(name: str, out_dir, record: bool, *, bad_step=None, lr=LR, warmup=WAR
                 task["control"] = True
             rec = recorder(model, opt, fresh_dir(out_dir, name), factory=FACTORY, kwargs=MODEL,
                            loss=LOSS, task=task, seed=SEED, ring_size=3, tail=3, max_spikes=1,
-                           baseline_every=0, context_every=32, context_span=64,
+                           baseline_every=baseline_every, context_every=32, context_span=64,
                            max_bytes=1_400_000)
         losses = []
         for step in range(STEPS):
@@ -75,4 +76,4 @@ def train_bad_batch(out_dir, *, record: bool = True) -> list[float]:
 
 def train_control(out_dir, *, record: bool = True) -> list[float]:
     """Record out_dir/gpt_control (warmup, the base lr, clean data); return the losses."""
-    return _train("gpt_control", out_dir, record)
+    return _train("gpt_control", out_dir, record, baseline_every=STEPS // 2)  # baselines 0, 160
