@@ -257,9 +257,9 @@ def gpt_main(args) -> None:
              f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS), at "
              f"{Settings.hessian_snapshots} of the selected steps (hessian_snapshots; adam's λ_max(P⁻¹H) at "
              f"those up to the onset, tol {Settings.pre_lanczos_tol:g}; plain λ_max at the onset on Adam "
-             f"runs, tol {Settings.lanczos_tol:g})", *notes]
+             f"runs, tol {Settings.pre_lanczos_tol:g}; elsewhere tol {Settings.lanczos_tol:g})", *notes]
     sections = [("Results (seconds)", C.table(rows, cols)),
-                ("Where the curvature engine's time goes (instrumented pass)", C.table(wheres))]
+                ("Where the Hessian engines' (curvature, adam) time goes (instrumented pass)", C.table(wheres))]
     if hvp:
         sections.append(("One Hessian-vector product on the bench's 1M MLP, in turn with PyHessian",
                          C.table([hvp])))
