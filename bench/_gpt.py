@@ -3,7 +3,8 @@
 Sizes (sequence 128, vocab 512): ~1M = d 128 × 5 layers, ~10M = d 320 × 8 layers (4 heads).
 Walk sequences (`forensics.zoo.gpt.walks`), AdamW lr 3e-3 (no weight decay), batches of 8
 sequences, 64 steps, the batch of step 48 replaced by uniformly random tokens; the recorder's
-"robust" detector with a 16-step window.
+"robust" detector with a 16-step window on the training loss (probe=None: the recorder's
+automatic probe set would evaluate 256 sequences through the model at every step).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def record_gpt_run(folder: Path, kwargs: dict, name: str) -> Path:
     rec = Recorder(model, opt, path, model_factory="forensics.zoo.gpt:gpt", model_kwargs=kwargs,
                    loss="forensics.zoo.gpt:next_token_loss",
                    detector={"preset": "robust", "window": 16, "min_history": 16},
-                   ring_size=4, tail=4, baseline_every=0, seed=0, max_bytes=4 * 1024**3)
+                   ring_size=4, tail=4, baseline_every=0, seed=0, max_bytes=4 * 1024**3, probe=None)
     T, V = kwargs["context"], kwargs["vocab"]
     data, g = walks(GPT_STEPS * GPT_BATCH, V, T, seed=1), torch.Generator().manual_seed(2)
     for step in range(GPT_STEPS):
@@ -84,3 +85,24 @@ def hvp_vs_pyhessian(rounds: int = 21) -> dict | None:
     out = {f"{k} ms/HVP": 1e3 * statistics.median(t[1:]) for k, t in times.items()}
     out["rel. difference of Hv, ours vs PyHessian"] = float((ours.matvec(v) - ref).norm() / ref.norm())
     return out
+
+
+def hvp_forms(kwargs: dict, sequences: int = 4) -> dict:
+    """ms per product of the two HVP forms (`forensics.math.hvp.benchmark_hvp`) on the zoo GPT
+    `kwargs` at init, `sequences` walk sequences, attention on the math SDPA kernel."""
+    from torch.func import functional_call
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from forensics.math.hvp import benchmark_hvp
+    from forensics.zoo.gpt import gpt, next_token_loss, walks
+
+    torch.manual_seed(0)
+    model = gpt(**kwargs)
+    seq = walks(sequences, kwargs["vocab"], kwargs["context"], seed=1)
+    x, y = seq[:, :-1], seq[:, 1:]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    with sdpa_kernel([SDPBackend.MATH]):
+        out = benchmark_hvp(lambda p: next_token_loss(functional_call(model, p, (x,), tie_weights=True), y),
+                            params, repeats=5)
+    return {(f"{k[:-len('_setup_s')]} graph/setup ms" if k.endswith("_setup_s") else f"{k[:-2]} ms/HVP"):
+            1e3 * v for k, v in out.items()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -67,39 +68,58 @@ def timed_analysis(run_dir) -> dict:
 
 
 class LanczosProbe:
-    """Count and time the curvature engine's Lanczos calls and the HVPs inside them (wrappers only)."""
+    """Count and time the Hessian engines' (curvature, adam) Lanczos calls, every HVP and every
+    gradient-graph build (wrappers only)."""
 
     def __enter__(self):
+        import forensics.analyzer.measure.adam as adam
         import forensics.analyzer.measure.curvature as curv
         from forensics.math.hvp import HVPOperator
 
-        self.calls, self.hvp_s = [], 0.0
-        self._curv, self._lanczos, self._op, self._matvec = curv, curv.lanczos, HVPOperator, HVPOperator.matvec
+        self.calls, self.hvp_s, self.hvps, self.build_s, self.builds = [], 0.0, 0, 0.0, 0
+        self._mods = [(m, m.lanczos) for m in (curv, adam)]
+        self._op, self._matvec, self._build = HVPOperator, HVPOperator.matvec, HVPOperator._build_graph
         probe = self
 
-        def lanczos(op, *a, **kw):
-            t0 = time.perf_counter()
-            res = probe._lanczos(op, *a, **kw)
-            probe.calls.append((time.perf_counter() - t0, res.num_matvecs, bool(res.converged)))
-            return res
+        def wrap(original):
+            def lanczos(op, *a, **kw):
+                t0 = time.perf_counter()
+                res = original(op, *a, **kw)
+                probe.calls.append((time.perf_counter() - t0, res.num_matvecs, bool(res.converged),
+                                    res.reorth_passes))
+                return res
+            return lanczos
 
         def matvec(op, v):
             t0 = time.perf_counter()
             out = probe._matvec(op, v)
             probe.hvp_s += time.perf_counter() - t0
+            probe.hvps += 1
             return out
 
-        curv.lanczos, HVPOperator.matvec = lanczos, matvec
+        def build(op):
+            t0 = time.perf_counter()
+            probe._build(op)
+            probe.build_s += time.perf_counter() - t0
+            probe.builds += 1
+
+        for m, original in self._mods:
+            m.lanczos = wrap(original)
+        HVPOperator.matvec, HVPOperator._build_graph = matvec, build
         return self
 
     def __exit__(self, *exc):
-        self._curv.lanczos, self._op.matvec = self._lanczos, self._matvec
+        for m, original in self._mods:
+            m.lanczos = original
+        self._op.matvec, self._op._build_graph = self._matvec, self._build
 
     def summary(self) -> dict:
         secs = sum(c[0] for c in self.calls)
         return {"Lanczos calls": len(self.calls), "matvecs per call (median)": C.median([c[1] for c in self.calls]),
                 "converged": f"{sum(c[2] for c in self.calls)}/{len(self.calls)}",
-                "s in lanczos()": secs, "s in HVPs (all engines)": self.hvp_s}
+                "Gram-Schmidt passes / iterations": f"{sum(c[3] for c in self.calls)}/{sum(c[1] for c in self.calls)}",
+                "s in lanczos()": secs, "HVPs (all engines)": self.hvps, "s in HVPs": self.hvp_s,
+                "graph builds": self.builds, "s in builds": self.build_s}
 
 
 def record_1m_run(folder: Path) -> Path:
@@ -147,6 +167,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpt", action="store_true", help="the zoo GPT cases (analysis_gpt.md) only")
+    ap.add_argument("--runs", type=Path, help="with --gpt: keep the recorded runs in this folder and reuse "
+                    "those already there (gpt1M, gpt10M)")
     args = ap.parse_args()
     if args.gpt:
         return gpt_main(args)
@@ -197,38 +219,53 @@ def main():
 
 def gpt_main(args) -> None:
     """One planted spike of the zoo GPT at each size: whole analysis, per engine; HVP vs PyHessian."""
-    from _gpt import GPT_BAD, GPT_SIZES, GPT_STEPS, hvp_vs_pyhessian, record_gpt_run
+    from _gpt import GPT_BAD, GPT_SIZES, GPT_STEPS, hvp_forms, hvp_vs_pyhessian, record_gpt_run
 
-    from forensics.analyzer.measure.curvature import HESSIAN_TOKENS
+    from forensics.analyzer.measure._hessian import HESSIAN_TOKENS
+    from forensics.analyzer.pipeline import Settings
 
     rows, wheres, notes = [], [], []
-    folder = Path(tempfile.mkdtemp(prefix="bench-gpt-", dir=C.ROOT / "tmp"))
+    folder = args.runs or Path(tempfile.mkdtemp(prefix="bench-gpt-", dir=C.ROOT / "tmp"))
     try:
         for label, kwargs in GPT_SIZES.items():
             t0 = time.perf_counter()
-            run = record_gpt_run(folder, kwargs, label.strip("~"))
+            run = folder / ("gpt" + label.strip("~"))
+            reused = args.runs is not None and (run / "run.json").is_file()
+            if not reused:
+                run = record_gpt_run(folder, kwargs, run.name)
             rec_s = time.perf_counter() - t0
             with LanczosProbe() as probe:  # wrappers only: the timed passes are the instrumented ones
                 runs = [timed_analysis(run) for _ in range(args.repeats)]
             wheres.append({"model": label, **probe.summary()})
             n = sum(p["numel"] for p in json.loads((run / "run.json").read_text())["params"])
             rows.append(engine_row(f"zoo GPT {label} ({kwargs})", runs, n))
-            notes.append(f"- {label}: recorded {GPT_STEPS} steps in {rec_s:.0f} s; spikes "
-                         f"{[s for s in runs[0]['verdicts']]}; per spike {rows[-1]['s/spike (median)']:.1f} s")
+            notes.append(f"- {label}: " + ("run reused from --runs" if reused else
+                                            f"recorded {GPT_STEPS} steps in {rec_s:.0f} s") + "; spikes "
+                         f"{[s for s in runs[0]['verdicts']]}; per spike {rows[-1]['s/spike (median)']:.1f} s "
+                         f"(1-min load average after it: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
             print(rows[-1], wheres[-1], flush=True)
-            shutil.rmtree(run, ignore_errors=True)
+            if args.runs is None:
+                shutil.rmtree(run, ignore_errors=True)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.runs is None:
+            shutil.rmtree(folder, ignore_errors=True)
     hvp = hvp_vs_pyhessian()
+    forms = hvp_forms(GPT_SIZES["~1M"])
     cols = ["run", "params", "spikes", "verdicts", "analyze() s", "s/spike (median)", *ENGINE_ORDER]
     intro = [f"- `analyze(run, write=False)` with default Settings, {args.repeats} repeat(s), median; "
              f"planted random-token batch at step {GPT_BAD}; curvature/adam Hessians on "
-             f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS)", *notes]
+             f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS), at "
+             f"{Settings.hessian_snapshots} of the selected steps (hessian_snapshots; adam's λ_max(P⁻¹H) at "
+             f"those up to the onset, tol {Settings.pre_lanczos_tol:g}; plain λ_max at the onset on Adam "
+             f"runs, tol {Settings.pre_lanczos_tol:g}; elsewhere tol {Settings.lanczos_tol:g})", *notes]
     sections = [("Results (seconds)", C.table(rows, cols)),
-                ("Where the curvature engine's time goes (instrumented pass)", C.table(wheres))]
+                ("Where the Hessian engines' (curvature, adam) time goes (instrumented pass)", C.table(wheres))]
     if hvp:
         sections.append(("One Hessian-vector product on the bench's 1M MLP, in turn with PyHessian",
                          C.table([hvp])))
+    sections.append(("One Hessian-vector product of the ~1M zoo GPT on 4×128 tokens: double backward on "
+                     "a graph built once vs torch.func forward-over-reverse (benchmark_hvp, 5 repeats)",
+                     C.table([forms])))
     C.write_result("analysis_gpt", "Whole-analysis time of one zoo GPT spike, per engine", intro, sections,
                    libs=("numpy", "PyHessian"))
 

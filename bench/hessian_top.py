@@ -274,7 +274,9 @@ def oracle_counts(problem: str, max_hvps: int = 300):
         if abs(theta - ref) / ref <= TARGET:
             krylov = m
             break
-    del Q, AQ, qs, aqs
+    del Q, AQ
+    qs.clear()  # free the basis; `del` of a closed-over name makes it undefined in `recording`
+    aqs.clear()
 
     seq = []
     original = ph.hessian_vector_product

@@ -61,6 +61,7 @@ def test_planted_bad_batch_is_data_with_curvature_measured(planted):
     assert [v for _, e, m, v in ev.rows if e == "ntk" and m == "eta_crit"]
     assert "integer inputs" in ev.skipped["frequency"]  # inconclusive, with the reason
     assert not any(s.verdict == "data" for s in planted.spikes if s.context.onset != BAD)
+    assert any("math kernel" in n for n in planted.notes)  # the notes say which attention kernel
 
 
 def test_control_run_has_no_data_verdict(tmp_path):

@@ -359,6 +359,33 @@ def test_bad_batch_spike_is_the_planted_batch_not_curvature():
     assert sharp < 1.0, f"eta*lambda_max on the clean batches at the planted step = {sharp:.3f}"
 
 
+def test_gpt_bad_batch_spike_is_the_planted_random_token_batch():
+    name = "gpt_bad_batch"
+    planted = manifest(name)["task"]["planted_bad_batch_step"]
+    assert _only_spike(name)["onset"] == planted
+    from forensics.zoo.gpt import gpt
+
+    model = gpt(**manifest(name)["model"]["kwargs"])
+    tensors, _ = snapshot(name, planted)
+    missing, unexpected = model.load_state_dict(
+        {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}, strict=False)
+    assert missing == ["head.weight"] and not unexpected  # tied to tok.weight, recorded once
+
+    def cross_entropy(step):
+        x, y = batch(name, step)
+        with torch.no_grad():
+            logits = model(x)
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)))
+
+    x, _ = batch(name, planted)
+    walk = (x[:, 1:] - x[:, :-1]) % manifest(name)["model"]["kwargs"]["vocab"]
+    assert not bool((walk == walk[:, :1]).all())  # not walk sequences: the tokens are random
+    neighbours = [s for s in snapshot_steps(name) if planted - 6 <= s <= planted + 6 and s != planted]
+    assert len(neighbours) >= 4
+    clean = [cross_entropy(s) for s in neighbours]
+    assert cross_entropy(planted) > 5 * max(clean), (cross_entropy(planted), clean)
+
+
 def test_numerical_run_recorded_the_nonfinite_loss():
     name = "numerical"
     loss = steps(name)["loss"]
@@ -370,7 +397,7 @@ def test_numerical_run_recorded_the_nonfinite_loss():
     assert [e for e in events(name) if e["type"] == "close"]
 
 
-@pytest.mark.parametrize("name", ["clean_gd", "clean_sgd", "large_batch", "adam_control"])
+@pytest.mark.parametrize("name", ["clean_gd", "clean_sgd", "large_batch", "adam_control", "gpt_control"])
 def test_clean_controls_have_no_spike(name):
     assert not [e for e in events(name) if e["type"] in ("spike", "spike_open")]
     assert np.all(np.isfinite(steps(name)["loss"]))

@@ -30,6 +30,7 @@ from forensics.analyzer.rules import SPECS
 from forensics.analyzer.store import write_analysis
 from forensics.analyzer.verdict import choose_verdict
 from forensics.analyzer.window import select
+from forensics.math.hvp import twice_differentiable_attention as _twice_differentiable_attention
 from forensics.record.detector import DetectorConfig, detect_offline
 from forensics.rundir.reader import Run, open_run
 
@@ -40,13 +41,16 @@ Progress = Callable[[int, str, int, int], None]
 class Settings:
     """Analyzer settings; all recorded in analysis/meta.json.
 
-    `lanczos_tol`: relative Ritz-residual tolerance of every eigenvalue estimate.
+    `lanczos_tol`, `pre_lanczos_tol`: relative Ritz-residual tolerances of λ_max(H), λ_max(P⁻¹H).
     `max_samples`: batch rows used for curvature/NTK (a seeded subsample when larger).
-    `max_snapshots`: snapshots measured per spike (see `window.select`).
+    `max_snapshots`: snapshots measured per spike (see `window.select`); `hessian_snapshots`
+    of them for the Hessian engines (`measure._hessian.hessian_steps`; 0: all).
     """
 
     max_snapshots: int = 12
+    hessian_snapshots: int = 4
     lanczos_tol: float = 1e-3
+    pre_lanczos_tol: float = 1e-2
     top_k: int = 1
     max_samples: int = 1024
     ntk_max_n: int = 512
@@ -113,6 +117,7 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
     try:
         replay = Replay.from_run(run, model=model, device=dev, allow_import=allow_import,
                                  dtype=getattr(torch, settings.dtype), loss_fn=loss_fn)
+        notes.extend(replay.notes)
     except Exception as exc:  # a model or loss that cannot be rebuilt: every model engine fails
         replay_error = str(exc) if str(exc).startswith(("model not", "loss not")) \
             else f"model not rebuilt: {type(exc).__name__}: {exc}"
@@ -124,14 +129,12 @@ def analyze(run: Run | str | Path, *, model: torch.nn.Module | None = None, devi
         ev = Evidence(_context(run, spike, run_id), catalog=METRICS)
         try:
             scene = _scene(run, ev.context, source, replay, replay_error, settings, dev)
-        except LookupError as exc:
+        except Exception as exc:  # LookupError: the onset was not captured
             scene = None
+            why = str(exc) if isinstance(exc, LookupError) else \
+                f"snapshots unreadable: {type(exc).__name__}: {exc}"
             for e in engines:
-                ev.fail(e, str(exc))
-        except Exception as exc:
-            scene = None
-            for e in engines:
-                ev.fail(e, f"snapshots unreadable: {type(exc).__name__}: {exc}")
+                ev.fail(e, why)
         if scene is None:
             _measure_from_steps(ev, run, engines)
         else:
@@ -203,14 +206,6 @@ def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> 
             ev.fail(engine, f"{engine} engine failed: {type(exc).__name__}: {exc}")
     if progress:
         progress(spike_id, "done", len(engines), len(engines))
-
-
-def _twice_differentiable_attention():
-    """`scaled_dot_product_attention` on its math kernel: the fused CPU/flash kernels have no
-    double backward, which every Hessian-vector product through attention needs."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _measure_from_steps(ev: Evidence, run: Run, engines) -> None:

@@ -36,6 +36,33 @@ def output_tensor(out):
     return out
 
 
+ATTENTION_NOTE = ("attention: scaled_dot_product_attention is replayed on its math kernel "
+                  "(SDPBackend.MATH), on CPU and CUDA: the fused kernels have no double backward, "
+                  "which the Hessian-vector products need")
+
+
+def uses_attention(model: nn.Module) -> bool:
+    """Whether `model` holds attention (torch's MultiheadAttention / Transformer layers, or a
+    module whose class name contains "Attention" or whose forward calls
+    scaled_dot_product_attention): then its replay notes the attention kernel."""
+    import inspect
+
+    seen: set[type] = set()
+    for m in model.modules():
+        if type(m) in seen:
+            continue
+        seen.add(type(m))
+        if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) \
+                or "attention" in type(m).__name__.lower():
+            return True
+        try:
+            if "scaled_dot_product_attention" in inspect.getsource(type(m).forward):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present and not overridden, else the CPU."""
     if device is not None:
@@ -53,6 +80,7 @@ class Replay:
     target_key: str
     device: torch.device
     dtype: torch.dtype = torch.float32
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_run(cls, run, *, model: nn.Module | None = None, device=None,
@@ -81,7 +109,8 @@ class Replay:
             except (PermissionError, ValueError) as exc:
                 raise type(exc)(f"loss not rebuilt: {exc} (pass loss_fn= to use the live "
                                 "loss)") from exc
-        return cls(model, loss_fn, keys.get("input", "x"), keys.get("target", "y"), dev, dtype)
+        notes = (ATTENTION_NOTE,) if uses_attention(model) else ()
+        return cls(model, loss_fn, keys.get("input", "x"), keys.get("target", "y"), dev, dtype, notes)
 
     def tensors(self, named: dict[str, torch.Tensor]) -> Params:
         """Snapshot tensors moved to the replay device and dtype (floating ones only cast)."""

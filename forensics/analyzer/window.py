@@ -56,7 +56,7 @@ def select(available: list[int], *, onset: int, peak: int, end: int | None,
     descent = [s for s in during if s > peak]
     take(descent[0] if descent else None, after[-1] if after else (during[-1] if during else None))
     for pool in (before, during, after):
-        for s in _spread(pool, max(0, (max_snapshots - len(chosen)) // 2 + 1)):
+        for s in spread(pool, max(0, (max_snapshots - len(chosen)) // 2 + 1)):
             take(s)
     chosen.sort()
     return Window(
@@ -68,7 +68,7 @@ def select(available: list[int], *, onset: int, peak: int, end: int | None,
     )
 
 
-def _spread(pool: list[int], n: int) -> list[int]:
+def spread(pool: list[int], n: int) -> list[int]:
     """n evenly spaced members of pool (its ends first)."""
     if n <= 0 or not pool:
         return []

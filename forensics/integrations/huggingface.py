@@ -45,13 +45,21 @@ _CAUSAL_LOSS_LABEL_COUNT = "forensics.integrations.huggingface:causal_lm_loss_la
 _NOT_BATCH = {"num_items_in_batch", "return_dict", "use_cache", "output_attentions", "output_hidden_states"}
 
 
+def _logits(out) -> torch.Tensor:
+    """The logits of a model output, by the analyzer's one reduction (`replay.output_tensor`)."""
+    from forensics.analyzer.replay import output_tensor
+
+    return output_tensor(out)
+
+
 @trusted
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, mean over the shifted labels that are not -100 (HF's `ForCausalLMLoss`).
 
     logits (B, T, V) predict labels shifted by one: L = mean_{b,t<T-1, y≠-100} CE(logits[b,t], labels[b,t+1]).
+    A live model's `ModelOutput` (or a dict / tuple) is reduced to its logits first.
     """
-    logits = logits[..., :-1, :].float()                      # (B, T-1, V)
+    logits = _logits(logits)[..., :-1, :].float()                      # (B, T-1, V)
     target = labels[..., 1:].to(logits.device)               # (B, T-1)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
@@ -64,7 +72,7 @@ def causal_lm_loss_label_count(logits: torch.Tensor, labels: torch.Tensor) -> to
     model's loss shifts labels (models whose config has no `loss_type`, e.g. GPT-2 in
     transformers 5): the count includes position 0 of each row, so the loss is (T-1)/T of the mean.
     """
-    logits = logits[..., :-1, :].float()                      # (B, T-1, V)
+    logits = _logits(logits)[..., :-1, :].float()                      # (B, T-1, V)
     target = labels[..., 1:].to(logits.device)               # (B, T-1)
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                             reduction="sum")

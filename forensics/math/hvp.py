@@ -13,6 +13,13 @@ by the Hessian"):
   ``jvp(grad(...))`` with "ZeroTensors are immutable"; write the loss by hand
   (``((pred - y) ** 2).mean()``).
 
+Attention: both forms run the loss with ``scaled_dot_product_attention`` on its math kernel
+(``SDPBackend.MATH``, via :func:`twice_differentiable_attention`): the fused CPU and flash
+kernels have no double backward ("derivative for
+aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"), so a Hessian
+through ``nn.TransformerEncoderLayer``, a Hugging Face GPT-2 or any SDPA model needs the math
+path, on CPU and on CUDA.
+
 The operator counts its products in ``num_matvecs`` so benchmarks can report HVP counts.
 """
 
@@ -26,10 +33,18 @@ from torch import Tensor
 
 from forensics.math.flat import FlatSpec
 
-__all__ = ["HVPOperator", "dense_hessian", "benchmark_hvp"]
+__all__ = ["HVPOperator", "dense_hessian", "benchmark_hvp", "twice_differentiable_attention"]
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]
 _METHODS = ("double_backward", "func")
+
+
+def twice_differentiable_attention():
+    """A context in which ``scaled_dot_product_attention`` runs on its math kernel, the one with
+    a double backward (the fused CPU / flash / memory-efficient kernels have none)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class HVPOperator:
@@ -76,12 +91,12 @@ class HVPOperator:
             self._build_graph()
         else:
             self._grad_fn = torch.func.grad(lambda p: loss_fn(p))
-            with torch.no_grad():
+            with torch.no_grad(), twice_differentiable_attention():
                 self.loss = float(loss_fn(self._params))
             self._grad_flat: Tensor | None = None
 
     def _build_graph(self) -> None:
-        with torch.enable_grad():
+        with torch.enable_grad(), twice_differentiable_attention():
             loss = self.loss_fn(self._params)
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
@@ -129,7 +144,8 @@ class HVPOperator:
         primals = {n: t.detach() for n, t in self._params.items()}
         tangents = self.spec.unflatten(v)
         try:
-            _, hv = torch.func.jvp(self._grad_fn, (primals,), (tangents,))
+            with twice_differentiable_attention():
+                _, hv = torch.func.jvp(self._grad_fn, (primals,), (tangents,))
         except RuntimeError as err:
             if "ZeroTensors are immutable" not in str(err):
                 raise

@@ -117,6 +117,25 @@ class Scene:
         return {k: v.index_select(0, idx) if v.ndim and v.shape[0] == rows else v
                 for k, v in batch.items()}
 
+    def hessian(self, step: int):
+        """The batch-loss Hessian at `step` (`_hessian.SharedHessian` on ⌊HESSIAN_TOKENS/T⌋
+        sequences of the batch), built once per spike and step and shared by the engines."""
+        from forensics.analyzer.measure._hessian import HESSIAN_TOKENS, SharedHessian
+
+        key = ("hessian", step)
+        if key not in self._cache:
+            self._cache[key] = SharedHessian(self.require_replay(), self.params(step),
+                                             self.batch(step, max_tokens=HESSIAN_TOKENS))
+        return self._cache[key]
+
+    def hessian_steps(self) -> tuple[int, ...]:
+        """The finite selected steps where the Hessian engines measure: at most
+        `settings.hessian_snapshots` of them (`_hessian.hessian_steps`)."""
+        from forensics.analyzer.measure._hessian import hessian_steps
+
+        return hessian_steps(self.window, self.context.peak, self.finite_steps(),
+                             getattr(self.settings, "hessian_snapshots", None))
+
     def lr(self, step: int) -> float:
         """The lr (param group 0) recorded in the snapshot of `step`, NaN if absent."""
         return float(self.snapshot(step).meta.get("lr", float("nan")))

@@ -5,10 +5,13 @@ Preconditioners Trigger Loss Spikes in Adam", arXiv 2506.04805; Cohen et al. 202
 Gradient Methods at the Edge of Stability", arXiv 2207.14484):
 ρ = g_t²/v̂_{t−1} summaries (the lag regime is ρ ≪ 1), the share of coordinates where ε
 dominates √v̂_t (then the preconditioner is capped and a low ρ proves nothing), Σv_{t−1} and
-its decay between snapshots against β₂^Δt, λ_max(P^{-1/2} H P^{-1/2}) by Lanczos with
-P = diag(√v̂_t + ε) the preconditioner update t divides by, and the gradient-directional
-curvatures gᵀP⁻¹Hg/‖g‖² (as Bai et al. write it) and the symmetric one along P^{-1/2}g,
-all also × η.
+its decay between snapshots against β₂^Δt (all at every finite selected step); and, at the
+Hessian steps up to the onset (`Scene.hessian_steps`: what the rule compares; the Hessian
+shared with the `curvature` engine), λ_max(P^{-1/2} H P^{-1/2}) by Lanczos to the relative
+Ritz residual `settings.pre_lanczos_tol` (1e-2: within 1% of an eigenvalue, against the
+rule's 5% margin), with P = diag(√v̂_t + ε) the preconditioner update t divides by, and the
+gradient-directional curvatures gᵀP⁻¹Hg/‖g‖² (as Bai et al. write it) and the symmetric one
+along P^{-1/2}g, all also × η.
 """
 
 from __future__ import annotations
@@ -19,10 +22,8 @@ import torch
 
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
-from forensics.analyzer.measure.curvature import HESSIAN_TOKENS
 from forensics.math.directional import cosine_with_eigenvectors, preconditioned_directional_curvature
 from forensics.math.flat import FlatSpec
-from forensics.math.hvp import HVPOperator
 from forensics.math.lanczos import lanczos
 from forensics.math.preconditioner import (
     PreconditionedOperator, adam_preconditioner, effective_grad, grad_ratio, ratio_summary,
@@ -42,7 +43,8 @@ METRICS = {
     "v_decay_vs_beta2": ("1", "log(Σv_s/Σv_s')/((s−s')·log β₂) between snapshots: 1 means v "
                          "decays exactly like β₂^t"),
     "pre_lambda_max": ("curvature/lr", "λ_max(P^{-1/2}HP^{-1/2}) = λ_max(P⁻¹H), P = diag(√v̂_t + ε), "
-                       "v̂_t = v_t/(1−β₂^t)"),
+                       "v̂_t = v_t/(1−β₂^t) (Lanczos, relative Ritz residual ≤ pre_lanczos_tol = "
+                       "1e-2; at the Hessian steps up to the onset)"),
     "eta_pre_lambda_max": ("1", "η·λ_max(P⁻¹H), Adam-preconditioned sharpness times the lr; "
                            "against limit_beta1_zero and limit_cohen"),
     "pre_lanczos_matvecs": ("count", "preconditioned Hessian-vector products the estimate took"),
@@ -67,6 +69,7 @@ def measure(ev: Evidence, scene) -> None:
         raise Skip("not an Adam run")
     replay = scene.require_replay()
     last_v: dict = {}
+    curvature_steps = {s for s in scene.hessian_steps() if s <= ev.context.onset}
 
     def at(step):
         snap = scene.snapshot(step)
@@ -98,19 +101,17 @@ def measure(ev: Evidence, scene) -> None:
             row["v_decay_vs_beta2"] = math.log(v_sum / prev[1]) / ((step - prev[0]) *
                                                                    math.log(betas[1]))
         last_v["sum"] = (step, v_sum)
-        if t == 0:
+        if t == 0 or step not in curvature_steps:
             return row
-        batch = scene.batch(step, max_tokens=HESSIAN_TOKENS)
-        hvp = HVPOperator(lambda q: replay.loss(q, batch), params)
-        pop = PreconditionedOperator(hvp, p)
-        eig = lanczos(pop, k=1, tol=scene.settings.lanczos_tol, max_iter=120,
-                      seed=scene.settings.seed)
+        h = scene.hessian(step)
+        eig = lanczos(PreconditionedOperator(h.op, p), k=1, tol=scene.settings.pre_lanczos_tol,
+                      max_iter=120, seed=scene.settings.seed)
         lam = float(eig.eigenvalues[0])
         row.update(pre_lambda_max=lam, eta_pre_lambda_max=lr * lam,
                    pre_lanczos_matvecs=eig.num_matvecs, pre_lanczos_converged=float(eig.converged),
                    limit_beta1_zero=2.0, limit_cohen=(2 + 2 * betas[0]) / (1 - betas[0]))
         if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
-            curv = preconditioned_directional_curvature(hvp, g, p)
+            curv = preconditioned_directional_curvature(h.product, g, p)
             w = g * p.rsqrt()
             row.update(pre_grad_curvature=curv["seed"], eta_pre_grad_curvature=lr * curv["seed"],
                        pre_grad_curvature_sym=curv["symmetric"],

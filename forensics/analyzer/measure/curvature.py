@@ -1,8 +1,13 @@
-"""Engine `curvature`: Hessian sharpness and directional curvature at each selected step.
+"""Engine `curvature`: Hessian sharpness and directional curvature at the Hessian steps.
 
-At θ_s on batch s: the top-k Hessian eigenpairs by Lanczos on Hessian-vector products (to
-the relative tolerance `settings.lanczos_tol`), η·λ_max against 2/η and (2+2β)/η (Cohen et
-al. 2021), the directional curvatures gᵀHg/‖g‖² and uᵀHu/‖u‖² for the recorded gradient and
+Measured at the few selected steps the rules compare (`Scene.hessian_steps`: onset, the
+step before it, the quiet reference, the first step after the peak); on an Adam run, where no
+rule judges the plain λ_max (Adam's limit is on P⁻¹H, the `adam` engine), at the onset only
+and to `settings.pre_lanczos_tol` (a clustered top can take Lanczos 70 products to 1e-3).
+At θ_s on batch s (the Hessian shared with the `adam` engine, `_hessian.SharedHessian`): the
+top-k Hessian eigenpairs by Lanczos on Hessian-vector products (to the relative tolerance
+`settings.lanczos_tol`), η·λ_max against 2/η and (2+2β)/η (Cohen et al. 2021), the
+directional curvatures gᵀHg/‖g‖² and uᵀHu/‖u‖² for the recorded gradient and
 the actual update u = θ_{s+1} − θ_s, their cosines with the top eigenvector (Gilmer et al.
 2021, "A Loss Curvature Perspective on Training Instability"), and the loss ratio after a
 gradient step restricted to the top eigendirection, L(θ − η(gᵀv₁)v₁)/L(θ), which exceeds 1
@@ -16,20 +21,14 @@ import torch
 from forensics.analyzer.evidence import Evidence
 from forensics.math.directional import cosine_with_eigenvectors, directional_curvature, loss_along
 from forensics.math.flat import FlatSpec
-from forensics.math.hvp import HVPOperator
 from forensics.math.lanczos import lanczos
-
-# Token sequences: the Hessian is taken on ⌊HESSIAN_TOKENS / T⌋ whole sequences of the batch
-# (seeded; `batch_size` says how many): a Hessian-vector product costs about two backward passes
-# over those tokens, and this keeps a spike of a 10M-parameter GPT at sequence 128 on a CPU
-# within a minute or so.
-HESSIAN_TOKENS = 512
 
 METRICS = {
     "loss": ("loss", "the batch loss L(θ_s; batch s) as replayed"),
     "lr": ("lr", "η, the snapshot's lr (param group 0)"),
     "lambda_max": ("curvature", "top Hessian eigenvalue of the batch loss at θ_s (Lanczos with full "
-                   "reorthogonalisation, relative Ritz residual ≤ lanczos_tol = 1e-3)"),
+                   "reorthogonalisation, relative Ritz residual ≤ lanczos_tol = 1e-3; on Adam runs "
+                   "at the onset only, ≤ pre_lanczos_tol = 1e-2)"),
     "lambda_2": ("curvature", "second Hessian eigenvalue, only with Settings(top_k=2) (the second "
                  "pair costs about 1.5× the Hessian-vector products)"),
     "eta_lambda_max": ("1", "η·λ_max, against limit_gd and limit_momentum (Cohen et al. 2021, "
@@ -53,16 +52,11 @@ METRICS = {
 }
 
 
-def hessian_at(scene, step: int):
-    """(operator, eig result, flat params, spec) for the batch-loss Hessian at `step`."""
-    replay = scene.require_replay()
-    params = scene.params(step)
-    batch = scene.batch(step, max_tokens=HESSIAN_TOKENS)
-    op = HVPOperator(lambda p: replay.loss(p, batch), params)
-    eig = lanczos(op, k=scene.settings.top_k, tol=scene.settings.lanczos_tol, max_iter=120,
-                  seed=scene.settings.seed)
-    spec = FlatSpec.from_params(params)
-    return op, eig, spec, params, batch
+def hessian_at(scene, step: int, tol: float):
+    """(shared Hessian, eig result, flat spec) for the batch-loss Hessian at `step`."""
+    h = scene.hessian(step)
+    eig = lanczos(h.op, k=scene.settings.top_k, tol=tol, max_iter=120, seed=scene.settings.seed)
+    return h, eig, FlatSpec.from_params(h.params)
 
 
 def recorded_update(scene, step: int, spec: FlatSpec) -> torch.Tensor | None:
@@ -80,8 +74,12 @@ def measure(ev: Evidence, scene) -> None:
     """Hessian eigenpairs, directional curvatures and loss ratios at each finite selected step."""
     replay = scene.require_replay()
     momentum = ev.context.momentum
+    adam = ev.context.optimizer == "adam"  # context only: the Adam-preconditioned tolerance
+    tol = scene.settings.pre_lanczos_tol if adam else scene.settings.lanczos_tol
+
     def at(step):
-        op, eig, spec, params, batch = hessian_at(scene, step)
+        h, eig, spec = hessian_at(scene, step, tol)
+        op, params, batch, loss_fn = h.op, h.params, h.batch, h.loss_fn
         lr = scene.lr(step)
         lam = eig.eigenvalues.tolist()
         v1 = eig.eigenvectors[:, 0]
@@ -96,19 +94,22 @@ def measure(ev: Evidence, scene) -> None:
             row["lambda_2"] = lam[1]
         g = spec.flatten(replay.tensors(scene.snapshot(step).grads)) \
             if scene.snapshot(step).grads else op.grad
-        loss_fn = lambda p: replay.loss(p, batch)  # noqa: E731
         base = max(op.loss, 1e-30)
         if bool(torch.isfinite(g).all()) and float(g.norm()) > 0:
-            row["grad_curvature"] = directional_curvature(op, g)
+            row["grad_curvature"] = directional_curvature(h.product, g)
             row["eta_grad_curvature"] = lr * row["grad_curvature"]
             row["cos_grad_top"] = float(cosine_with_eigenvectors(g, eig.eigenvectors)[0])
             step_top = -lr * float(torch.dot(g, v1))
             row["loss_ratio_top_step"] = float(loss_along(loss_fn, params, v1, [step_top])[0]) / base
         u = recorded_update(scene, step, spec)
         if u is not None and bool(torch.isfinite(u).all()) and float(u.norm()) > 0:
-            row["update_curvature"] = directional_curvature(op, u)
+            row["update_curvature"] = directional_curvature(h.product, u)
             row["cos_update_top"] = float(cosine_with_eigenvectors(u, eig.eigenvectors)[0])
             row["loss_ratio_update"] = float(loss_along(loss_fn, params, u, [1.0])[0]) / base
         return row
 
-    scene.each(ev, "curvature", scene.finite_steps(), at)
+    steps = scene.hessian_steps()
+    if adam:
+        onset = [s for s in steps if s <= ev.context.onset][-1:]
+        steps = tuple(onset or steps[:1])
+    scene.each(ev, "curvature", steps, at)
