@@ -82,3 +82,20 @@ def test_heavy_tailed_healthy_batches_are_silent(tmp_path):
     # the batch loss alone (no probe) calls some of them spikes: the probe is what keeps it silent
     truth, episodes = _recorded(dc.heavy(steps=300), tmp_path / "noprobe", probe=None)
     assert episodes
+
+
+def test_offline_redetection_reads_the_probe_and_batch_rows_like_the_recorder(tmp_path):
+    """analyze(redetect=True) runs the detector on steps/ with the probe and batch-size
+    columns, so a probe-watched run gets back the episodes its recorder found online."""
+    from pathlib import Path
+
+    from forensics.analyzer.pipeline import _spikes
+    from forensics.rundir.reader import open_run
+
+    run_dir = Path(__file__).resolve().parents[1] / "sample_runs" / "small_batch"
+    if not (run_dir / "run.json").is_file():
+        pytest.skip("sample_runs/ not recorded")
+    run = open_run(run_dir)
+    offline, source = _spikes(run, True)
+    assert source == "offline" and len(run.spikes) > 3
+    assert [(s.onset, s.peak) for s in offline] == [(s.onset, s.peak) for s in run.spikes]

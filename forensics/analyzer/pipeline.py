@@ -168,7 +168,9 @@ def _spikes(run: Run, redetect: bool):
     config = DetectorConfig.from_dict(run.manifest.get("detector") or {})
     s = np.asarray(steps.column("step").to_numpy(zero_copy_only=False))
     v = np.asarray(steps.column("loss").to_numpy(zero_copy_only=False), dtype=float)
-    return detect_offline(s, v, config), "offline"
+    probe, rows = (steps.column(c).to_pylist() if c in steps.column_names else None
+                   for c in ("probe_loss", "batch_rows"))
+    return detect_offline(s, v, config, probe=probe, rows=rows), "offline"
 
 
 def _context(run: Run, spike, run_id: str) -> SpikeContext:

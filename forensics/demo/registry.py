@@ -3,11 +3,7 @@
 import time
 from pathlib import Path
 
-<<<<<<< HEAD
-from forensics.demo import adam, catapult, eos, everyday, gd, low_frequency, sgd, small_batch
-=======
-from forensics.demo import adam, catapult, eos, gd, gpt, low_frequency, sgd, small_batch
->>>>>>> gpt-15
+from forensics.demo import adam, catapult, eos, everyday, gd, gpt, low_frequency, sgd, small_batch
 
 # name -> (trainer, one line on what the run shows); order = the order they are recorded in.
 TRAINERS = {
@@ -22,15 +18,12 @@ TRAINERS = {
     "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
     "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),
     "clean_sgd": (sgd.train_clean_sgd, "control: minibatch SGD (bad_batch without the bad batch)"),
-<<<<<<< HEAD
     "optimizer_reset": (everyday.train_optimizer_reset, "minibatch Adam, its state cleared at step 500"),
     "lr_jump": (everyday.train_lr_jump, "cosine LambdaLR rebuilt at step 300: lr x25"),
     "fp16_overflow": (everyday.train_fp16_overflow, "float16 autocast + GradScaler, inputs x1e6 at step 200"),
     "short_batch": (everyday.train_short_batch, "last batch of each epoch 3 of 32, loss normalised twice"),
-=======
     "gpt_bad_batch": (gpt.train_bad_batch, "tiny GPT, AdamW: a batch of random tokens at step 260"),
     "gpt_control": (gpt.train_control, "control: the same GPT run on clean data, no spike"),
->>>>>>> gpt-15
 }
 
 
