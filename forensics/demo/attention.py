@@ -1,0 +1,66 @@
+"""Attention-logit growth, and its qk-layernorm control: a one-layer pre-LN GPT at a high lr.
+
+A causal transformer with its q·kᵀ written out (zoo GPT, `attention="explicit"`), AdamW with
+β₂ = 0.95 and a linear warmup to a high peak lr (0.4) on in-context random walks: the attention
+logits of a head grow from ~5 to ~10³ as the lr ramps, its softmax collapses onto one key, and the
+loss spikes (Wortsman et al. 2023, arXiv 2309.14322, Fig. 1 at small scale). The control differs
+in one setting, qk_norm=True (LayerNorm on queries and keys; Dehghani et al. 2023, arXiv
+2302.05442): the logits stay below ~10 and the loss falls.
+"""
+
+import torch
+
+from forensics.demo._common import deterministic, fresh_dir, recorder
+from forensics.zoo.gpt import gpt, next_token_loss, walks
+
+SEED = 0
+VOCAB, CONTEXT = 32, 16
+MODEL = {"vocab": VOCAB, "context": CONTEXT, "d_model": 16, "layers": 1, "heads": 2,
+         "mlp_ratio": 2, "attention": "explicit"}
+PEAK_LR, WARMUP, BETAS, BATCH, STEPS = 0.4, 200, (0.9, 0.95), 16, 300
+LOSS = "forensics.zoo.gpt:next_token_loss"
+
+
+def _train(name: str, out_dir, record: bool, qk_norm: bool) -> list[float]:
+    kwargs = {**MODEL, "qk_norm": qk_norm} if qk_norm else dict(MODEL)
+    with deterministic(SEED):
+        data = walks(2048, VOCAB, CONTEXT, seed=1)
+        model = gpt(**kwargs)
+        opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR / WARMUP, betas=BETAS,
+                                weight_decay=0.0)
+        rec = None
+        if record:
+            task = ({"mechanism": "attention_logit_growth"} if not qk_norm else
+                    {"mechanism": None, "control_of": "attention_logit_growth",
+                     "differs": {"qk_norm": [False, True]}})
+            task.update({"peak_lr": PEAK_LR, "warmup": WARMUP})
+            rec = recorder(model, opt, fresh_dir(out_dir, name), factory="forensics.zoo.gpt:gpt",
+                           kwargs=kwargs, loss=LOSS, task=task, seed=SEED, ring_size=3, tail=2, context_every=32,
+                           baseline_every=150, max_spikes=2, steps_chunk=1024,
+                           max_bytes=1_000_000)
+        losses = []
+        for t in range(STEPS):
+            for group in opt.param_groups:
+                group["lr"] = PEAK_LR * min(1.0, (t + 1) / WARMUP)
+            rows = data[torch.randint(0, data.shape[0], (BATCH,))]
+            x, y = rows[:, :-1], rows[:, 1:]
+            opt.zero_grad(set_to_none=False)
+            loss = next_token_loss(model(x), y)
+            loss.backward()
+            if rec is not None:
+                rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+            losses.append(loss.item())
+        if rec is not None:
+            rec.close()
+    return losses
+
+
+def train_growth(out_dir, *, record: bool = True) -> list[float]:
+    """Record out_dir/attention_logit_growth (no qk-norm); return the per-step losses."""
+    return _train("attention_logit_growth", out_dir, record, qk_norm=False)
+
+
+def train_qk_norm(out_dir, *, record: bool = True) -> list[float]:
+    """Record out_dir/attention_qk_norm (qk_norm=True, nothing else changed); return the losses."""
+    return _train("attention_qk_norm", out_dir, record, qk_norm=True)
