@@ -5,7 +5,9 @@ A causal transformer with its q·kᵀ written out (zoo GPT, `attention="explicit
 logits of a head grow from ~5 to ~10³ as the lr ramps, its softmax collapses onto one key, and the
 loss spikes (Wortsman et al. 2023, arXiv 2309.14322, Fig. 1 at small scale). The control differs
 in one setting, qk_norm=True (LayerNorm on queries and keys; Dehghani et al. 2023, arXiv
-2302.05442): the logits stay below ~10 and the loss falls.
+2302.05442): the logits stay below ~10 and the loss falls. The control keeps a baseline snapshot
+every 50 steps (150 in the growth run, whose byte budget goes to its spikes), so the false-alarm
+count has pseudo-spikes to judge (`forensics.analyzer.false_alarms`).
 """
 
 import torch
@@ -35,8 +37,9 @@ def _train(name: str, out_dir, record: bool, qk_norm: bool) -> list[float]:
                      "differs": {"qk_norm": [False, True]}})
             task.update({"peak_lr": PEAK_LR, "warmup": WARMUP})
             rec = recorder(model, opt, fresh_dir(out_dir, name), factory="forensics.zoo.gpt:gpt",
-                           kwargs=kwargs, loss=LOSS, task=task, seed=SEED, ring_size=3, tail=2, context_every=32,
-                           baseline_every=150, max_spikes=2, steps_chunk=1024,
+                           kwargs=kwargs, loss=LOSS, task=task, seed=SEED, ring_size=3, tail=2,
+                           context_every=32,
+                           baseline_every=50 if qk_norm else 150, max_spikes=2, steps_chunk=1024,
                            max_bytes=1_000_000)
         losses = []
         for t in range(STEPS):

@@ -34,6 +34,11 @@ def _additive(mask, bool_means_allowed: bool):
     return mask.float()
 
 
+def _measured_by_hook(module: nn.Module) -> bool:
+    """Whether a module's attention is measured by its own hook (so SDPA calls inside are not)."""
+    return isinstance(module, nn.MultiheadAttention) or getattr(module, "exposes_attention_logits", False)
+
+
 class AttentionTaps:
     """Context manager: while active, every attention of `model` is measured per head.
 
@@ -105,17 +110,16 @@ class AttentionTaps:
                 self._stack.append(name)
                 if isinstance(module, nn.MultiheadAttention):
                     self._mha(name, module, args, kwargs or {})
-                if isinstance(module, nn.MultiheadAttention) or getattr(module, "exposes_attention_logits", False):
-                    self._owned += 1
+                self._owned += _measured_by_hook(module)
             return pre
 
         def pop(name):
             def post(module, args, output):
                 self._stack.pop()
-                if isinstance(module, nn.MultiheadAttention) or getattr(module, "exposes_attention_logits", False):
-                    self._owned -= 1
+                self._owned -= _measured_by_hook(module)
                 if getattr(module, "exposes_attention_logits", False):
-                    self._record(name.rpartition(".")[0] or name, output, bool(getattr(module, "causal", False)), None)
+                    causal = bool(getattr(module, "causal", False))
+                    self._record(name.rpartition(".")[0] or name, output, causal, None)
             return post
 
         try:

@@ -37,6 +37,7 @@ class QKLogits(nn.Module):
     causal = True
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The logits q·kᵀ/√d (B, h, T, T) for q, k (B, h, T, d)."""
         return (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
 
 

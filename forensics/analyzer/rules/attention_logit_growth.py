@@ -91,7 +91,9 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms="",
+    false_alarms=("0 of 5 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
+                  "sample_runs/attention_qk_norm` (the growth run with qk-layernorm: max |q·kᵀ/√d| "
+                  "≤ 10); not yet on other healthy transformer runs; few samples"),
     name=RULE, role="ascent", needs=("attention",), judge=judge, hint=HINT, thresholds=T,
     summary=f"a head's max |q·kᵀ/√d| ≥ {T.min_logit:g} at or before onset and ≥ {T.min_growth:g}× its "
             "first measurement in the pre-spike window; names the layer and head, the growth factor "
@@ -102,7 +104,8 @@ SPEC = Mechanism(
     panel=(Heatmap("max attention logit per layer × head", "attn_logit_max", "max |q·kᵀ/√d|",
                    "layer.head", log=True),
            Lines("the largest attention logit and the lowest head entropy",
-                 {"attn_logit_max": "max |q·kᵀ/√d| (all heads)", "attn_entropy_min": "lowest head entropy (nats)"},
+                 {"attn_logit_max": "max |q·kᵀ/√d| (all heads)",
+                  "attn_entropy_min": "lowest head entropy (nats)"},
                  y_title="logit / nats (log)", log_y=True,
                  limits=(Limit(f"{T.min_logit:g}", T.min_logit),))),
     counterfactuals=("lr=x0.3",),

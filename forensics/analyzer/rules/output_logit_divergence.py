@@ -15,8 +15,6 @@ The recorded per-step columns (`log_z_recorded`) are preferred over snapshot rep
 
 from __future__ import annotations
 
-import math
-
 from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
 from forensics.analyzer.hints import Advice
 from forensics.analyzer.plots import Limit, Lines
@@ -69,7 +67,8 @@ def judge(ev: EvidenceView) -> Finding:
                   "min_negative": T.min_negative, "units": "nats / logit"}
     maxes = f"; max logit {m0[1]:.3g} → {m1[1]:.3g}" if m0 and m1 else ""
     means = f"; mean logit {mean[1]:.3g} at step {mean[0]}" if mean else "; mean logit not measured"
-    what = f"log Z {z0[1]:.3g} at step {z0[0]} → {z1[1]:.3g} at step {z1[0]} (0 for probabilities){maxes}{means}"
+    what = (f"log Z {z0[1]:.3g} at step {z0[0]} → {z1[1]:.3g} at step {z1[0]} (0 for probabilities)"
+            f"{maxes}{means}")
     negative = mean is not None and mean[1] <= -T.min_negative
     if abs(z1[1]) >= T.min_abs_log_z and abs(shift) >= T.min_shift and negative:
         score = min(1.0, 0.6 + 0.4 * min(1.0, abs(shift) / (4 * T.min_shift)))
@@ -84,7 +83,9 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms="",
+    false_alarms=("0 of 5 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
+                  "sample_runs/attention_qk_norm` (the growth run with qk-layernorm: max |q·kᵀ/√d| "
+                  "≤ 10); not yet on other healthy transformer runs; few samples"),
     name=RULE, role="ascent", needs=("logits",), judge=judge, hint=HINT, thresholds=T,
     summary=f"|log Z| ≥ {T.min_abs_log_z:g} nats at or before onset, moved ≥ {T.min_shift:g} nats "
             f"in the pre-spike window, with the mean output logit ≤ −{T.min_negative:g}; log Z and the "
