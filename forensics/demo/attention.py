@@ -13,6 +13,7 @@ count has pseudo-spikes to judge (`forensics.analyzer.false_alarms`).
 import torch
 
 from forensics.demo._common import deterministic, fresh_dir, recorder
+from forensics.record.logit_scalars import AttentionMaxima
 from forensics.zoo.gpt import gpt, next_token_loss, walks
 
 SEED = 0
@@ -42,20 +43,23 @@ def _train(name: str, out_dir, record: bool, qk_norm: bool) -> list[float]:
                            baseline_every=50 if qk_norm else 150, max_spikes=2, steps_chunk=1024,
                            max_bytes=1_000_000)
         losses = []
+        taps = AttentionMaxima(model) if record else None  # per-step attn_logit_max in steps/
         for t in range(STEPS):
             for group in opt.param_groups:
                 group["lr"] = PEAK_LR * min(1.0, (t + 1) / WARMUP)
             rows = data[torch.randint(0, data.shape[0], (BATCH,))]
             x, y = rows[:, :-1], rows[:, 1:]
             opt.zero_grad(set_to_none=False)
-            loss = next_token_loss(model(x), y)
+            logits = model(x)
+            loss = next_token_loss(logits, y)
             loss.backward()
             if rec is not None:
-                rec.observe(loss, {"x": x, "y": y})
+                rec.observe(loss, {"x": x, "y": y}, logits=logits, attention=taps)
             opt.step()
             losses.append(loss.item())
         if rec is not None:
             rec.close()
+            taps.remove()
     return losses
 
 

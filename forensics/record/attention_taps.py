@@ -11,8 +11,10 @@ Works on any `nn.Module`, by three routes, each layer counted once:
   LLaMA-style models in their "sdpa" implementation): q and k are taken from the call, after
   rotary embeddings or qk-norm, and the logits recomputed (grouped-query heads repeated).
 The layer is named by the innermost module running when the attention ran (e.g. `blocks.0`,
-`transformer.h.0.attn`, `layers.0.self_attn`). Not seen: attention written out by hand without a
-marker (e.g. Hugging Face "eager" attention) — `AttentionTaps.layers` is then empty.
+`transformer.h.0.attn`, `layers.0.self_attn`). A Hugging Face model in its "eager" attention is
+switched to its "sdpa" implementation while tapped (`switch_eager=True`, the analyzer's replays:
+the same attention, computed by the kernel the taps see) and switched back on exit. Not seen:
+attention written out by hand without a marker — `AttentionTaps.layers` is then empty.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ class AttentionTaps:
     also when the forward raised.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, switch_eager: bool = False):
         self.model = model
+        self.switch_eager = switch_eager
+        self._switched: list = []  # Hugging Face configs switched from "eager" to "sdpa"
         self.layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stack: list[str] = []
         self._owned = 0  # > 0 while a module measured by its own hook runs
@@ -128,12 +132,26 @@ class AttentionTaps:
                 self._handles.append(module.register_forward_hook(pop(name)))
             self._sdpa = F.scaled_dot_product_attention
             F.scaled_dot_product_attention = self._patched
+            if self.switch_eager:
+                self._switch()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
+    def _switch(self) -> None:
+        """Hugging Face configs in "eager" attention -> "sdpa" (restored by __exit__)."""
+        for module in self.model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "_attn_implementation", None) == "eager" and \
+                    all(config is not c for c in self._switched):
+                config._attn_implementation = "sdpa"
+                self._switched.append(config)
+
     def __exit__(self, *exc) -> None:
+        for config in self._switched:
+            config._attn_implementation = "eager"
+        self._switched.clear()
         if self._sdpa is not None:
             F.scaled_dot_product_attention = self._sdpa
             self._sdpa = None

@@ -4,8 +4,10 @@ At each finite selected step, one forward pass of the replayed model at θ_s on 
 `ATTENTION_TOKENS` tokens of) batch s, with `forensics.record.attention_taps.AttentionTaps`
 watching every attention: the zoo GPT (fused or explicit), `nn.MultiheadAttention` /
 `nn.TransformerEncoderLayer` (logits recomputed from the input projections) and Hugging Face
-models in their "sdpa" attention. Attention-logit growth (Dehghani et al. 2023, arXiv 2302.05442;
-Wortsman et al. 2023, arXiv 2309.14322) is read from these series.
+models (switched from "eager" to their "sdpa" attention for the pass). Attention-logit growth (Dehghani et al. 2023, arXiv 2302.05442;
+Wortsman et al. 2023, arXiv 2309.14322) is read from these series. When the recorder was given
+an `AttentionMaxima` (`forensics.record.logit_scalars`), the `steps/` column `attn_logit_max` is
+read too, at every step from `LOOKBACK` before onset (the trend between snapshots).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import torch
 
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure import Skip
+from forensics.analyzer.measure._steps import column, spike_range
 from forensics.record.attention_taps import AttentionTaps
 
+WITHOUT_SNAPSHOTS = True  # the recorded per-step column alone still shows the trend
 ATTENTION_TOKENS = 4096  # one forward pass over at most this many tokens per step
 
 METRICS = {
@@ -26,6 +30,8 @@ METRICS = {
     "attn_entropy@*": ("nats", "mean attention entropy −Σp log p of one head over the batch's "
                        "queries, `attn_entropy@<layer>.h<head>`"),
     "attn_heads": ("count", "heads measured (all layers)"),
+    "attn_logit_max_recorded": ("logit", "steps/ attn_logit_max: max |q·kᵀ/√d| of the training "
+                                "forward pass, every recorded step (opt-in)"),
 }
 
 
@@ -44,13 +50,19 @@ def per_head(layers: dict) -> dict[str, float]:
 
 
 def measure(ev: Evidence, scene) -> None:
-    """Per-head attention maxima and entropies at each finite selected step."""
+    """The recorded per-step maxima, then per-head maxima and entropies at each finite selected step."""
+    steps, values = column(scene.run, "attn_logit_max", *spike_range(ev.context))
+    for s, v in zip(steps, values, strict=True):
+        if v == v:  # not NaN
+            ev.add(int(s), "attention", "attn_logit_max_recorded", float(v))
+    if scene.replay is None and not scene.window.steps:
+        return
     replay = scene.require_replay()
 
     def at(step):
         params = scene.params(step)
         batch = scene.batch(step, max_tokens=ATTENTION_TOKENS)
-        with torch.no_grad(), AttentionTaps(replay.model) as taps:
+        with torch.no_grad(), AttentionTaps(replay.model, switch_eager=True) as taps:
             replay.outputs(params, batch[replay.input_key])
         if not taps.layers:
             raise Skip("no attention seen in the model's forward pass (neither nn.MultiheadAttention, "

@@ -106,6 +106,7 @@ SPEC = Mechanism(
            Lines("the largest attention logit and the lowest head entropy",
                  {"attn_logit_max": "max |q·kᵀ/√d| (all heads)",
                   "attn_entropy_min": "lowest head entropy (nats)"},
+                 recorded={"attn_logit_max": "max |q·kᵀ/√d| (per step, training pass)"},
                  y_title="logit / nats (log)", log_y=True,
                  limits=(Limit(f"{T.min_logit:g}", T.min_logit),))),
     counterfactuals=("lr=x0.3",),
