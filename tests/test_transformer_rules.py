@@ -157,6 +157,11 @@ def test_the_growth_run_is_attention_logit_growth_and_its_hints_read_beta2():
     assert f["attention_logit_growth"].evidence["logit_onset"] > 50
     assert f["attention_logit_growth"].evidence["entropy_onset"] < 0.5
     assert f["output_logit_divergence"].status == "not_fired"
+    ev = growth.evidence  # the per-step column (training pass) is what the replay measures
+    steps, recorded = ev.series("attn_logit_max_recorded")
+    assert steps.size > 200
+    for step, value in zip(*ev.series("attn_logit_max"), strict=True):
+        assert recorded[steps == step][0] == pytest.approx(value, rel=1e-4), step
     early = by_onset[143]  # the warmup's first spike: the logits had not grown yet
     assert {x.rule: x.status for x in early.findings}["attention_logit_growth"] == "not_fired"
     for spike in result.spikes:  # the run's β₂ is 0.95: no hint says to lower it to 0.95

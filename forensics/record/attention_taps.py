@@ -47,18 +47,24 @@ class AttentionTaps:
     `layers` afterwards: layer name -> (max |logit| per head (h,), mean entropy per head (h,)),
     both float tensors on the CPU (max over repeated calls of a layer, entropy of the last).
     Nothing is kept of the logits themselves. Hooks and the patched function are removed on exit,
-    also when the forward raised.
+    also when the forward raised. `grad_only`: forwards run under `torch.no_grad()` (e.g. the
+    recorder's probe pass) are not counted.
     """
 
-    def __init__(self, model: nn.Module, *, switch_eager: bool = False):
+    def __init__(self, model: nn.Module, *, switch_eager: bool = False, grad_only: bool = False):
         self.model = model
         self.switch_eager = switch_eager
+        self.grad_only = grad_only  # count only forwards run with autograd on (training passes)
         self._switched: list = []  # Hugging Face configs switched from "eager" to "sdpa"
         self.layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stack: list[str] = []
         self._owned = 0  # > 0 while a module measured by its own hook runs
         self._handles: list = []
         self._sdpa = None
+
+    def _off(self) -> bool:
+        """Whether this forward is not counted (`grad_only` and autograd is off)."""
+        return self.grad_only and not torch.is_grad_enabled()
 
     def _record(self, layer: str, logits: torch.Tensor, causal: bool, mask) -> None:
         with torch.no_grad():
@@ -70,7 +76,7 @@ class AttentionTaps:
 
     def _patched(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, **kwargs):
-        if not self._owned and query.dim() == 4:
+        if not self._owned and query.dim() == 4 and not self._off():
             with torch.no_grad():
                 k = key
                 if k.shape[-3] != query.shape[-3]:  # grouped-query attention: repeat the kv heads
@@ -112,7 +118,7 @@ class AttentionTaps:
         def push(name):
             def pre(module, args, kwargs=None):
                 self._stack.append(name)
-                if isinstance(module, nn.MultiheadAttention):
+                if isinstance(module, nn.MultiheadAttention) and not self._off():
                     self._mha(name, module, args, kwargs or {})
                 self._owned += _measured_by_hook(module)
             return pre
@@ -121,7 +127,7 @@ class AttentionTaps:
             def post(module, args, output):
                 self._stack.pop()
                 self._owned -= _measured_by_hook(module)
-                if getattr(module, "exposes_attention_logits", False):
+                if getattr(module, "exposes_attention_logits", False) and not self._off():
                     causal = bool(getattr(module, "causal", False))
                     self._record(name.rpartition(".")[0] or name, output, causal, None)
             return post

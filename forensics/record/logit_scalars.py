@@ -48,11 +48,12 @@ def logit_columns(logits, targets=None, attention: "AttentionMaxima | None" = No
 
 class AttentionMaxima:
     """Persistent attention taps on `model`: `take()` is the largest max |q·kᵀ/√d| over every
-    layer and head since the last `take()` (None when no attention ran). `remove()` (or `with`)
+    layer and head in the forward passes run with autograd on since the last `take()` (the
+    training pass; the recorder's no-grad probe pass is left out), None when none ran. `remove()` (or `with`)
     takes the hooks off and restores `F.scaled_dot_product_attention`."""
 
     def __init__(self, model: torch.nn.Module):
-        self._taps = AttentionTaps(model).__enter__()
+        self._taps = AttentionTaps(model, grad_only=True).__enter__()
 
     def take(self) -> float | None:
         """The maximum since the last call, and start over."""
