@@ -181,3 +181,14 @@ def test_the_qk_norm_control_has_no_spike_and_no_false_alarm():
         f = {x.rule: x for x in findings}
         for rule in ("attention_logit_growth", "output_logit_divergence"):
             assert f[rule].status == "not_fired", f[rule].message
+
+
+def test_default_counterfactuals_leave_out_a_value_the_run_already_uses():
+    from forensics.whatif.defaults import already_used
+
+    assert already_used("beta2=0.95", {"beta2": 0.95})
+    assert not already_used("beta2=0.95", {"beta2": 0.999})
+    assert not already_used("beta2=0.95", {})  # unknown: replay it
+    assert not already_used("eps=x1000", {"eps": 1e-8}) and not already_used("skip_batch=3", {})
+    assert not already_used("lr=hold+clip=0.1", {"lr": 0.1})
+    assert already_used("weight_decay=0.1+beta2=0.95", {"weight_decay": 0.1, "beta2": 0.95})
