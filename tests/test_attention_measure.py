@@ -152,3 +152,15 @@ def test_hf_gpt2_from_a_config_gets_the_measurements():
     got = _stats(model, torch.randint(0, 31, (2, 9)))
     assert len(got) == 2 and all(len(a) == 2 for a, _ in got.values())
     assert all(e[0] == pytest.approx(math.lgamma(10) / 9, rel=2e-2) for _, e in got.values())  # causal
+
+
+def test_z_loss_adds_palm_s_term_over_the_counted_tokens():
+    from forensics.losses import resolve_loss
+    from forensics.zoo.gpt import Z_LOSS_WEIGHT, next_token_loss, next_token_z_loss
+
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0], [50.0, 50.0]]])
+    targets = torch.tensor([[0, 1, -100]])
+    z2 = (math.log(2) ** 2 + math.log(4) ** 2) / 2  # log Z of the two counted tokens
+    got = next_token_z_loss(logits, targets)
+    assert float(got) == pytest.approx(float(next_token_loss(logits, targets)) + Z_LOSS_WEIGHT * z2)
+    assert resolve_loss("forensics.zoo.gpt:next_token_z_loss") is next_token_z_loss  # trusted
