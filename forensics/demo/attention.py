@@ -1,11 +1,12 @@
 """Attention-logit growth, and its qk-layernorm control: a one-layer pre-LN GPT at a high lr.
 
 A causal transformer with its q·kᵀ written out (zoo GPT, `attention="explicit"`), AdamW with
-β₂ = 0.95 and a linear warmup to a high peak lr (0.4) on in-context random walks: the attention
-logits of a head grow from ~5 to ~10³ as the lr ramps, its softmax collapses onto one key, and the
-loss spikes (Wortsman et al. 2023, arXiv 2309.14322, Fig. 1 at small scale). The control differs
-in one setting, qk_norm=True (LayerNorm on queries and keys; Dehghani et al. 2023, arXiv
-2302.05442): the logits stay below ~10 and the loss falls. The control keeps a baseline snapshot
+β₂ = 0.95 and a linear warmup over 300 steps to a high peak lr (0.5) on in-context random walks:
+the largest attention logit stays at 2–13 until step ~240, then grows (153 at step 260, 421 at 300,
+1.6·10³ at 320) as the lr ramps, the head's softmax collapses onto one key, and at step 326 the
+loss leaves (×14 by step 337) (Wortsman et al. 2023, arXiv 2309.14322, Fig. 1 at small scale).
+The control differs in one setting, qk_norm=True (LayerNorm on queries and keys; Dehghani et al. 2023, arXiv
+2302.05442): the logits stay below ~7 and the loss falls. The control keeps a baseline snapshot
 every 50 steps (150 in the growth run, whose byte budget goes to its spikes), so the false-alarm
 count has pseudo-spikes to judge (`forensics.analyzer.false_alarms`).
 """
@@ -20,7 +21,7 @@ SEED = 0
 VOCAB, CONTEXT = 32, 16
 MODEL = {"vocab": VOCAB, "context": CONTEXT, "d_model": 16, "layers": 1, "heads": 2,
          "mlp_ratio": 2, "attention": "explicit"}
-PEAK_LR, WARMUP, BETAS, BATCH, STEPS = 0.4, 200, (0.9, 0.95), 16, 300
+PEAK_LR, WARMUP, BETAS, BATCH, STEPS = 0.5, 300, (0.9, 0.95), 16, 360
 LOSS = "forensics.zoo.gpt:next_token_loss"
 
 

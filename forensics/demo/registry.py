@@ -18,8 +18,8 @@ TRAINERS = {
     "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
     "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),
     "clean_sgd": (sgd.train_clean_sgd, "control: minibatch SGD (bad_batch without the bad batch)"),
-    "attention_logit_growth": (attention.train_growth, "1-layer GPT, AdamW beta2=0.95, warmup to lr 0.4: "
-                               "a head's q.k logits grow ~5 -> ~10^3, the loss spikes"),
+    "attention_logit_growth": (attention.train_growth, "1-layer GPT, AdamW beta2=0.95, warmup to lr 0.5: "
+                               "a head's q.k logits grow ~2 -> ~10^3, the loss leaves"),
     "attention_qk_norm": (attention.train_qk_norm, "control: the same run with qk-layernorm, no spike"),
 }
 

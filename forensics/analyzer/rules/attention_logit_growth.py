@@ -8,7 +8,9 @@ small models at high learning rates and that qk-layernorm removes it).
 
 Fires when, at or before onset, the largest max |q·kᵀ/√d| of any head reached `min_logit` and
 that head's logit grew at least `min_growth`× across the measured pre-spike window (its first
-measurement to its last at or before onset). The message names the layer and head, the growth
+measurement to its last at or before onset; or, when the recorder wrote the per-step column
+`attn_logit_max`, the largest logit of all heads grew that much over the same window). The
+message names the layer and head, the growth
 factor, and the head's attention entropy at onset (a collapse below `max_entropy` raises the
 score). Inconclusive when the model showed no attention to the engine.
 """
@@ -21,6 +23,7 @@ from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
 from forensics.analyzer.hints import Advice
 from forensics.analyzer.measure._steps import LOOKBACK
 from forensics.analyzer.plots import Heatmap, Lines, Limit
+from forensics.analyzer.rules._series import first, last
 from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "attention_logit_growth"
@@ -36,7 +39,7 @@ HINT = (Advice("qk_norm", lambda on: None if on else True, "turn qk-layernorm on
 T = Thresholds(
     min_logit=(50.0, "rationale: at a logit gap of 50 one key outweighs another by e⁵⁰ ≈ 5·10²¹, "
                "the softmax is one-hot in float32; healthy heads of the project's transformer runs "
-               "stay below 30 (qk-norm control ≤ 15, lr 0.03 run ≤ 27), the growth runs of "
+               "stay below 30 (qk-norm control ≤ 8, a 2-layer zoo GPT at lr 0.03 ≤ 27), the growth runs of "
                + WORTSMAN_2023 + " reach 10³–10⁴"),
     min_growth=(4.0, "rationale: growth, not a level: the head's logit at onset at least 4× its "
                 f"first measurement in the window ({WINDOW} steps before onset, as far as the "
@@ -69,34 +72,44 @@ def judge(ev: EvidenceView) -> Finding:
     head, s0, v0, s1, v1 = found
     growth = v1 / v0 if v0 > 0 else math.inf
     entropy = ev.at(f"attn_entropy@{head}", s1)
+    r0 = first(ev, "attn_logit_max_recorded", ctx.onset - WINDOW, ctx.onset)
+    r1 = last(ev, "attn_logit_max_recorded", ctx.onset - WINDOW, ctx.onset)
+    per_step = r1[1] / r0[1] if r0 and r1 and r1[0] > r0[0] and r0[1] > 0 else None
     layer, _, h = head.rpartition(".")
     evidence = {"layer": layer, "head": int(h.lstrip("h")) if h.lstrip("h").isdigit() else h,
                 "logit_first": v0, "first_step": s0, "logit_onset": v1, "onset_step": s1,
-                "growth": growth if math.isfinite(growth) else None, "entropy_onset": entropy}
+                "growth": growth if math.isfinite(growth) else None, "entropy_onset": entropy,
+                "growth_per_step": per_step, "per_step_from": r0[0] if per_step else None}
     thresholds = {"min_logit": T.min_logit, "min_growth": T.min_growth,
                   "max_entropy": T.max_entropy, "units": "logit (q·kᵀ/√d), nats"}
     ent_text = f"{entropy:.3g} nats" if entropy is not None else "not measured"
     what = (f"layer {layer} head {evidence['head']}: max |q·kᵀ/√d| {v0:.3g} at step {s0} → "
             f"{v1:.3g} at step {s1} (×{growth:.3g}); attention entropy at onset {ent_text}")
-    if v1 >= T.min_logit and growth >= T.min_growth and s1 > s0:
+    if per_step is not None:
+        what += (f"; all heads, every step: {r0[1]:.3g} at step {r0[0]} → {r1[1]:.3g} at step "
+                 f"{r1[0]} (×{per_step:.3g})")
+    grew = (growth >= T.min_growth and s1 > s0) or (per_step or 0.0) >= T.min_growth
+    if v1 >= T.min_logit and grew:
         collapsed = entropy is not None and entropy <= T.max_entropy
         score = min(1.0, 0.6 + 0.2 * collapsed + 0.2 * min(1.0, math.log10(max(growth, 1.0)) / 2))
         return Finding(RULE, "fired", score, "attention logits grew: " + what,
                        evidence=evidence, thresholds=thresholds)
     why = (f"below {T.min_logit:g}" if v1 < T.min_logit else
-           f"growth under ×{T.min_growth:g}" if s1 > s0 else "a single measurement, no growth to read")
+           f"growth under ×{T.min_growth:g}" if s1 > s0 or per_step else
+           "a single measurement, no growth to read")
     return Finding(RULE, "not_fired", min(1.0, v1 / T.min_logit) * 0.5,
                    f"no attention-logit growth ({why}): " + what,
                    evidence=evidence, thresholds=thresholds)
 
 
 SPEC = Mechanism(
-    false_alarms=("0 of 5 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
+    false_alarms=("0 of 7 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
                   "sample_runs/attention_qk_norm` (the growth run with qk-layernorm: max |q·kᵀ/√d| "
-                  "≤ 10); not yet on other healthy transformer runs; few samples"),
+                  "≤ 7.1); not yet on other healthy transformer runs; few samples"),
     name=RULE, role="ascent", needs=("attention",), judge=judge, hint=HINT, thresholds=T,
     summary=f"a head's max |q·kᵀ/√d| ≥ {T.min_logit:g} at or before onset and ≥ {T.min_growth:g}× its "
-            "first measurement in the pre-spike window; names the layer and head, the growth factor "
+            "first measurement in the pre-spike window (or the per-step maximum of all heads grew "
+            "that much); names the layer and head, the growth factor "
             f"and the head's attention entropy at onset (≤ {T.max_entropy:g} nats raises the score)",
     badge="red", colour="#ff9896", precedence=16,
     precedence_note="a collapsed attention head explains the ascent by itself; it also raises the "

@@ -83,9 +83,9 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms=("0 of 5 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
+    false_alarms=("0 of 7 pseudo-spikes; measured by `python -m forensics.analyzer.false_alarms "
                   "sample_runs/attention_qk_norm` (the growth run with qk-layernorm: max |q·kᵀ/√d| "
-                  "≤ 10); not yet on other healthy transformer runs; few samples"),
+                  "≤ 7.1); not yet on other healthy transformer runs; few samples"),
     name=RULE, role="ascent", needs=("logits",), judge=judge, hint=HINT, thresholds=T,
     summary=f"|log Z| ≥ {T.min_abs_log_z:g} nats at or before onset, moved ≥ {T.min_shift:g} nats "
             f"in the pre-spike window, with the mean output logit ≤ −{T.min_negative:g}; log Z and the "
