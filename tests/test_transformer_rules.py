@@ -161,8 +161,11 @@ def test_the_growth_run_is_attention_logit_growth_and_its_hints_read_beta2():
     ev = growth.evidence  # the per-step column (training pass) is what the replay measures
     steps, recorded = ev.series("attn_logit_max_recorded")
     assert steps.size > 200
-    for step, value in zip(*ev.series("attn_logit_max"), strict=True):
-        assert recorded[steps == step][0] == pytest.approx(value, rel=1e-4), step
+    replayed = dict(zip(*ev.series("attn_logit_max"), strict=True))
+    both = [s for s in replayed if (steps == s).any()]
+    assert len(both) >= 6
+    for step in both:
+        assert recorded[steps == step][0] == pytest.approx(replayed[step], rel=1e-4), step
     for spike in result.spikes:  # the run's β₂ is 0.95: no hint says to lower it to 0.95
         for x in spike.findings:
             assert "0.95" not in x.hint
@@ -171,9 +174,12 @@ def test_the_growth_run_is_attention_logit_growth_and_its_hints_read_beta2():
 @pytest.mark.skipif(not (CONTROL / "run.json").is_file(), reason="no sample runs")
 def test_the_qk_norm_control_has_no_spike_and_no_false_alarm():
     from forensics.analyzer.false_alarms import pseudo_findings
+    from forensics.analyzer.pipeline import analyze
     from forensics.rundir.reader import open_run
 
-    assert open_run(CONTROL).spikes == []
+    run = open_run(CONTROL)
+    assert run.spikes == []
+    assert analyze(CONTROL, write=False).spikes == []  # the offline re-detection finds none either
     pseudo = pseudo_findings(CONTROL)
     assert len(pseudo) == 7
     for _, findings in pseudo:

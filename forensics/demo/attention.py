@@ -23,6 +23,9 @@ MODEL = {"vocab": VOCAB, "context": CONTEXT, "d_model": 16, "layers": 1, "heads"
          "mlp_ratio": 2, "attention": "explicit"}
 PEAK_LR, WARMUP, BETAS, BATCH, STEPS = 0.5, 300, (0.9, 0.95), 16, 360
 LOSS = "forensics.zoo.gpt:next_token_loss"
+# 48 steps of history before the detector judges: the minibatch loss of the first ~40 steps is
+# still falling fast and noisy (the offline re-detection of the control flags step 32 with 16)
+DETECTOR = {"preset": "robust", "min_history": 48}
 
 
 def _train(name: str, out_dir, record: bool, qk_norm: bool) -> list[float]:
@@ -42,7 +45,7 @@ def _train(name: str, out_dir, record: bool, qk_norm: bool) -> list[float]:
                            kwargs=kwargs, loss=LOSS, task=task, seed=SEED, ring_size=3, tail=2,
                            context_every=32,
                            baseline_every=50 if qk_norm else 150, max_spikes=2, steps_chunk=1024,
-                           max_bytes=1_000_000)
+                           max_bytes=1_000_000, detector=DETECTOR)
         losses = []
         taps = AttentionMaxima(model) if record else None  # per-step attn_logit_max in steps/
         for t in range(STEPS):
