@@ -98,6 +98,7 @@ def test_run_start_with_trained_weights_and_empty_state(ratio, counter, status):
     assert f.status == status, f.message
     if status == "fired":
         assert "trained weights" in f.message and "load the optimizer state" in f.hint
+        assert f.message.startswith("optimizer state reset at step 0, the run's start")
 
 
 def test_run_start_far_before_onset_does_not_fire():
@@ -127,7 +128,7 @@ def test_lr_jump_fires_with_old_and_new_value_and_step():
     assert f.status == "fired"
     assert f.evidence["step"] == 600 and f.evidence["hparam"] == "lr"
     assert f.evidence["factor"] == pytest.approx(25, rel=0.01)
-    assert "jumped ×25 at step 600 (0.004 → 0.1)" in f.message
+    assert "learning rate jumped ×25 at step 600 (0.004 → 0.1)" in f.message
     assert "at 0.004" in f.hint and "0.1" in f.hint  # the old value, not the one in force
 
 
@@ -156,6 +157,19 @@ def test_beta2_change_of_another_group_seen_between_snapshots():
     f = judge("hyperparameter_jump", ev)
     assert f.status == "fired" and f.evidence["hparam"] == "beta2" and f.evidence["group"] == 1
     assert "between steps 100 and 116" in f.message and f.evidence["factor"] == pytest.approx(50)
+
+
+@pytest.mark.parametrize("scheduled, source", [(1.0, "(schedule, 0.004 → 0.1)"),
+                                               (0.0, "(set directly, 0.004 → 0.1)"),
+                                               (None, "(0.004 → 0.1)")])
+def test_lr_jump_names_its_source_when_a_scheduler_drives_the_group(scheduled, source):
+    ev = Evidence(ctx(onset=603, peak=609, end=612, optimizer="sgd"))
+    lrs(ev, range(590, 610), [0.004 if s < 600 else 0.1 for s in range(590, 610)])
+    if scheduled is not None:
+        ev.add(603, "hyperparams", "lr_scheduled@g0", scheduled)
+    f = judge("hyperparameter_jump", ev)
+    assert f.status == "fired" and f"learning rate jumped ×25 at step 600 {source}" in f.message, f.message
+    assert f.evidence["source"] == {1.0: "schedule", 0.0: "set directly", None: None}[scheduled]
 
 
 def test_no_hyperparameters_recorded_is_inconclusive():
@@ -253,3 +267,42 @@ def test_the_reset_step_is_found_from_the_counter_whatever_the_empty_state_reads
     if reset is not None:
         assert ev.at("counter_before_reset", reset) == 500 and ev.at("counter_after_reset", reset) == 1
         assert ev.at("update_norm_jump", reset) == pytest.approx(0.8 / 0.045)
+
+
+# ------------------------------------------------------------------ numerical: float16 overflow
+
+def fp16_evidence(scale):
+    ev = Evidence(ctx(onset=170, peak=234, end=270, nonfinite=True))
+    for s in range(160, 200):
+        ev.add(s, "numerical", "amp_skipped", float(s in (174, 176)))
+        ev.add(s, "numerical", "loss_scale", scale if s <= 174 else scale / 2)
+    ev.add(174, "numerical", "nonfinite_loss", 1.0)
+    ev.add(174, "numerical", "nonfinite_grad", 12)
+    ev.add(0, "numerical", "nonfinite_grad_skipped", 99)  # a calibration skip: not the origin
+    ev.add_many(170, "numerical", {"amp_calibration_skips": 16, "amp_first_ok": 16})
+    ev.add(173, "numerical", "fp16_max_output", 6.4e4)
+    ev.add_many(174, "numerical", {"fp16_max_output": 6.64e4, "fp16_overflow@4": 6.64e4,
+                                   "fp16_overflow_modules": 1, "fp16_output_layer": 1.0})
+    return ev
+
+
+@pytest.mark.parametrize("scale, floor_words", [(2.0**-8, "at or below its floor 1"),
+                                                (2.0**12, "above its floor 1")])
+def test_float16_overflow_names_module_step_margin_and_scale(scale, floor_words):
+    f = judge("numerical", fp16_evidence(scale))
+    assert f.status == "fired" and f.evidence["first_step"] == 174
+    fp16 = f.evidence["fp16_overflow"]
+    assert (fp16["module"], fp16["step"], fp16["output_layer"]) == ("4", 174, True)
+    assert fp16["scale_at_floor"] == (scale <= 1) and fp16["loss_scale"] == scale
+    assert f.message.startswith("float16 overflow in the activations of module `4` "
+                                "(the model's output layer)")
+    assert "6.64e+04 > 65504" in f.message and "step 173" in f.message and floor_words in f.message
+    assert "16 calibration skip(s) (steps up to 15)" in f.message
+
+
+def test_nonfinite_gradients_of_ordinary_scaler_skips_alone_do_not_fire():
+    ev = Evidence(ctx(onset=170, peak=171, end=175))
+    ev.add(0, "numerical", "nonfinite_grad_skipped", 99)
+    ev.add(171, "numerical", "nonfinite_grad", 0)
+    ev.add(171, "numerical", "nonfinite_loss", 0.0)
+    assert judge("numerical", ev).status == "not_fired"

@@ -169,9 +169,35 @@ def test_scheduler_jumping_the_lr_x25_is_named_with_old_new_and_step(tmp_path, m
     assert f.evidence["step"] == k and f.evidence["hparam"] == "lr"
     assert f.evidence["factor"] == pytest.approx(1 / schedule(k - 1), rel=1e-6)
     assert f.evidence["new"] == pytest.approx(0.1)
-    assert f"at step {k}" in f.message
+    assert f"learning rate jumped ×{f.evidence['factor']:.3g} at step {k} (schedule, " in f.message
     assert all(s.verdict != "hyperparameter_jump" for s in result.spikes if s.context.onset < k)
     assert drawn(monkeypatch, after[0], "hyperparameter_jump") == 1
+
+
+def test_a_change_between_snapshots_is_located_to_its_step_from_steps_param_groups(tmp_path):
+    """β₂ of the second param group edited at step K, which no snapshot holds: steps/ param_groups
+    (one JSON list per step) locate it to K, with old and new value; nothing fires before it."""
+    k = 173
+    model = mlp(32)
+    opt = torch.optim.Adam([{"params": model[0].parameters()},
+                            {"params": list(model[2].parameters()) + list(model[4].parameters())}], lr=1e-3)
+
+    def edit(t):
+        if t == k:
+            opt.param_groups[1]["betas"] = (0.9, 0.9)
+
+    rec = Recorder(model, opt, tmp_path / "run", loss="mse")
+    train(model, opt, regression(k + 40), rec, before_step=edit)
+    rec.close()
+    run = open_run(tmp_path / "run")
+    assert k not in {i.step for i in run.snapshots}
+    f = pretend(run, k + 5, k + 7, rules=("hyperparameter_jump",))["hyperparameter_jump"]
+    assert f.fired, f.message
+    got = (f.evidence["hparam"], f.evidence["group"], f.evidence["step"], f.evidence["since"])
+    assert got == ("beta2", 1, k, k - 1)
+    assert (f.evidence["old"], f.evidence["new"]) == (0.999, 0.9)
+    assert f"β₂ of param group 1 jumped (1 − β₂ ×100) at step {k} (0.999 → 0.9)" in f.message
+    assert not pretend(run, k - 2, k, rules=("hyperparameter_jump",))["hyperparameter_jump"].fired
 
 
 # ------------------------------------------------------------------ short_batch
@@ -207,6 +233,39 @@ def test_last_partial_batch_of_each_epoch_is_named_with_size_and_period(tmp_path
     assert drawn(monkeypatch, result.spikes[0], "short_batch") == 1
 
 
+def test_short_batch_spikes_past_the_snapshot_budget_are_judged_from_steps(tmp_path):
+    """With room for the snapshots of 2 spikes only, the later epochs' spikes have no onset
+    snapshot: their batch size and the period still come from steps/ batch_rows."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 12 + 3, 8, generator=g)
+    y = torch.sin(x @ torch.randn(8, 1, generator=g) * 0.5)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True,
+                                         drop_last=False, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+    rec = Recorder(model, opt, tmp_path / "run", loss="mse", probe=None, max_spikes=2)
+    for _ in range(12):
+        for xb, yb in loader:
+            opt.zero_grad()
+            out = model(xb)
+            loss = ((out - yb) ** 2).sum() / out.shape[0] ** 2 * 32
+            loss.backward()
+            rec.observe(loss, {"x": xb, "y": yb})
+            opt.step()
+    rec.close()
+    run = open_run(tmp_path / "run")
+    captured = {i.step for i in run.snapshots}
+    result = pipeline.analyze(tmp_path / "run", model=model)
+    late = [s for s in result.spikes if s.context.onset not in captured]
+    assert len(late) >= 3, verdicts(result)
+    for spike in late:
+        assert spike.verdict == "short_batch", spike.verdict_message
+        f = next(f for f in spike.findings if f.rule == "short_batch")
+        assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)
+        assert f.evidence["short_batches"] == 12  # every epoch's, not only the captured ones
+
+
 # ------------------------------------------------------------------ control
 
 @pytest.mark.parametrize("name", CLEAN)
@@ -220,7 +279,7 @@ def test_no_false_alarm_on_the_clean_sample_runs(name, tmp_path):
     onsets = sorted(set(steps[::5]) | {i.step for i in run.snapshots})
     fired = []
     for onset in onsets:
-        for rule, f in pretend(run, onset, onset + 2).items():
+        for rule, f in pretend(run, onset, onset + 2, rules=EVERYDAY + ("numerical",)).items():
             assert f.status != "inconclusive" or rule != "hyperparameter_jump", (onset, f.message)
             if f.fired:
                 fired.append((onset, rule, f.message))
@@ -256,7 +315,9 @@ def test_last_partial_batch_through_the_lightning_callback(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=False,
                                          generator=torch.Generator().manual_seed(2))
     module = Module()
-    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net", probe=None)
+    # one spike per epoch (30): a snapshot budget for each, so none is left not_analyzed
+    callback = SpikeForensicsCallback(str(tmp_path / "run"), loss=loss_fn, module="net", probe=None,
+                                      max_spikes=40)
     quiet = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=30, logger=False,
                                 callbacks=[callback],
@@ -267,6 +328,65 @@ def test_last_partial_batch_through_the_lightning_callback(tmp_path):
     result = pipeline.analyze(tmp_path / "run", model=module.net)
     assert result.spikes
     for spike in result.spikes:
+        assert spike.verdict == "short_batch", (verdicts(result), spike.verdict_message)
+        f = next(f for f in spike.findings if f.rule == "short_batch")
+        assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)
+
+
+def test_last_partial_batch_through_the_hugging_face_callback(tmp_path):
+    """The same kind through the Hugging Face Trainer callback: a plain torch module whose forward
+    returns {"loss": ...} (normalised by B twice), the Trainer's own shuffled loader with
+    drop_last=False, 13 steps per epoch."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import warnings
+
+    from forensics.integrations.huggingface import SpikeForensicsTrainerCallback
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+
+        def forward(self, x, y):
+            out = self.net(x)
+            return {"loss": ((out - y) ** 2).sum() / out.shape[0] ** 2 * 32, "logits": out}
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self):
+            g = torch.Generator().manual_seed(1)
+            self.x = torch.randn(32 * 12 + 3, 8, generator=g)
+            self.y = torch.sin(self.x @ torch.randn(8, 1, generator=g) * 0.5)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "y": self.y[i]}
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=32, num_train_epochs=20,
+        lr_scheduler_type="constant", max_grad_norm=0.0, logging_strategy="no", save_strategy="no",
+        report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    callback = SpikeForensicsTrainerCallback(tmp_path / "run", batch_keys=("x", "y"), loss="mse",
+                                             model_factory=None, probe=None)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), optimizers=(opt, None),
+                                   callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    run = open_run(tmp_path / "run")
+    rows = dict(zip(run.steps.column("step").to_pylist(), run.steps.column("batch_rows").to_pylist(),
+                    strict=True))
+    short = sorted(s for s, r in rows.items() if r == 3)
+    assert short == list(range(12, 20 * 13, 13))  # the Trainer's last batch of each epoch
+    result = pipeline.analyze(tmp_path / "run", mechanisms=["short_batch", "data", "numerical"])
+    epoch_spikes = [s for s in result.spikes if s.context.onset in short or s.context.onset - 1 in short]
+    assert len(epoch_spikes) >= 5, verdicts(result)
+    for spike in epoch_spikes:
         assert spike.verdict == "short_batch", (verdicts(result), spike.verdict_message)
         f = next(f for f in spike.findings if f.rule == "short_batch")
         assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)

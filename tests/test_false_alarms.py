@@ -19,4 +19,5 @@ def test_no_rule_fires_at_pseudo_spikes_of_the_clean_runs():
     fired = [(n, s, f.rule, f.message) for n, s, f in pseudo if f.fired]
     assert not fired, fired
     judged = {f.rule for _, _, f in pseudo if f.status != "inconclusive"}
-    assert {"numerical", "sharpness", "catapult"} <= judged
+    assert {"numerical", "sharpness", "catapult", "optimizer_state_reset", "hyperparameter_jump",
+            "short_batch"} <= judged

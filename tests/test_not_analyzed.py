@@ -120,3 +120,50 @@ def test_reimport_problem_names_losses_another_process_cannot_import():
     assert "local" in reimport_problem(local)
     assert "does not resolve" in reimport_problem("torch.nn.functional:no_such_loss")
     assert "loss_fn=" in reimport_problem(local)
+
+
+def _truncate_chunk(run_dir: Path, index: int) -> Path:
+    chunk = sorted((run_dir / "steps").glob("*.parquet"))[index]
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    return chunk
+
+
+def test_steps_gap_bounds_come_from_the_readable_neighbours(tmp_path):
+    from forensics.rundir.reader import open_run
+
+    run_dir, _ = _copy(tmp_path, "adam_beta2_lag")
+    chunks = sorted((run_dir / "steps").glob("*.parquet"))
+    import pyarrow.parquet as pq
+    first = [pq.read_table(p).column("step")[0].as_py() for p in chunks]
+    last = [pq.read_table(p).column("step")[-1].as_py() for p in chunks]
+    _truncate_chunk(run_dir, 1)
+    run = open_run(run_dir)
+    (gap,) = run.steps_gaps
+    assert (gap.after, gap.before) == (last[0], first[2]) and gap.path == chunks[1]
+    assert gap.overlaps(first[1], first[1]) and not gap.overlaps(None, last[0])
+    assert not gap.overlaps(first[2], None)
+
+
+def test_an_unreadable_steps_chunk_in_the_spike_window_is_not_analyzed_naming_it(tmp_path):
+    # control: a chunk far before the spike's look-back is lost; the verdict stands
+    far, _ = _copy(tmp_path / "far", "adam_beta2_lag")
+    _truncate_chunk(far, 0)
+    assert analyze(far).spikes[0].verdict == "adam_beta2_lag"
+    # the chunk holding the spike's steps is lost: history rules could not look
+    near, _ = _copy(tmp_path / "near", "adam_beta2_lag")
+    chunk = _truncate_chunk(near, -1)
+    spike = analyze(near).spikes[0]
+    assert spike.verdict == "not_analyzed", spike.verdict_message
+    assert "unreadable" in spike.verdict_message and chunk.name in spike.verdict_message
+    r = runner.invoke(cli.app, ["analyze", str(near), "--device", "cpu"])
+    assert r.exit_code == 4, r.output
+    assert chunk.name in r.stderr
+
+
+def test_a_chosen_subset_names_the_rules_it_did_not_judge(tmp_path):
+    run_dir, _ = _copy(tmp_path)
+    spike = analyze(run_dir, mechanisms=["low_frequency"]).spikes[0]
+    assert spike.verdict == "unexplained"
+    assert "not judged" in spike.verdict_message and "data" in spike.verdict_message
+    spike = analyze(run_dir, mechanisms=["data"]).spikes[0]
+    assert spike.verdict == "data"  # control: the rule that explains it was chosen

@@ -173,15 +173,19 @@ def test_every_epochs_short_batch_through_the_lightning_callback(tmp_path):
 
 # ------------------------------------------------------------------ float16 with a GradScaler
 
-@pytest.mark.parametrize("observe_first", [True, False])
-def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_first):
+@pytest.mark.parametrize("observe_first, pass_scaler",
+                         [(True, True), (False, True), (True, False), (False, False)])
+def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_first, pass_scaler):
     """float16 autocast on CPU; at steps 5..7 the gradients overflow (inf) so the scaler skips
-    `optimizer.step()`: those loop steps are still rows, marked, with the halving loss scale."""
+    `optimizer.step()`: those loop steps are still rows, marked, with the halving loss scale;
+    with `scaler=` and without it (found when `GradScaler.step` is called with the optimizer)."""
+    original = torch.amp.GradScaler.step
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     overflow = {5, 6, 7}
-    with Recorder(model, opt, tmp_path / "run", scaler=scaler, probe=None) as rec:
+    given = {"scaler": scaler} if pass_scaler else {}
+    with Recorder(model, opt, tmp_path / "run", probe=None, **given) as rec:
         for t, (x, y) in enumerate(batches([8] * 12)):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.float16):
@@ -195,12 +199,36 @@ def test_every_loop_step_is_recorded_when_the_scaler_skips(tmp_path, observe_fir
                 rec.observe(loss, {"x": x, "y": y})
         assert rec.step == 12
     assert "step" not in scaler.__dict__  # the scaler's own step is back after close
+    assert torch.amp.GradScaler.step is original  # and GradScaler's
     rows = steps_table(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(12))
     assert [t for t, r in enumerate(rows) if r["amp_skipped"]] == sorted(overflow)
     assert [r["loss_scale"] for r in rows[4:9]] == [2.0**10, 2.0**10, 2.0**9, 2.0**8, 2.0**7]
     assert [r["optimizer_step"] for r in rows[3:10]] == [3, 4, 5, 5, 5, 5, 6]  # no update when skipped
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_a_scaler_of_another_optimizer_is_left_alone(tmp_path):
+    """Found automatically, but only for the recorder's own optimizer: a second model's scaler
+    steps (and skips) without adding rows, and two recorders each count their own steps."""
+    model, other = mlp(), mlp(1)
+    opt, opt2 = torch.optim.SGD(model.parameters(), lr=0.01), torch.optim.SGD(other.parameters(), lr=0.01)
+    scaler, scaler2 = torch.amp.GradScaler("cpu", init_scale=4.0), torch.amp.GradScaler("cpu", init_scale=4.0)
+    with Recorder(model, opt, tmp_path / "a", probe=None) as rec, \
+            Recorder(other, opt2, tmp_path / "b", probe=None) as rec2:
+        for t, (x, y) in enumerate(batches([4] * 6)):
+            for net, o, sc, r, bad in ((model, opt, scaler, rec, t == 2),
+                                       (other, opt2, scaler2, rec2, t in (1, 4))):
+                o.zero_grad()
+                loss = F.mse_loss(net(x), y)
+                sc.scale(loss * (math.inf if bad else 1.0)).backward()
+                r.observe(loss, {"x": x, "y": y})
+                sc.step(o)
+                sc.update()
+    a, b = steps_table(tmp_path / "a"), steps_table(tmp_path / "b")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(6))
+    assert [r["step"] for r in a if r["amp_skipped"]] == [2]
+    assert [r["step"] for r in b if r["amp_skipped"]] == [1, 4]
 
 
 def test_without_a_scaler_the_amp_columns_are_null(tmp_path):
@@ -302,3 +330,39 @@ def test_detector_short_batch_trigger_known_answer():
         opened += [(e["step"], e["rule"]) for e in det.update(t, loss, probe=0.5, rows=rows)
                    if e["type"] == "spike_open"]
     assert opened == [(25, "short"), (38, "short")]
+
+
+def test_a_later_wrapper_of_gradscaler_step_keeps_working_after_close(tmp_path):
+    """Another library wraps GradScaler.step while a recorder watches: after close the chain still
+    reaches torch's step (no recursion), and a new recorder still finds skipped steps."""
+    original = torch.amp.GradScaler.step
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = []
+    rec = Recorder(model, opt, tmp_path / "a", probe=None)
+    inner = torch.amp.GradScaler.step
+
+    def wrapper(self, optimizer, *a, **k):
+        calls.append(1)
+        return inner(self, optimizer, *a, **k)
+
+    torch.amp.GradScaler.step = wrapper
+    try:
+        rec.close()
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        for run, bad_at in (("b", 1), (None, None)):
+            r = Recorder(model, opt, tmp_path / run, probe=None) if run else None
+            for t, (x, y) in enumerate(batches([4] * 3)):
+                opt.zero_grad()
+                loss = F.mse_loss(model(x), y)
+                scaler.scale(loss * (math.inf if t == bad_at else 1.0)).backward()
+                if r is not None:
+                    r.observe(loss, {"x": x, "y": y})
+                scaler.step(opt)
+                scaler.update()
+            if r is not None:
+                r.close()
+        assert len(calls) == 6
+        assert [row["step"] for row in steps_table(tmp_path / "b") if row["amp_skipped"]] == [1]
+    finally:
+        torch.amp.GradScaler.step = original

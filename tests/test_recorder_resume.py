@@ -99,6 +99,7 @@ def test_resume_replays_rows_the_state_file_missed(tmp_path):
     (run / "detector.json").write_text(json.dumps({"step": 47, "detector": det.state_dict()}))
     with Recorder(model, opt, run, baseline_every=0, resume=True) as rec:
         assert rec.detector.channels["loss"].count == 100
+        assert rec.detector.rows.counts == {64: 52}  # steps 48..99 replayed with their batch sizes
 
 
 def test_sql_spikes_view_agrees_with_the_spikes_builder(tmp_path):

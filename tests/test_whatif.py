@@ -248,3 +248,22 @@ def test_a_live_model_is_copied_not_changed(tmp_path):
     result = whatif(run, 0, ["lr=x0.5"], model=live)
     assert result.reproduced
     assert all(torch.equal(a, b) for a, b in zip(before, live.parameters(), strict=True))
+
+
+def test_a_corrupt_snapshot_in_the_window_is_named_with_exit_3(tmp_path):
+    from typer.testing import CliRunner
+
+    from forensics import cli
+    from forensics.rundir.format import CorruptFileError, snapshot_name
+
+    run = _record(tmp_path / "run", _data())
+    peak = run.spikes[0].peak
+    broken = tmp_path / "run" / "snapshots" / snapshot_name(peak)
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(CorruptFileError) as e:
+        whatif(open_run(tmp_path / "run"), 0, ["skip_batch=70"])
+    assert e.value.path == broken and "unreadable" in str(e.value)
+    r = CliRunner().invoke(cli.app, ["whatif", str(tmp_path / "run"), "--spike", "0", "--change",
+                                     "skip_batch=70", "--no-save"])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith(f"error: {broken}: unreadable")

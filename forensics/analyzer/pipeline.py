@@ -217,11 +217,11 @@ def _measure_from_steps(ev: Evidence, run: Run, engines) -> None:
     """Without snapshots, the engines that can measure from steps/ alone still run."""
     scene = Scene(run=run, context=ev.context, window=select([], onset=0, peak=0, end=None),
                   replay=None, replay_error="", settings=None, device=torch.device("cpu"))
-    for engine in engines:
-        if getattr(ENGINES[engine], "WITHOUT_SNAPSHOTS", False):
-            ev.skipped.pop(engine, None)
-            ev.failed.pop(engine, None)
-            ENGINES[engine].measure(ev, scene)
+    chosen = [e for e in engines if getattr(ENGINES[e], "WITHOUT_SNAPSHOTS", False)]
+    for engine in chosen:
+        ev.skipped.pop(engine, None)
+        ev.failed.pop(engine, None)
+    _measure(ev, scene, chosen, None)
 
 
 def _judge(spec, ev: Evidence) -> Finding:

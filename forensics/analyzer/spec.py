@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from forensics.analyzer.evidence import inconclusive
 from forensics.analyzer.hints import Advice, render
 
 ROLES = ("ascent", "descent", "aftermath")
@@ -162,12 +163,23 @@ class Mechanism:
 
     def run(self, ev):
         """Judge `ev` through the view of the engines this rule needs (its Finding); a fired
-        finding carries the hint said for this run (`advise`)."""
+        finding carries the hint said for this run (`advise`).
+
+        A rule left without any evidence because every engine it needs produced nothing and
+        one of them failed (`Evidence.failed`) is inconclusive with that failure as its reason,
+        whatever it concluded from the empty evidence: it could not look, so it found nothing
+        only in appearance (the verdict then reads `not_analyzed`)."""
         finding = self.judge(ev.view(self.needs))
-        if finding.fired and isinstance(self.hint, tuple):
-            finding.hint = self.advise(getattr(ev.context, "hparams", None) or {})
-        elif finding.fired and not finding.hint:
-            finding.hint = self.hint
+        if finding.fired:
+            if isinstance(self.hint, tuple):
+                finding.hint = self.advise(getattr(ev.context, "hparams", None) or {})
+            elif not finding.hint:
+                finding.hint = self.hint
+            return finding
+        measured = {row[1] for row in ev.rows}
+        lost = [e for e in self.needs if e in ev.failed]
+        if lost and not measured.intersection(self.needs):
+            return inconclusive(self.name, ev.failed[lost[0]])
         return finding
 
     def advise(self, hparams: dict) -> str:

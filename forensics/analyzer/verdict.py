@@ -38,6 +38,11 @@ def choose_verdict(findings: list[Finding], evidence: Evidence,
         blocked = _blocked(findings, evidence, specs, None)
         if blocked:
             return NOT_ANALYZED, 0.0, blocked
+        unjudged = [name for name, spec in specs.items()
+                    if spec.is_verdict and name not in {f.rule for f in findings}]
+        if unjudged:  # a chosen subset (--mechanisms): say what was never asked
+            return UNEXPLAINED, 0.0, (f"none of the chosen rules explains the ascent; not judged: "
+                                      f"{', '.join(unjudged)}")
         return UNEXPLAINED, 0.0, "no rule explains the ascent"
     top = min(specs[f.rule].precedence for f in fired)
     peers = [f for f in fired if specs[f.rule].precedence == top]

@@ -33,8 +33,11 @@ def analyze(
     runs: List[Path] = typer.Argument(..., help="run directories, or folders of runs"),
     device: Optional[str] = typer.Option(None, "--device",
                                          help="cpu, cuda, cuda:1 (default: cuda if present)"),
-    mechanisms: Optional[str] = typer.Option(None, "--mechanisms",
-                                             help="comma-separated subset, e.g. sharpness,catapult"),
+    mechanisms: Optional[str] = typer.Option(
+        None, "--mechanisms",
+        help="comma-separated subset of rules, e.g. sharpness,catapult; only rules of role 'ascent' give "
+             "a verdict (docs/analysis.md lists the roles), and a spike that none of the chosen "
+             "explains names the ascent rules not judged"),
     allow_import: bool = typer.Option(False, "--allow-import",
                                       help="allow importing the model factory / loss named in run.json"),
 ):
@@ -82,14 +85,15 @@ def analyze(
                 failed += 1
                 continue
             verdicts = ", ".join(s.verdict for s in result.spikes) or "no spikes"
+            label = path.name if result.run_id == path.name else f"{path.name} (run_id {result.run_id})"
             bar.update(task, description=f"{path.name}: {len(result.spikes)} spike(s)", completed=1, total=1)
-            typer.echo(f"{result.run_id}: {len(result.spikes)} spike(s) analyzed: {verdicts}")
+            typer.echo(f"{label}: {len(result.spikes)} spike(s) analyzed: {verdicts}")
             for note in result.notes:
-                typer.echo(f"note: {result.run_id}: {note}", err=True)
+                typer.echo(f"note: {label}: {note}", err=True)
             for s in result.spikes:
                 if s.verdict == NOT_ANALYZED:
                     not_analyzed += 1
-                    typer.echo(f"not analyzed: {result.run_id} spike {s.context.spike_id}: "
+                    typer.echo(f"not analyzed: {label} spike {s.context.spike_id}: "
                                f"{_one_line(s.verdict_message)}", err=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)

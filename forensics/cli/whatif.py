@@ -38,7 +38,8 @@ def whatif(
     recorded_peak_ratio, spike_gone, recover_steps, losses}], ...}.
 
     Exit codes: 0 = the replay reproduced the recording; 2 = usage error (no such run or spike, a change
-    that does not parse or apply, nothing to replay); 3 = the spike does not reproduce from its snapshot.
+    that does not parse or apply, nothing to replay); 3 = the spike does not reproduce from its snapshot,
+    or a file of the run it needs is unreadable (named).
     """
     from forensics.rundir.format import RunFormatError
     from forensics.rundir.jsonsafe import dumps
@@ -50,8 +51,10 @@ def whatif(
     dev = _check_device(device)
     try:
         result = run_whatif(open_run(run), spike, change or None, device=dev, allow_import=allow_import)
-    except (KeyError, ValueError, PermissionError, RunFormatError, OSError) as e:
-        _fail(f"{run}: {_one_line(e).strip(chr(39))}")
+    except RunFormatError as e:  # a file of the run is unreadable: named, its own exit code
+        _fail(_named(run, e), EXIT_PARTIAL)
+    except (KeyError, ValueError, PermissionError, OSError) as e:
+        _fail(_named(run, e))
     if save:
         try:
             store.save(run, result)
@@ -71,3 +74,9 @@ def whatif(
         for note in result.notes:
             typer.echo(f"note: {note}", err=True)
     raise typer.Exit(EXIT_OK if result.reproduced else EXIT_PARTIAL)
+
+
+def _named(run: Path, exc: BaseException) -> str:
+    """The error's one line, prefixed by the run's path unless it already names it."""
+    text = _one_line(exc).strip(chr(39))
+    return text if text.startswith(str(run)) else f"{run}: {text}"

@@ -5,9 +5,17 @@ normalised by the batch size twice, has a loss several times the others' while t
 not move: the probe stays quiet, yet it is a spike users see once per epoch. The detector opens a
 spike on such a step when its loss is a spike by the loss channel's rule and its batch has at most
 `SHORT_SHARE` of the usual rows.
+
+A loss whose scale depends on the batch size makes every short batch's loss large: once the short
+batches seen before (at least SHORT_SEEN) had a median loss of at least `level` x the loss window's
+median, the kind is established and each later short batch whose loss tops `level` x that median is
+a spike too, even below the single-batch rule (`ShortHistory`). A correctly normalised loss (a
+3-sample mean is only noisier) has short-batch ratios about 1 and never establishes it.
 """
 
 from __future__ import annotations
+
+import statistics
 
 SHORT_SHARE = 0.5  # a batch with at most this share of the usual rows is short
 MIN_SEEN = 4  # batches seen before a usual size exists
@@ -48,4 +56,31 @@ class UsualRows:
         self.counts = {int(k): int(v) for k, v in (d or {}).items()}
 
 
-__all__ = ["SHORT_SHARE", "UsualRows"]
+SHORT_SEEN = 2  # short batches seen before their losses, as a population, can establish the kind
+SHORT_KEEP = 32  # ratios kept
+
+
+class ShortHistory:
+    """The ratios (loss / loss window median) of the short batches seen so far."""
+
+    def __init__(self):
+        self.ratios: list[float] = []
+
+    def established(self, level: float) -> bool:
+        """Whether the short batches seen so far had a median ratio of at least `level`."""
+        return len(self.ratios) >= SHORT_SEEN and statistics.median(self.ratios) >= level
+
+    def push(self, ratio: float) -> None:
+        """Add one short batch's ratio (the last SHORT_KEEP are kept)."""
+        self.ratios = (self.ratios + [ratio])[-SHORT_KEEP:]
+
+    def state_dict(self) -> list:
+        """The ratios, JSON-able."""
+        return list(self.ratios)
+
+    def load_state_dict(self, d) -> None:
+        """Restore `state_dict`'s output (None: none seen)."""
+        self.ratios = [float(x) for x in (d or [])]
+
+
+__all__ = ["SHORT_SEEN", "SHORT_SHARE", "ShortHistory", "UsualRows"]

@@ -36,10 +36,13 @@ class DetectorConfig:
         close_z: see close_ratio.
         mad_floor: floor on the robust spread (1.4826 MAD of log L): a smooth loss is not
             "infinitely quiet".
-        warmup_ratio: before `min_history` values exist, a value above warmup_ratio x the lowest
-            value seen so far opens a spike (0 turns the warm-up rule off). The trade-off: from step
-            1 on, only jumps >= warmup_ratio are seen (a 3x spike in the first steps is not), and a
-            run whose loss legitimately rises that much above its lowest early value is flagged.
+        warmup_ratio: before `min_history` values exist, the running-minimum rule of
+            forensics.record.warmup: a noisy series opens a spike above warmup_ratio x its median
+            (x the square of its own largest step-to-step change, if larger) for 3 values in a
+            row; a smooth one above min(2, warmup_ratio) x its lowest value (a doubling, the
+            truth's definition of a spike in bench/detection.py); 0 turns the rule off. The
+            trade-off: a smooth loss that legitimately doubles above its lowest early value is
+            flagged, and a noisy loss's early spike must tower over its scatter.
         merge_gap: an episode stays open this many steps after its recovery; a re-trigger inside
             it is a sub-peak of the same episode (ringing, echoes), not a new spike. 0: no merging.
         batch_ratio: signal="auto" with a probe: the training loss still opens a spike when its rule
@@ -47,7 +50,9 @@ class DetectorConfig:
             batch); ordinary minibatch noise, however heavy-tailed, stays below that. 0: never.
         objective_ratio, objective_window: signal="auto" watches the probe (the objective) with
             the rule of forensics.record.presets.RecentMin: a spike opens above objective_ratio x the
-            lowest of its last objective_window values, whatever the preset. 2.5 on a probe of 256
+            lowest of its last objective_window values, whatever the preset, and its sub-peak ends
+            below 0.8 x that level. While the probe set is drawn, the first batch is the probe and
+            the reference is the run's first training loss (forensics.record.detector). 2.5 on a probe of 256
             samples matched 2x rises of the full loss in bench/detection.py (a subset's dips are
             deeper than the full loss's, so its ratios run ~1.2x higher).
     """

@@ -12,7 +12,9 @@ from forensics.record.probe import AutoProbe, Probe, load_probe, save_probe
 class Objective:
     """`value(t)`: the probe loss at step t (None when there is no probe yet, or t is not a
     multiple of `probe_every`); `offer(t, batch)`: hand it step t's batch while an auto probe is
-    being drawn; returns the `probe` event announcing its decision, once."""
+    being drawn; returns the `probe` event announcing its decision, once. While an auto probe is
+    drawn (after a second, different batch), the first batch is the probe; `set_id` names the set
+    `value` used ("first", "drawn", "given", or "off"/None) for the detector's `probe_set`."""
 
     def __init__(self, model, cfg, batch_keys: dict, loss_spec: str, run_dir: Path):
         self.model, self.keys, self.loss_spec, self.run_dir = model, batch_keys, loss_spec, run_dir
@@ -21,13 +23,15 @@ class Objective:
         self.probe: Probe | None = None
         self.auto: AutoProbe | None = None
         self.failure: str | None = None
+        self.set_id: str | None = None
+        self._first: Probe | None = None  # the interim probe (the first batch) of an auto probe
         if isinstance(cfg.probe, str):  # "auto"
             self.kind = "auto"
             self.auto = AutoProbe(batch_keys, size=cfg.probe_size, batches=cfg.probe_batches)
         elif cfg.probe is None:
             self.kind = "none"
         else:
-            self.kind = "batch"
+            self.kind, self.set_id = "batch", "given"
             self.probe = self._make(flatten_batch(cfg.probe)[0])
 
     def _make(self, batch: dict) -> Probe:
@@ -36,12 +40,14 @@ class Objective:
     def value(self, t: int) -> float | None:
         """The probe loss at the current weights, every `probe_every` steps once a probe exists. A probe
         that fails is switched off (`failure` says why; the detector then watches the training loss)."""
-        if self.probe is None or t % self.every:
+        probe = self.probe or self._first
+        if probe is None or t % self.every:
             return None
         try:
-            return self.probe.loss()
+            return probe.loss()
         except Exception as e:  # noqa: BLE001 - the probe must never cost a step's row
-            self.probe, self.failure = None, f"the probe failed ({type(e).__name__}: {e}) and is off"
+            self.probe, self._first, self.set_id = None, None, "off"
+            self.failure = f"the probe failed ({type(e).__name__}: {e}) and is off"
             return None
 
     def offer(self, t: int, batch: dict) -> dict | None:
@@ -50,8 +56,11 @@ class Objective:
             return None
         decision = self.auto.offer(batch)
         if decision is None:
+            if self._first is None and self.auto.first is not None:
+                self._first, self.set_id = self._make(self.auto.first), "first"
             return None
         what, detail = decision
+        self._first, self.set_id = None, ("drawn" if what == "probe" else "off")
         if what == "probe":
             save_probe(self.run_dir, detail)
             self.probe = self._make(detail)
@@ -69,7 +78,7 @@ class Objective:
         device = next(self.model.parameters()).device if any(True for _ in self.model.parameters()) else "cpu"
         batch = load_probe(self.run_dir, device)
         if batch is not None:
-            self.probe, self.auto = self._make(batch), None
+            self.probe, self.auto, self.set_id = self._make(batch), None, "drawn"
 
 
 __all__ = ["Objective"]

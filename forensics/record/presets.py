@@ -69,6 +69,13 @@ class _Base:
         top = max(self.values)
         return math.exp(top) if self.log else top
 
+    def window_median(self) -> float:
+        """The median of the window (the baseline, for a preset without one)."""
+        if not self.values:
+            return self.baseline()
+        med = float(np.median(np.fromiter(self.values, dtype=np.float64)))
+        return math.exp(med) if self.log else med
+
     def state_dict(self) -> dict:
         """JSON-able state (the window, extremes, count)."""
         return {"values": list(self.values), "max_seen": self.max_seen, "min_seen": self.min_seen,
@@ -242,7 +249,8 @@ class RecentMin(_Base):
     is the definition of a catapult spike in the full loss of small-batch SGD (loss at least doubled
     over its recent minimum; Zhu et al. 2023, arXiv 2306.04815)."""
 
-    MIN_VALUES = 3
+    MIN_VALUES = 1  # the probe is deterministic in the weights: one value is a reference
+    CLOSE_SHARE = 0.8  # closing level / opening level (2x the window minimum at objective_ratio 2.5)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -257,7 +265,7 @@ class RecentMin(_Base):
             self.values.popleft()
 
     def ready(self):
-        """True after MIN_VALUES values: a minimum over fewer is too noisy to compare against."""
+        """True after MIN_VALUES values."""
         return self.count >= self.MIN_VALUES
 
     def check(self, v):
@@ -271,8 +279,9 @@ class RecentMin(_Base):
         return min(self.values) if self.values else math.nan
 
     def close_level(self, base):
-        """objective_ratio x base: the sub-peak is over once the value drops below it."""
-        return self.cfg.objective_ratio * base if math.isfinite(base) else math.inf
+        """CLOSE_SHARE x objective_ratio x base: the sub-peak is over once the value drops below it
+        (hysteresis: a probe hovering about the opening level is one episode, not several)."""
+        return self.CLOSE_SHARE * self.cfg.objective_ratio * base if math.isfinite(base) else math.inf
 
 
 PRESETS: dict[str, type] = {"robust": Robust, "robust_flat": RobustFlat, "zscore": ZScore, "ratio": Ratio,

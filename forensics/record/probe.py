@@ -16,6 +16,7 @@ class Probe:
     def __init__(self, model, batch: dict, batch_keys: dict, loss_spec: str, loss_fn=None):
         self.model, self.batch, self.keys = model, batch, batch_keys
         self.loss_spec, self._loss_fn = loss_spec, loss_fn
+        self._needs_eval: bool | None = None
         if not {batch_keys["input"], batch_keys["target"]} <= set(batch):
             raise ValueError(f"probe must hold the batch keys {batch_keys['input']!r} and "
                              f"{batch_keys['target']!r}, got {sorted(batch)}")
@@ -26,15 +27,27 @@ class Probe:
             from forensics.losses import resolve_loss
 
             self._loss_fn = resolve_loss(self.loss_spec, allow_import=True)
+        toggle = self._toggle()
         was_training = self.model.training
-        self.model.eval()
+        if toggle:
+            self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 out = self.model(self.batch[self.keys["input"]])
                 out = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)  # HF ModelOutput
                 return float(self._loss_fn(out, self.batch[self.keys["target"]]).float().item())
         finally:
-            self.model.train(was_training)
+            if toggle:
+                self.model.train(was_training)
+
+    def _toggle(self) -> bool:
+        """Whether eval mode changes the forward (dropout, batch norm, or an unknown module type
+        whose forward may read `training`); decided once: walking the modules every step costs."""
+        if self._needs_eval is None:
+            plain = (torch.nn.Linear, torch.nn.Sequential, torch.nn.ModuleList, torch.nn.Tanh,
+                     torch.nn.ReLU, torch.nn.GELU, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.Identity)
+            self._needs_eval = not all(type(m) in plain for m in self.model.modules())
+        return self._needs_eval
 
 
 class AutoProbe:
@@ -42,12 +55,14 @@ class AutoProbe:
 
     `offer(batch)` per observed step returns None while collecting, then once a decision:
     ("probe", {input, target}) with the samples concatenated along dim 0, or ("off", reason) when
-    every collected batch equals the first (full-batch training: the loss is the objective) or the
-    batches cannot be concatenated (no common leading sample dimension).
+    the second batch equals the first (full-batch training: the loss is the objective) or the
+    batches cannot be concatenated (no common leading sample dimension). While collecting, once a
+    second, different batch was seen, `first` holds the first batch (the interim probe).
     """
 
     def __init__(self, batch_keys: dict, *, size: int, batches: int):
         self.keys, self.size, self.batches = (batch_keys["input"], batch_keys["target"]), size, batches
+        self.first: dict | None = None  # the first batch, once a second, different one was seen
         self.parts: list[dict] = []
         self.samples = 0
         self.all_same = True
@@ -67,6 +82,9 @@ class AutoProbe:
             first = self.parts[0]
             self.all_same = self.all_same and all(
                 part[k].shape == first[k].shape and torch.equal(part[k], first[k]) for k in self.keys)
+            if self.all_same:  # the second batch is the first: full-batch training, decided now
+                return self._finish(("off", "the first batches are the same batch (full-batch training)"))
+            self.first = self.first or {k: v.clone() for k, v in first.items()}
         self.parts.append({k: v[: self.size - self.samples].clone() for k, v in part.items()})
         self.samples += min(n, self.size - self.samples)
         if len(self.parts) >= self.batches or self.samples >= self.size:
@@ -82,7 +100,7 @@ class AutoProbe:
             return ("off", f"the batches cannot be concatenated ({e})")
 
     def _finish(self, decision):
-        self.done, self.parts = True, []
+        self.done, self.parts, self.first = True, [], None
         return decision
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from forensics.record.amp import ScalerWatch
+from forensics.record.amp import AutoScalerWatch, ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
@@ -109,7 +109,7 @@ class Recorder(StepLoop, FailurePolicy):
                        "weights, grads and whatever per-parameter state tensors it holds")
         self._hooks = [optimizer.register_step_pre_hook(self._pre_hook),
                        optimizer.register_step_post_hook(self._post_hook)]
-        self._amp = (None if scaler is None
+        self._amp = (AutoScalerWatch(optimizer, lambda: self._step, self._skipped) if scaler is None
                      else ScalerWatch(scaler, optimizer, lambda: self._step, self._skipped))
 
     # ----------------------------------------------------------------- public API

@@ -54,7 +54,7 @@ def read_state(run_dir: Path | str) -> dict | None:
 @dataclass
 class ResumePoint:
     """Where a resumed recorder starts: its first step, the next chunk index, the persisted state,
-    and the recorded (step, loss, probe) rows the state does not cover yet (to replay)."""
+    and the recorded (step, loss, probe, batch rows) rows the state does not cover yet (to replay)."""
 
     start_step: int
     next_chunk: int
@@ -70,12 +70,14 @@ def resume_point(run_dir: Path | str, start_step: int | None) -> ResumePoint:
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     table = read_steps(run_dir, notes=[])
-    cols = table.select(["step", "loss", "probe_loss"]).to_pydict() if table.num_rows else {"step": []}
+    names = [c for c in ("step", "loss", "probe_loss", "batch_rows") if c in table.column_names]
+    cols = table.select(names).to_pydict() if table.num_rows else {"step": []}
     last = max(cols["step"], default=-1)
     start = last + 1 if start_step is None else start_step
     covered = state["step"] if state is not None else -1
-    replay = [(s, _num(v), _num(p))
-              for s, v, p in zip(cols["step"], cols.get("loss", []), cols.get("probe_loss", []), strict=True)
+    n = len(cols["step"])
+    loss, probe, rows = (cols.get(k, [None] * n) for k in ("loss", "probe_loss", "batch_rows"))
+    replay = [(s, _num(v), _num(p), r) for s, v, p, r in zip(cols["step"], loss, probe, rows, strict=True)
               if covered < s < start]
     indices = [int(p.stem.split("-")[1]) for p in chunk_files(run_dir) if p.stem.split("-")[-1].isdigit()]
     snaps = (state or {}).get("snapshots") or _snapshot_budget(run_dir)
@@ -117,8 +119,8 @@ def restore(point: ResumePoint, detector, snaps, sink, step: int) -> None:
     without writing their events again) and the snapshot budgets; log a `resume` event."""
     if point.state is not None:
         detector.load_state_dict(point.state["detector"])
-    for s, v, p in point.replay:
-        detector.update(s, v, probe=p)
+    for s, v, p, r in point.replay:
+        detector.update(s, v, probe=p, rows=r)
     snaps.load_state_dict(point.snapshots)
     snaps.capturing, snaps.tail_left = detector.current_spike_id, 0
     sink.event({"type": "resume", "step": step, "replayed": len(point.replay),

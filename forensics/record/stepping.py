@@ -52,7 +52,8 @@ class StepLoop:
         opt_step = optimizer_step(self.optimizer, self._params[0] if self._params else None, self._updates,
                                   self._adam)
         rows = batch_rows(batch, self.batch_keys["input"]) if pending is not None else None
-        events = self.detector.update(t, loss, probe=probe, rows=rows) if pending is not None else None
+        events = (self.detector.update(t, loss, probe=probe, rows=rows, probe_set=self.objective.set_id)
+                  if pending is not None else None)
         slot, amp = None, (self._amp.columns() if self._amp is not None else {})
         active = self.detector.current_spike_id
         if self._snaps.enabled and (events is None or t % self.stride == 0
@@ -89,7 +90,8 @@ class StepLoop:
         events = step.events
         if events is None:
             rows = batch_rows(batch, self.batch_keys["input"]) if batch is not None else None
-            events = self.detector.update(step.t, loss, probe=step.probe, rows=rows)
+            events = self.detector.update(step.t, loss, probe=step.probe, rows=rows,
+                                          probe_set=self.objective.set_id)
             for ring in (self.ring, self.context):
                 slot = ring.find(step.t) if ring is not None and batch is not None else None
                 if slot is not None:

@@ -49,6 +49,7 @@ class Run:
         self.path = Path(path)
         self.info: Manifest = load_manifest(self.path)
         self.notes: list[str] = []
+        self._gaps: list = []
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, run_id={self.run_id!r})"
@@ -70,8 +71,15 @@ class Run:
 
     @cached_property
     def steps(self):
-        """All per-step scalars as one pyarrow Table, sorted by step (bad chunks skipped, noted)."""
-        return read_steps(self.path, notes=self.notes)
+        """All per-step scalars as one pyarrow Table, sorted by step (bad chunks skipped, noted
+        here and listed in `steps_gaps`)."""
+        return read_steps(self.path, notes=self.notes, gaps=self._gaps)
+
+    @property
+    def steps_gaps(self) -> list:
+        """The step ranges lost with skipped chunks (`rundir.steps.StepsGap`), after `steps` is read."""
+        self.steps  # noqa: B018 — reading the steps finds the gaps
+        return list(self._gaps)
 
     @cached_property
     def spikes(self) -> list[Spike]:

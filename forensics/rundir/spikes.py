@@ -21,7 +21,9 @@ class Spike:
     Steps are optimizer steps; `end` is the first step back to normal after the last sub-peak
     (None while open); losses are the watched signal's values (`signal`: the training loss or the
     probe loss); `magnitude` = peak_loss / baseline; `sub_peaks` = ((step, value), ...) of each
-    sub-peak of the episode (re-triggers merged into it; one for a single spike).
+    sub-peak of the episode (re-triggers merged into it; one for a single spike); `recovered` is
+    False when the detector gave the episode up after max_len steps still high (`end` = that step;
+    what followed became the new normal).
     """
 
     spike_id: int
@@ -34,6 +36,7 @@ class Spike:
     signal: str = "loss"
     nonfinite: bool = False
     sub_peaks: tuple = ()
+    recovered: bool = True
 
     @classmethod
     def from_event(cls, e: dict) -> Spike:
@@ -43,7 +46,8 @@ class Spike:
                    peak_loss=number(e["peak_loss"]), baseline=number(e["baseline"]),
                    magnitude=number(e["magnitude"]), signal=e.get("signal", "loss"),
                    nonfinite=bool(e.get("nonfinite", False)),
-                   sub_peaks=tuple((int(p[0]), number(p[1])) for p in e.get("sub_peaks") or ()))
+                   sub_peaks=tuple((int(p[0]), number(p[1])) for p in e.get("sub_peaks") or ()),
+                   recovered=bool(e.get("recovered", True)))
 
     @classmethod
     def from_open_event(cls, e: dict, reopens: Iterable[dict] = ()) -> Spike:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from forensics.rundir import atomic
@@ -116,9 +117,13 @@ def skip_note(path: Path, why: str) -> str:
     return f"{path}: skipped ({why}); the other steps chunks are read"
 
 
-def read_steps(run_dir: Path | str, *, notes: list | None = None):
+def read_steps(run_dir: Path | str, *, notes: list | None = None, gaps: list | None = None):
     """All readable chunks as one pyarrow Table sorted by `step`, documented columns in the
     contract's types (an empty table with the schema if none).
+
+    `gaps`, when given, receives one `StepsGap` per skipped chunk: the steps it must have held,
+    from the last step of the readable chunk before it to the first of the one after (chunks
+    are numbered in step order; None where no readable chunk bounds it).
 
     A chunk that cannot be read as steps (see `chunk_footer`, or data that does not convert)
     is skipped; its note, naming it, goes to `notes`, or to a `RunFormatWarning` when `notes`
@@ -133,14 +138,17 @@ def read_steps(run_dir: Path | str, *, notes: list | None = None):
 
     files, skipped = check_chunks(run_dir)
     contract = _schema()
-    tables = []
+    tables, spans = [], {}
     for path in files:
         try:
             table = pq.read_table(path)
             fields = [contract.field(f.name) if f.name in STEP_COLUMNS else f for f in table.schema]
             tables.append(table.cast(pa.schema(fields)))
+            spans[path] = _span(tables[-1])
         except (pa.ArrowException, OSError) as e:
             skipped[path] = _first_line(e)
+    if gaps is not None:
+        gaps.extend(_gaps(chunk_files(run_dir), spans, skipped))
     for text in (skip_note(p, why) for p, why in skipped.items()):
         if notes is None:
             warnings.warn(text, RunFormatWarning, stacklevel=2)
@@ -154,6 +162,49 @@ def read_steps(run_dir: Path | str, *, notes: list | None = None):
         raise CorruptFileError(Path(run_dir) / STEPS_DIR, f"chunks disagree on column types "
                                                           f"({_first_line(e)})") from None
     return table.sort_by("step")
+
+
+@dataclass(frozen=True)
+class StepsGap:
+    """Steps a skipped chunk must have held: `after` < step < `before` (None: unbounded)."""
+
+    path: Path
+    why: str
+    after: int | None
+    before: int | None
+
+    def overlaps(self, lo: int | None, hi: int | None) -> bool:
+        """Whether some step in lo..hi (None: unbounded) may be among the lost ones."""
+        return ((hi is None or self.after is None or hi > self.after)
+                and (lo is None or self.before is None or lo < self.before))
+
+    def describe(self) -> str:
+        """'steps a–b unreadable (<path>: why)', for a reason."""
+        lo = "start" if self.after is None else self.after + 1
+        hi = "end" if self.before is None else self.before - 1
+        return f"steps {lo}–{hi} unreadable ({self.path}: {self.why})"
+
+
+def _span(table) -> tuple[int, int] | None:
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return None
+    bounds = pc.min_max(table.column("step"))
+    return int(bounds["min"].as_py()), int(bounds["max"].as_py())
+
+
+def _gaps(files: list[Path], spans: dict, skipped: dict) -> list[StepsGap]:
+    """One `StepsGap` per skipped chunk, bounded by the readable chunks around it in file order."""
+    out = []
+    for i, path in enumerate(files):
+        if path not in skipped:
+            continue
+        before = [spans[p] for p in files[:i] if spans.get(p)]
+        after = [spans[p] for p in files[i + 1:] if spans.get(p)]
+        out.append(StepsGap(path, skipped[path], before[-1][1] if before else None,
+                            after[0][0] if after else None))
+    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -81,6 +81,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
         KeyError: no such spike. ChangeError (ValueError): a change that does not parse or apply.
         ValueError: nothing to replay (no snapshots, no batch before the peak, not analyzed and
             no changes given). PermissionError: code would have to be imported without consent.
+        CorruptFileError (a ValueError): a snapshot the window needs is unreadable (named).
     """
     from forensics.replay import spike_window
     from forensics.rundir.reader import Run, open_run
@@ -91,6 +92,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     window = spike_window(run, spike)
     notes = list(window.notes)
     if not window.reaches_peak:
+        _raise_if_unreadable(run, window)
         raise ValueError(f"{run.path}: spike {spike}: the batches of the window stop at step "
                          f"{window.steps[-1]}, "
                          f"before the peak ({window.spike.peak}); {' '.join(window.notes)}")
@@ -251,3 +253,19 @@ def _diagnose(setup, check, tolerance) -> str:
 
 
 __all__ = ["TOLERANCE", "ChangeError", "ChangeResult", "WhatIf", "whatif"]
+
+
+def _raise_if_unreadable(run, window) -> None:
+    """CorruptFileError naming the first snapshot file the window lacks because the reader
+    skipped it (truncated, corrupt, digest mismatch): a broken file, not a recording choice."""
+    from forensics.rundir.format import SNAPSHOTS_DIR, CorruptFileError, snapshot_name
+
+    needed = range(window.steps[-1] + 1, window.spike.peak + 1)
+    for step in needed:
+        name = snapshot_name(step)
+        for note in run.notes:
+            if name in note:
+                path = run.path / SNAPSHOTS_DIR / name
+                why = note.split(": ", 1)[-1].removeprefix("skipped (").split("); the other")[0]
+                raise CorruptFileError(path, f"unreadable ({why}); the replay of spike "
+                                       f"{window.spike.spike_id} needs this step's snapshot")

@@ -28,11 +28,30 @@ def _whole(run, name: str):
     return cached[name]
 
 
-def column(run, name: str, lo: int | None = None, hi: int | None = None):
+def column(run, name: str, lo: int | None = None, hi: int | None = None, *, check: bool = True):
     """(steps int64, values float64) of the `steps/` column `name` with lo <= step <= hi
     (None: unbounded), sorted by step; nulls are NaN. Both empty when the run recorded no
-    steps or not that column (an older or partial run)."""
+    steps or not that column (an older or partial run).
+
+    With `check=False` lost chunks are tolerated (a whole-run statistic that a gap only thins;
+    the caller checks the steps it cannot do without with `require_readable`).
+
+    Raises:
+        Failed: a steps chunk that may hold some of lo..hi could not be read — what is missing
+            is unknown, so an engine reading it must not report "nothing found".
+    """
+    if check:
+        require_readable(run, lo, hi)
     return between(*_whole(run, name), lo, hi)
+
+
+def require_readable(run, lo: int | None, hi: int | None) -> None:
+    """Raise `Failed` naming the chunk when steps lo..hi may lie in a chunk the reader skipped."""
+    from forensics.analyzer.measure import Failed
+
+    for gap in getattr(run, "steps_gaps", ()):
+        if gap.overlaps(lo, hi):
+            raise Failed(gap.describe())
 
 
 def between(steps: np.ndarray, values: np.ndarray, lo: int | None, hi: int | None):
@@ -46,8 +65,11 @@ def between(steps: np.ndarray, values: np.ndarray, lo: int | None, hi: int | Non
 
 
 def first_step(run) -> int | None:
-    """The first step `steps/` recorded (the run's start, 0 for a fresh recorder), or None."""
-    steps, _ = column(run, "step")
+    """The first step `steps/` recorded (the run's start, 0 for a fresh recorder), or None (none
+    recorded, or the first chunk is unreadable)."""
+    if any(gap.after is None for gap in getattr(run, "steps_gaps", ())):
+        return None  # the chunk holding the start was lost: the first readable step is not it
+    steps, _ = column(run, "step", check=False)
     return int(steps.min()) if steps.size else None
 
 

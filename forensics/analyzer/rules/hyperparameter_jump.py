@@ -7,8 +7,11 @@ descent (Cohen, Kaur, Li, Kolter & Talwalkar 2021, "Gradient Descent on Neural N
 Typically Occurs at the Edge of Stability", arXiv 2103.00065) then is crossed by the jump
 itself: the jump is the cause, the crossing how it acts.
 
-Reads the lr of param group 0 at every recorded step and every group's hyperparameters at
-the snapshots (engine `hyperparams`). A change counts when, between two consecutive recorded
+Reads the lr of param group 0 at every recorded step and every group's hyperparameters from
+the per-step `param_groups` column of `steps/` (at snapshots for older runs; engine
+`hyperparams`), and whether an lr scheduler drives the group (its `initial_lr` key): the
+message says "(schedule)" then, the source of the change. A change counts when, between two
+consecutive recorded
 values at most `max_lag` steps before onset, it raises the step size by ≥ `min_factor`: the lr
 up, ε down, 1−β (β₁, β₂, momentum, dampening) or the weight decay either way. An lr rising
 from 0 (a warmup's first step) is not a jump.
@@ -73,17 +76,32 @@ def _changes(ev: EvidenceView, lo: int, hi: int) -> list[dict]:
                 continue
             f = factor(name, float(values[i - 1]), float(values[i]))
             out.append({"hparam": name, "group": k, "step": int(steps[i]), "since": int(steps[i - 1]),
-                        "old": float(values[i - 1]), "new": float(values[i]), "factor": f})
+                        "old": float(values[i - 1]), "new": float(values[i]), "factor": f,
+                        "source": _source(ev, name, k), "groups": int(groups[1]) if groups else 1})
     return out
+
+
+def _source(ev: EvidenceView, name: str, group: int) -> str | None:
+    """"schedule" for an lr a torch lr scheduler drives, "set directly" for one it does not,
+    None when unknown or for other hyperparameters."""
+    scheduled = peak_value(ev, f"lr_scheduled@g{group}")
+    if name != LR or scheduled is None:
+        return None
+    return "schedule" if scheduled[1] > 0 else "set directly"
 
 
 def _say(c: dict, onset: int) -> str:
     where = (f"at step {c['step']}" if c["step"] - c["since"] == 1
              else f"between steps {c['since']} and {c['step']}")
-    ratio = c["new"] / c["old"] if c["old"] else math.inf
+    memory = c["hparam"] in ("beta1", "beta2", "momentum", "dampening")
+    old, new = (1 - c["old"], 1 - c["new"]) if memory else (c["old"], c["new"])
+    ratio = new / old if old else math.inf
     size = f"×{ratio:.3g}" if ratio >= 1 else f"÷{1 / ratio:.3g}" if ratio > 0 else "to 0"
-    return (f"{NAMES[c['hparam']]} of param group {c['group']} jumped {size} {where} "
-            f"({c['old']:.3g} → {c['new']:.3g}), {onset - c['step']} step(s) before onset")
+    size = f"(1 − {NAMES[c['hparam']]} {size})" if memory else size
+    group = f" of param group {c['group']}" if c.get("groups", 1) > 1 or c["group"] else ""
+    source = f"{c['source']}, " if c.get("source") else ""
+    return (f"{NAMES[c['hparam']]}{group} jumped {size} {where} ({source}{c['old']:.3g} → {c['new']:.3g}), "
+            f"{onset - c['step']} step(s) before onset")
 
 
 def _hint(c: dict) -> str:
@@ -130,8 +148,10 @@ SPEC = Mechanism(
     precedence_note="a jump before onset is the cause and the curvature crossing that follows is "
                     "how it acts (\"lr ×25 at step 600\"), so it ranks above the curvature rules; "
                     "below a fresh optimizer state, which rescales every coordinate's step whatever the lr",
-    false_alarms="0 at every 5th step and every snapshot step of clean_gd, clean_sgd, large_batch "
-                 "and adam_control as a pretend onset (tests/test_everyday_rules_planted.py)",
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("learning rate over the window", {"lr_recorded": "lr (param group 0)"},
                  y_title="lr (log)", log_y=True),),
     counterfactuals=("lr=hold",),

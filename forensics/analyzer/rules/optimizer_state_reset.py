@@ -157,9 +157,10 @@ def _judge_start(ev: EvidenceView, start) -> Finding:
                        f"a fresh start: the first weights look randomly initialised (σ_max at "
                        f"×{ratio:.2f} the random-matrix edge)", evidence=evidence, thresholds=thresholds)
     return Finding(RULE, "fired", 0.9,
-                   f"the run starts at step {s0} from trained weights (σ_max ×{ratio:.2f} the random-"
-                   f"init edge) with an empty optimizer state (step counter {start[1]:.0f}); the spike "
-                   f"begins {ctx.onset - s0} step(s) later", _hint(ev, s0, at_start=True),
+                   f"optimizer state reset at step {s0}, the run's start: trained weights (σ_max "
+                   f"×{ratio:.2f} the random-init edge) with an empty optimizer state (step counter "
+                   f"{start[1]:.0f}), as a resume that restores the weights but not the optimizer; the "
+                   f"spike begins {ctx.onset - s0} step(s) later", _hint(ev, s0, at_start=True),
                    evidence=evidence, thresholds=thresholds)
 
 
@@ -176,8 +177,10 @@ SPEC = Mechanism(
     precedence_note="a fresh optimizer state rescales the whole update to ≈ lr·sign(g); a curvature "
                     "crossing that follows is how that step acts, so it ranks above the curvature "
                     "rules; below `data`, whose test is causal at the onset weights",
-    false_alarms="0 at every 5th step and every snapshot step of clean_gd, clean_sgd, large_batch "
-                 "and adam_control as a pretend onset (tests/test_everyday_rules_planted.py)",
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("update norm against its running median",
                  {"update_norm": "‖Δθ‖ per step", "update_norm_median": "running median (50 before)"},
                  y_title="‖Δθ‖ (log)", log_y=True),

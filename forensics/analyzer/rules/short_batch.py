@@ -8,8 +8,9 @@ McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Train
 1812.06162). Such a spike recurs once per epoch, at the period the short batches show.
 
 Fires when the batch of the onset step (or of the step before, whose update the onset loss is
-the first to see) holds at most `max_share` of the median batch of the run's snapshots. The
-period is the greatest common divisor of the gaps between the run's short batches.
+the first to see) holds at most `max_share` of the median batch of the run (steps/ `batch_rows`;
+its snapshots for older runs). The period is the greatest common divisor of the gaps between the
+run's short batches.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def judge(ev: EvidenceView) -> Finding:
                        f"the batch of step {ctx.onset} holds {size:.0f} samples, the run's usual "
                        f"{usual:.0f}" if size is not None else "the onset batch size is unknown",
                        evidence=evidence, thresholds=thresholds)
-    recurs = (f", recurring every {period} steps ({len(short_steps)} short batches among the snapshots)"
+    recurs = (f", recurring every {period} steps ({len(short_steps)} short batches in the run)"
               if period else "")
     hint = (f"the batch of step {at} holds {size:.0f} of the usual {usual:.0f} samples: drop the "
             f"short last batch (drop_last=True) or make the loss independent of the batch size "
@@ -76,14 +77,17 @@ def judge(ev: EvidenceView) -> Finding:
 SPEC = Mechanism(
     name=RULE, role="ascent", needs=("batches",), judge=judge, hint=HINT, thresholds=T,
     summary=f"the batch of the onset step (or of the {T.lookback} before it) holds ≤ "
-            f"{T.max_share:.0%} of the median batch of the run's snapshots; the period is the gcd "
+            f"{T.max_share:.0%} of the median batch of the run (steps/ batch_rows); the period is the gcd "
             "of the gaps between the short batches",
     badge="orange", colour="#aec7e8", precedence=5,
     precedence_note="the batch's size is read, not inferred: a short batch makes its loss off at any "
                     "weights, which the `data` rule would call a bad batch",
-    false_alarms="0 at every snapshot step of clean_gd, clean_sgd, large_batch and adam_control as a "
-                 "pretend onset (tests/test_everyday_rules_planted.py)",
-    panel=(Lines("samples in each captured batch", {"batch_rows": "batch rows"},
+    false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
+                  "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
+                  "first); and 0 at every 5th step and every snapshot step of those runs as a "
+                  "pretend onset (tests/test_everyday_rules_planted.py)"),
+    panel=(Lines("samples per batch: the onset's and every batch of the run off the usual size",
+                 {"batch_rows": "batch rows"},
                  y_title="samples", from_first=True,
                  limits=(Limit("usual (median)", metric="batch_rows_usual"),
                          Limit(f"{T.max_share:g}× usual", metric="batch_rows_usual", scale=T.max_share))),),
