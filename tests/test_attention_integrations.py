@@ -92,9 +92,9 @@ def test_hf_callback_run_gets_the_measurements(tmp_path):
     pytest.importorskip("accelerate")
     from test_integrations_hf import _train
 
-    _train(tmp_path, tmp_path / "hf", steps=24, poison={18})
+    _train(tmp_path, tmp_path / "hf", steps=46, poison={40})  # as test_integrations_hf
     run = open_run(tmp_path / "hf")
-    assert [s.onset for s in run.spikes] == [18]
+    assert [s.onset for s in run.spikes] == [40]
     result = analyze(tmp_path / "hf", allow_import=True, mechanisms=MECHANISMS,
                      settings=Settings(max_snapshots=3), write=False)
     ev = result.spikes[0].evidence
