@@ -24,7 +24,8 @@ class SpikeContext:
 
     `optimizer` is the family: "adam" (Adam/AdamW), "sgd" (with `momentum`, 0 for plain
     GD/SGD) or "other". `ref_step` is the quiet step the spike is compared against (the
-    earliest pre-spike snapshot); `pre_steps` are the snapshot steps before onset.
+    earliest pre-spike snapshot); `pre_steps` are the snapshot steps before onset. `hparams`:
+    the run's hyperparameters a hint reads (`forensics.analyzer.hints.run_settings`).
     """
 
     run_id: str
@@ -44,6 +45,7 @@ class SpikeContext:
     post_steps: tuple[int, ...] = ()
     task: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    hparams: dict = field(default_factory=dict)
 
     @property
     def magnitude(self) -> float:

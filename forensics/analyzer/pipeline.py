@@ -23,6 +23,7 @@ import torch
 import forensics
 from forensics.analyzer.baselines import ENGINE as BASELINE_ENGINE, RUN_LEVEL, measure_baselines
 from forensics.analyzer.evidence import Evidence, Finding, SpikeContext, inconclusive
+from forensics.analyzer.hints import run_settings
 from forensics.analyzer.measure import ENGINES, METRICS, Failed, Scene, Skip
 from forensics.analyzer.mechanisms import MECHANISMS, check_mechanisms, engines_for
 from forensics.analyzer.replay import Replay, pick_device
@@ -178,16 +179,15 @@ def _context(run: Run, spike, run_id: str) -> SpikeContext:
     cls = ((manifest.get("optimizer") or {}).get("class") or "").lower()
     family = "adam" if "adam" in cls else ("sgd" if cls.endswith("sgd") else "other")
     group = ((manifest.get("optimizer") or {}).get("param_groups") or [{}])[0]
-    betas = group.get("betas")
     peak_loss = float(spike.peak_loss) if spike.peak_loss is not None else math.nan
     return SpikeContext(
         run_id=run_id, spike_id=int(spike.spike_id), onset=int(spike.onset),
         peak=int(spike.peak), end=None if spike.end is None else int(spike.end),
         peak_loss=peak_loss, baseline_loss=float(spike.baseline or math.nan),
         optimizer=family, momentum=float(group.get("momentum", 0.0) or 0.0),
-        betas=tuple(betas) if betas else None, eps=group.get("eps"),
+        betas=tuple(group["betas"]) if group.get("betas") else None, eps=group.get("eps"),
         nonfinite=bool(getattr(spike, "nonfinite", False) or not math.isfinite(peak_loss)),
-        task=dict(manifest.get("task") or {}),
+        task=dict(manifest.get("task") or {}), hparams=run_settings(manifest),
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from forensics.analyzer.evidence import inconclusive
+from forensics.analyzer.hints import Advice, render
 
 ROLES = ("ascent", "descent", "aftermath")
 # the colours `st.badge` accepts
@@ -88,7 +89,11 @@ class Mechanism:
         and the tie-break read; they alone are visible to them (`Evidence.view`).
     judge: pure function, an `EvidenceView` in, a `Finding` out.
     summary: when it fires, in one sentence (docs/analysis.md).
-    hint: the mitigation the literature supports (shown with a fired finding).
+    hint: the mitigation the literature supports, shown with a fired finding: text, or parts
+        (strings and `forensics.analyzer.hints.Advice`) said against the run's hyperparameters,
+        so a hint never advises a value the run already uses. `run` writes a tuple's rendering
+        on every fired finding; a text hint is written where the judge left the hint empty (a
+        judge may write an evidence-specific one, e.g. the lr to restore).
     thresholds: every number the judge compares against, each with its source.
     badge, colour: the app's badge colour (one of BADGE_COLOURS) and chart colour (#rrggbb).
     panel: the charts behind a finding on the spike page (`forensics.analyzer.plots`).
@@ -112,7 +117,7 @@ class Mechanism:
     needs: tuple[str, ...]
     judge: Callable[[Any], Any]
     summary: str
-    hint: str
+    hint: str | tuple
     thresholds: Thresholds
     badge: str
     colour: str
@@ -138,6 +143,9 @@ class Mechanism:
                "needs must name at least one engine")
         yield not callable(self.judge), "judge must be callable"
         yield not self.summary.strip(), "summary is empty"
+        yield (not (isinstance(self.hint, str) or (isinstance(self.hint, tuple) and all(
+            isinstance(p, (str, Advice)) for p in self.hint))),
+            "hint must be text or a tuple of strings and Advice")
         yield (not isinstance(self.thresholds, Thresholds),
                "thresholds must be a Thresholds (each with its source)")
         yield self.badge not in BADGE_COLOURS, f"badge {self.badge!r} is not one of {BADGE_COLOURS}"
@@ -154,7 +162,8 @@ class Mechanism:
         return self.role == "ascent"
 
     def run(self, ev):
-        """Judge `ev` through the view of the engines this rule needs (its Finding).
+        """Judge `ev` through the view of the engines this rule needs (its Finding); a fired
+        finding carries the hint said for this run (`advise`).
 
         A rule left without any evidence because every engine it needs produced nothing and
         one of them failed (`Evidence.failed`) is inconclusive with that failure as its reason,
@@ -162,12 +171,20 @@ class Mechanism:
         only in appearance (the verdict then reads `not_analyzed`)."""
         finding = self.judge(ev.view(self.needs))
         if finding.fired:
+            if isinstance(self.hint, tuple):
+                finding.hint = self.advise(getattr(ev.context, "hparams", None) or {})
+            elif not finding.hint:
+                finding.hint = self.hint
             return finding
         measured = {row[1] for row in ev.rows}
         lost = [e for e in self.needs if e in ev.failed]
         if lost and not measured.intersection(self.needs):
             return inconclusive(self.name, ev.failed[lost[0]])
         return finding
+
+    def advise(self, hparams: dict) -> str:
+        """The hint for a run with hyperparameters `hparams` (`forensics.analyzer.hints`)."""
+        return render(self.hint, hparams)
 
     def prevails(self, ev) -> bool | None:
         """The tie-break's call on `ev` (None when the rule declares none)."""

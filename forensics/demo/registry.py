@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from forensics.demo import adam, catapult, eos, everyday, gd, gpt, low_frequency, sgd, small_batch
+from forensics.demo import adam, attention, catapult, eos, everyday, gd, gpt, low_frequency, sgd, small_batch
 
 # name -> (trainer, one line on what the run shows); order = the order they are recorded in.
 TRAINERS = {
@@ -18,6 +18,9 @@ TRAINERS = {
     "numerical": (gd.train_numerical, "lr grown x1.15 per step until the loss is non-finite"),
     "clean_gd": (gd.train_clean_gd, "control: small-lr full-batch GD, no spike"),
     "clean_sgd": (sgd.train_clean_sgd, "control: minibatch SGD (bad_batch without the bad batch)"),
+    "attention_logit_growth": (attention.train_growth, "1-layer GPT, AdamW beta2=0.95, warmup to lr 0.5: "
+                               "a head's q.k logits grow ~2 -> ~10^3, the loss leaves"),
+    "attention_qk_norm": (attention.train_qk_norm, "control: the same run with qk-layernorm, no spike"),
     "optimizer_reset": (everyday.train_optimizer_reset, "minibatch Adam, its state cleared at step 500"),
     "lr_jump": (everyday.train_lr_jump, "cosine LambdaLR rebuilt at step 300: lr x25"),
     "fp16_overflow": (everyday.train_fp16_overflow, "float16 autocast + GradScaler, inputs x1e6 at step 200"),

@@ -23,6 +23,7 @@ from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
+from forensics.record.logit_scalars import logit_columns
 from forensics.record.micro import StepInputs
 from forensics.record.optim import (
     class_path, is_adam, state_kinds,
@@ -102,6 +103,7 @@ class Recorder(StepLoop, FailurePolicy):
         self._pending = StepInputs()  # the micro-batches reported before step()
         self._open: CapturedStep | None = None  # captured, waiting for observe() after step()
         self._row_slot = None  # ring slot of the latest captured step
+        self._logit_row: dict = {}  # opt-in logit/attention columns of the next committed row
         if not self._known_optimizer:
             self._warn("unknown-optimizer", f"optimizer {opt_class} is not Adam/AdamW/SGD: recording "
                        "weights, grads and whatever per-parameter state tensors it holds")
@@ -112,7 +114,8 @@ class Recorder(StepLoop, FailurePolicy):
 
     # ----------------------------------------------------------------- public API
 
-    def observe(self, loss, batch=None, *, grad_clipped: bool | None = None, micro_losses=None) -> None:
+    def observe(self, loss, batch=None, *, grad_clipped: bool | None = None, micro_losses=None,
+                logits=None, attention=None) -> None:
         """Report the loss and batch of an optimizer step: after backward, before or after `step()`.
 
         Before `step()` they belong to the coming step; after it, to the step just taken (unless a
@@ -122,6 +125,8 @@ class Recorder(StepLoop, FailurePolicy):
         a dict of tensors, or any nesting of dicts, lists and tuples of tensors, numpy arrays and
         numbers (keys flattened with "."; a bare tensor or sequence gets keys "0", "1", ...).
         `micro_losses`: an adapter that combined the micro-batches itself passes their losses here.
+        Opt-in: `logits` (the loss's input) and `attention` (an `AttentionMaxima`) fill the columns
+        logit_max, log_z_mean, attn_logit_max (`forensics.record.logit_scalars`).
         """
         self._surface()
         try:
@@ -133,6 +138,9 @@ class Recorder(StepLoop, FailurePolicy):
             return
         try:
             flat, dropped = flatten_batch(batch)
+            if logits is not None or attention is not None:
+                target = (flat or {}).get(self.batch_keys["target"])
+                self._logit_row = logit_columns(logits, target, attention)
             if dropped:
                 self._warn(f"dropped:{dropped}", "batch entries that are not tensors, arrays or numbers "
                            f"are not recorded: {', '.join(dropped)}")

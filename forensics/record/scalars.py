@@ -69,7 +69,8 @@ class StepScalars:
                 "param_norm": self.norm("param", slot, self.params), "update_norm": None,
                 "optimizer_step": opt_step, "adam_ratio_median": median, "adam_ratio_frac_small": frac,
                 "spike_id": None, "batch_rows": None, "micro_batches": None, **hparam_columns(groups),
-                "amp_skipped": None, "loss_scale": None}
+                "amp_skipped": None, "loss_scale": None, "logit_max": None, "log_z_mean": None,
+                "attn_logit_max": None}
 
     def _make_subsample(self):
         """Fixed random coordinates (<= 65536) of the largest dtype buffer, for cheap Adam ratio stats."""

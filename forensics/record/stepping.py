@@ -102,6 +102,8 @@ class StepLoop:
             self._note(self.objective.offer(step.t, batch))
         step.row["loss"] = math.nan if loss is None else loss
         step.row["spike_id"] = self.detector.current_spike_id
+        step.row.update(self._logit_row)
+        self._logit_row = {}
         self._sink.add_row(step.row)
         self._last_committed = step.t
         if (step.t + 1) % self.config.steps_chunk == 0:

@@ -25,7 +25,7 @@ STEP_COLUMNS = (
     "step", "wall_time", "loss", "probe_loss", "lr", "grad_norm", "param_norm",
     "update_norm", "optimizer_step", "adam_ratio_median", "adam_ratio_frac_small", "spike_id",
     "batch_rows", "micro_batches", "beta1", "beta2", "eps", "weight_decay", "momentum", "param_groups",
-    "amp_skipped", "loss_scale",
+    "amp_skipped", "loss_scale", "logit_max", "log_z_mean", "attn_logit_max",
 )
 # Step columns whose type is not float64 (pyarrow type names; docs/format.md, steps/).
 STEP_TYPES = {"step": "int64", "optimizer_step": "int64", "spike_id": "int32", "batch_rows": "int64",

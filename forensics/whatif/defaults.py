@@ -1,5 +1,9 @@
 """The default counterfactuals of a spike: the changes its fired rules' specs declare
-(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps."""
+(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps.
+A change that sets a hyperparameter to the value the run already uses is left out (a replay of
+nothing; `forensics.analyzer.hints.run_settings` reads run.json). The z-loss and qk-layernorm
+(the fixes for output-logit divergence and attention-logit growth) change the loss and the model,
+which the replay cannot; their specs declare lr and weight-decay changes instead."""
 
 from __future__ import annotations
 
@@ -28,12 +32,26 @@ def default_changes(run: Run, spike: Spike) -> tuple[list[str], list[str]]:
     """(change texts, rules they come from) for `spike`; empty when no fired rule declares any."""
     from forensics.analyzer.rules import SPECS
 
+    from forensics.analyzer.hints import run_settings
+
+    used = run_settings(run.manifest)
     texts, rules = [], []
     for rule in fired_rules(run, spike.spike_id):
         spec = SPECS.get(rule)
         for text in getattr(spec, "counterfactuals", ()) or ():
             text = text.replace("=onset", f"={spike.onset}").replace("=peak", f"={spike.peak}")
-            if text not in texts:
+            if text not in texts and not already_used(text, used):
                 texts.append(text)
                 rules.append(rule)
     return texts, rules
+
+
+def already_used(text: str, used: dict) -> bool:
+    """Whether the change `text` only sets hyperparameters to the values in `used` (e.g.
+    "beta2=0.95" for a run at β₂ = 0.95); relative (`x0.5`) and other changes never are."""
+    edits = [e.partition("=") for e in text.split("+")]
+    try:
+        return all(sep and name.strip() in used and not value.strip().startswith("x")
+                   and float(value) == float(used[name.strip()]) for name, sep, value in edits)
+    except ValueError:
+        return False

@@ -23,13 +23,18 @@ from __future__ import annotations
 import numpy as np
 
 from forensics.analyzer.evidence import EvidenceView, Finding, inconclusive
+from forensics.analyzer.hints import Advice
 from forensics.analyzer.plots import Decay, Limit, Lines, Row
 from forensics.analyzer.rules._series import clip01, first, peak_value, window
 from forensics.analyzer.spec import CURVATURE_LIMIT, Mechanism, Thresholds
 
 RULE = "adam_beta2_lag"
-HINT = ("lower β₂ (e.g. 0.95) so v tracks g², or raise ε; lower the lr late in training or "
-        "clip the update; Adam's spikes after the loss gets small are this mechanism")
+HINT = (Advice("beta2", lambda b: 0.95 if b > 0.95 else None, "lower β₂ from {now} to {to} so v "
+               "tracks g²", "lower β₂ (0.95 is usual) so v tracks g²"),
+        Advice("eps", lambda e: e * 1000 if e < 1e-5 else None, "raise ε from {now} to {to} (it "
+               "caps 1/(√v̂+ε))", "raise ε"),
+        "lower the lr late in training or clip the update; Adam's spikes after the loss gets "
+        "small are this mechanism")
 BAI_2025 = ("Bai, Zhou, Zhao, Li, Li, Xiong, Yang, Zhang & Xu 2025, \"Adaptive Preconditioners "
             "Trigger Loss Spikes in Adam\", arXiv 2506.04805")
 COHEN_2022 = ("Cohen, Ghorbani, Krishnan, Agarwal, Medapati, Badura, Suo, Cardoze, Nado, Dahl & "
@@ -113,7 +118,7 @@ def judge(ev: EvidenceView) -> Finding:
         return Finding(RULE, "fired", score,
                        f"η·λ_max(P⁻¹H) reached {sharp:.3g}, past the limit {name}, first at step "
                        f"{cross_step} (onset {ctx.onset}){versus}; η·gᵀP⁻¹Hg/‖g‖² = "
-                       f"{dir_onset:.3g} at onset{lag_text}", HINT,
+                       f"{dir_onset:.3g} at onset{lag_text}",
                        evidence=evidence, thresholds=thresholds)
     why = f"η·λ_max(P⁻¹H) peaked at {sharp:.3g} before onset, below the limit {name}"
     if lag:
