@@ -87,7 +87,7 @@ class SnapshotPolicy:
         sid = ev["spike_id"]
         pre = [k for k in self.ring.slots_newest_first()
                if k != slot and t - self.ring_size < self.ring.info[k].step < t
-               and self.ring.info[k].step > self.last_saved]
+               and self.ring.info[k].step > self.last_saved and not self.ring.info[k].optional]
         first_pre = min([self.ring.info[k].step for k in pre] + [t])
         if self.context is not None:
             ctx = [k for k in self.context.slots_newest_first()
@@ -112,9 +112,15 @@ class SnapshotPolicy:
             self.warn("budget", f"byte budget exhausted (max_bytes={self.max_bytes}, used ~{self.bytes}): "
                       "no more snapshots; per-step scalars and spike events continue")
             return
+        try:
+            export = ring.export(slot)  # keyframe mode: reconstructed by a replay
+        except Exception as e:  # noqa: BLE001 - that snapshot is missing, capture goes on
+            self.warn(f"export:{type(e).__name__}", f"the snapshot of step {info.step} could not be built "
+                      f"({type(e).__name__}: {e}); it is missing, recording continues")
+            return
         self.bytes += est
         self.last_saved = max(self.last_saved, info.step)
-        self.sink.snapshot(info.step, role, spike_id, ring.export(slot), self._meta(info, role, spike_id))
+        self.sink.snapshot(info.step, role, spike_id, export, self._meta(info, role, spike_id))
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta
@@ -125,7 +131,8 @@ class SnapshotPolicy:
                 "param_groups": groups,
                 "grad_clipped": "unknown" if m["grad_clipped"] is None else bool(m["grad_clipped"]),
                 "batch_keys": info.batch_keys,
-                **{k: m[k] for k in ("micro_batches", "micro_batch_losses", "amp_skipped", "loss_scale")
+                **{k: m[k] for k in ("micro_batches", "micro_batch_losses", "amp_skipped", "loss_scale",
+                                     "reconstructed", "replay_loss_rel_error")
                    if m.get(k) is not None}}
 
 

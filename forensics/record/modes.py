@@ -1,0 +1,52 @@
+"""Which recording mode a run uses — the dense ring (every step's full state, the last ring_size steps) or
+keyframes (a full state every keyframe_every steps, the steps in between rebuilt by replay) — and the
+rings that implement it. Memory of each mode: docs/format.md, "Recording modes"."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from forensics.record.keyframe import KeyframeRing
+from forensics.record.ring import Ring
+
+
+def state_bytes(params: list, kinds: list[str]) -> int:
+    """Bytes of one full state: weights, gradients and each optimizer state kind (16 B/param for Adam fp32)."""
+    per = sum(p.numel() * p.element_size() for p in params)
+    return (2 + len(kinds)) * per
+
+
+def choose_mode(cfg, params: list, kinds: list[str]) -> tuple:
+    """(config with `mode` and `sync_every` resolved, dense ring bytes, message or None). `auto` picks
+    keyframes when the dense ring ((ring_size + sync_every - 1) full states) exceeds `memory_budget`."""
+    sync_every = cfg.lag_for(params[0].device if params else None)
+    dense = (cfg.ring_size + sync_every - 1) * state_bytes(params, kinds)
+    mode, message = cfg.mode, None
+    if mode == "auto":
+        mode = "keyframe" if dense > cfg.memory_budget else "dense"
+        if mode == "keyframe":
+            message = (f"the dense ring ({cfg.ring_size + sync_every - 1} full states, {dense / 2**20:.0f} MiB) "
+                       f"exceeds memory_budget ({cfg.memory_budget / 2**20:.0f} MiB): recording in keyframe "
+                       f"mode (a full state every {cfg.keyframe_every} steps, the steps in between replayed "
+                       "when a snapshot is written)")
+    return replace(cfg, mode=mode, sync_every=sync_every), dense, message
+
+
+def build_rings(cfg, names: list[str], params: list, kinds: list[str], *, model, optimizer, loss_fn, keys,
+                group_names, warn) -> tuple:
+    """(ring, context ring) for `cfg.mode` (resolved by `choose_mode`); (None, None) without parameters."""
+    if not params:
+        return None, None
+    lag = cfg.sync_every - 1
+    if cfg.mode == "keyframe":
+        ring = KeyframeRing(names, params, kinds, window=cfg.ring_size + lag, every=cfg.keyframe_every,
+                            model=model, loss_fn=loss_fn, keys=keys, optimizer=optimizer,
+                            group_names=group_names, warn=warn)
+    else:
+        ring = Ring(names, params, kinds, ring_size=cfg.ring_size + lag)
+    context = (Ring(names, params, kinds, ring_size=cfg.context_slots + -(-lag // cfg.context_every))
+               if cfg.context_slots else None)
+    return ring, context
+
+
+__all__ = ["build_rings", "choose_mode", "state_bytes"]
