@@ -12,19 +12,22 @@ class SnapshotPolicy:
     """Turns detector events and captured ring slots into snapshot jobs on the sink.
 
     `warn(key, message)` is the recorder's warn-once. `context` is the sparse ring (or None).
-    `enabled` turns False for good when the byte budget is exhausted or a write/capture error
+    `gather(batch) -> (global batch, [[rank, rows]])` (several ranks) is called for every snapshot on
+    every rank; `writes` is False on the ranks that do not write. `enabled` turns False for good when the byte budget is exhausted or a write/capture error
     ends capture; scalars and events go on regardless. Budgets count episodes (`spike_open`), not
     re-triggers: a `spike_reopen` of the episode being captured resumes its `during` snapshots.
     """
 
     def __init__(self, ring, sink, warn, *, ring_size: int, tail: int, baseline_every: int, max_spikes: int,
-                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None):
+                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None,
+                 gather=None, writes: bool = True):
         self.ring, self.context, self.sink, self.warn = ring, context, sink, warn
         self.ring_size, self.tail, self.baseline_every = ring_size, tail, baseline_every
         self.max_spikes, self.max_bytes = max_spikes, max_bytes
         self.run_id, self.optimizer = run_id, optimizer
         self.opt_class, self.group_names = opt_class, group_names
         self.enabled = ring is not None
+        self.gather, self.writes = gather, writes  # several ranks: gather the batch; only the writer writes
         self.capturing = None  # id of the episode whose snapshots are being written
         self.tail_left = 0
         self.last_saved = -1
@@ -105,7 +108,7 @@ class SnapshotPolicy:
         if not self.enabled:
             return
         info = ring.info[slot]
-        batch_bytes = sum(t.numel() * t.element_size() for t in ring.batches[slot].values())
+        batch_bytes = 0 if self.gather else sum(t.numel() * t.element_size() for t in ring.batches[slot].values())
         est = ring.nbytes_per_slot + batch_bytes + 4096
         if self.bytes + est > self.max_bytes:
             self.enabled = False
@@ -120,7 +123,12 @@ class SnapshotPolicy:
             return
         self.bytes += est
         self.last_saved = max(self.last_saved, info.step)
-        self.sink.snapshot(info.step, role, spike_id, export, self._meta(info, role, spike_id))
+        meta = self._meta(info, role, spike_id)
+        if self.gather is not None:  # every rank takes part (same detector, same decisions), rank 0 writes
+            export["batch"], shards = self.gather(export["batch"])
+            meta["batch_shards"] = shards
+        if self.writes:
+            self.sink.snapshot(info.step, role, spike_id, export, meta)
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta

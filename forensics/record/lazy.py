@@ -27,6 +27,7 @@ class Deferred:
         self._values: list[torch.Tensor] = []
         self._targets: list[tuple] = []
         self._pinned: dict = {}
+        self._works: list = []  # asynchronous collectives to wait for before reading their buffers
 
     def __len__(self) -> int:
         return len(self._values)
@@ -42,11 +43,23 @@ class Deferred:
         self._targets.append((target, key, fn))
         target[key] = None  # placeholder until fetched
 
+    def put_reduced(self, target, key, buf: torch.Tensor, work, scale: float, fn=float) -> None:
+        """Like `put`, for the buffer of an asynchronous all_reduce `work` (read after `work.wait()`,
+        times `scale`)."""
+        self._works.append(work)
+        self._values.append((buf, scale))
+        self._targets.append((target, key, fn))
+        target[key] = None
+
     def fetch(self) -> None:
         """Bring every pending value to the host and write it into its target (one sync per device)."""
         if not self._values:
             return
-        values, targets = self._values, self._targets
+        for work in self._works:
+            work.wait()
+        self._works = []
+        values = [v[0].reshape(()) * v[1] if isinstance(v, tuple) else v for v in self._values]
+        targets = self._targets
         self._values, self._targets = [], []
         by_device: dict = {}
         for i, v in enumerate(values):

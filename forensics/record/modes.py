@@ -16,15 +16,22 @@ def state_bytes(params: list, kinds: list[str]) -> int:
     return (2 + len(kinds)) * per
 
 
-def choose_mode(cfg, params: list, kinds: list[str]) -> tuple:
+def choose_mode(cfg, params: list, kinds: list[str], distributed: bool = False) -> tuple:
     """(config with `mode` and `sync_every` resolved, dense ring bytes, message or None). `auto` picks
-    keyframes when the dense ring ((ring_size + sync_every - 1) full states) exceeds `memory_budget`."""
+    keyframes when the dense ring ((ring_size + sync_every - 1) full states) exceeds `memory_budget`.
+    Under torch.distributed only the dense ring is implemented: ValueError for mode="keyframe"."""
+    if distributed and cfg.mode == "keyframe":
+        raise ValueError("mode='keyframe' records a single process in this version; under torch.distributed "
+                         "use mode='dense' (or 'auto')")
     sync_every = cfg.lag_for(params[0].device if params else None)
     dense = (cfg.ring_size + sync_every - 1) * state_bytes(params, kinds)
     mode, message = cfg.mode, None
     if mode == "auto":
-        mode = "keyframe" if dense > cfg.memory_budget else "dense"
-        if mode == "keyframe":
+        mode = "keyframe" if dense > cfg.memory_budget and not distributed else "dense"
+        if dense > cfg.memory_budget and distributed:
+            message = (f"the dense ring ({dense / 2**20:.0f} MiB) exceeds memory_budget "
+                       f"({cfg.memory_budget / 2**20:.0f} MiB), but keyframe mode is single-process: dense")
+        elif mode == "keyframe":
             message = (f"the dense ring ({cfg.ring_size + sync_every - 1} full states, {dense / 2**20:.0f} MiB) "
                        f"exceeds memory_budget ({cfg.memory_budget / 2**20:.0f} MiB): recording in keyframe "
                        f"mode (a full state every {cfg.keyframe_every} steps, the steps in between replayed "

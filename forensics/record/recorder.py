@@ -21,6 +21,7 @@ from forensics.record.amp import ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
+from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, unwrap_ddp
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.lazy import Deferred, LazyInputs
@@ -57,7 +58,9 @@ class Recorder(StepLoop, FailurePolicy):
         cfg = (config or RecorderConfig()).with_options(**options)
         self.config = cfg
         keys = batch_key_map(cfg.batch_keys)
-        model = unwrap_model(model)
+        model = unwrap_model(unwrap_ddp(model))
+        self._ranks = RankSetup(run_dir)  # rank 0 (or one process) writes run_dir; other ranks a temp folder
+        run_dir = self._ranks.run_dir
         self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
         self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(cfg.loss), keys
         self.detector = SpikeDetector(cfg.detector_config)
@@ -68,7 +71,7 @@ class Recorder(StepLoop, FailurePolicy):
         self._params = [p for _, p in named]
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
-        cfg, _, mode_message = choose_mode(cfg, self._params, kinds)
+        cfg, _, mode_message = choose_mode(cfg, self._params, kinds, self._ranks.distributed)
         self.config, self.mode, self.sync_every = cfg, cfg.mode, cfg.sync_every
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
         self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys,
@@ -87,7 +90,8 @@ class Recorder(StepLoop, FailurePolicy):
                        for g in optimizer.param_groups]
         self.ring, self.context = build_rings(
             cfg, [n for n, _ in named], self._params, kinds, model=model, optimizer=optimizer,
-            loss_fn=cfg.loss if callable(cfg.loss) else self.loss_spec, keys=(keys["input"], keys["target"]), group_names=group_names,
+            loss_fn=cfg.loss if callable(cfg.loss) else self.loss_spec, keys=(keys["input"], keys["target"]),
+            group_names=group_names,
             warn=self._warn)
         if mode_message:
             self._warn("mode", mode_message)
@@ -95,12 +99,14 @@ class Recorder(StepLoop, FailurePolicy):
         self._deferred, self._queue, self._hparams = Deferred(), [], HParams()
         self._scalars = StepScalars(self.ring, self._params, self._adam, self._deferred)
         self._sink.queued, self._sink.deferred = self._queue, self._deferred
+        self._global = GlobalMean(self._deferred, self._ranks.world)
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
             self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
             baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes,
             run_id=self.run_id, optimizer=optimizer, opt_class=opt_class, context=self.context,
-            group_names=group_names)
+            group_names=group_names, gather=gather_batch if self._ranks.distributed else None,
+            writes=self._ranks.writer)
         if point is not None:
             restore(point, self.detector, self._snaps, self._sink, self._step)
         self._backward = BackwardCounter(self._params)
@@ -217,6 +223,7 @@ class Recorder(StepLoop, FailurePolicy):
         finally:
             self._finalizer.detach()
             status = self._sink.finish()
+            self._ranks.cleanup()
         self._surface()
         if (status.rows_lost or status.events_lost) and not status.stopped:  # snapshot losses: warned
             self._warn("lost", f"at close, {status.loss_summary()}; see Recorder.status")

@@ -10,7 +10,7 @@ import time
 import torch
 
 from forensics.record.capture import capture_context
-from forensics.record.lazy import optimizer_step_value, probe_tensor, sqrt
+from forensics.record.lazy import nan_to_none, optimizer_step_value, probe_tensor, sqrt
 from forensics.record.micro import batch_rows
 from forensics.record.optim import discover_state_kinds, group_hparams, hparam_columns, state_tensors
 from forensics.record.order import CapturedStep
@@ -79,9 +79,8 @@ class StepLoop:
                 for kind in discover_state_kinds(self.optimizer, self._params):
                     self.ring.add_kind(kind)
             meta = {"loss": math.nan, "groups": groups, "grad_clipped": clipped, **micro, **amp}
-            d.put(meta, "optimizer_step", opt_step, int)
+            d.put(meta, "optimizer_step", opt_step, int)  # meta["loss"]: set at commit, from the row
             if pending is not None:
-                d.put(meta, "loss", loss)
                 for i, v in enumerate(meta.get("micro_batch_losses") or []):
                     d.put(meta["micro_batch_losses"], i, v)
             try:
@@ -94,13 +93,17 @@ class StepLoop:
                 self._fail("ring capture", e)
         dense = slot if self.mode == "dense" else None  # keyframe slots hold no state: live norms
         prev, self._row_slot = self._row_slot, dense
-        row = self._scalars.row(t, time.perf_counter() - self._t0, probe, groups, opt_step, dense, columns)
+        several = self._ranks.distributed
+        row = self._scalars.row(t, time.perf_counter() - self._t0, None if several else probe, groups, opt_step,
+                                dense, columns)
+        if several and self.objective.kind != "none" and t % self.objective.every == 0:
+            self._global.put(row, "probe_loss", probe, nan_to_none)  # the mean over ranks: the same everywhere
         row.update(amp)
         row["_reported"] = pending is not None
         if prev is not None and dense is not None and prev != dense:
             d.put(row, "_prev_update", self._scalars.update_sq(prev, dense), sqrt)
         if pending is not None:
-            d.put(row, "loss", loss)
+            self._global.put(row, "loss", loss)
             row.update(batch_rows=batch_rows(batch, self.batch_keys["input"]),
                        micro_batches=micro.get("micro_batches", 1))
         step = CapturedStep(t, slot, None, row, None, self._backward.count)
@@ -116,9 +119,8 @@ class StepLoop:
             slot = ring.find(step.t) if ring is not None else None
             if slot is not None:
                 ring.attach(slot, batch, grad_clipped=clipped)
-                self._deferred.put(ring.info[slot].meta, "loss", loss)
         step.row.update(_reported=True, batch_rows=batch_rows(batch, self.batch_keys["input"]), micro_batches=1)
-        self._deferred.put(step.row, "loss", loss)
+        self._global.put(step.row, "loss", loss)
         self._note(self.objective.offer(step.t, batch))
         self._queue_step(step)
 
@@ -147,6 +149,8 @@ class StepLoop:
             self._sink.patch_last(step.t - 1, "update_norm", prev_update)
         events = self.detector.update(step.t, loss, probe=row["probe_loss"], rows=row["batch_rows"])
         row["loss"] = math.nan if loss is None else loss
+        if step.slot is not None and self.ring.info[step.slot].step == step.t:
+            self.ring.info[step.slot].meta["loss"] = row["loss"]  # shared with its context-ring slot
         row["spike_id"] = self.detector.current_spike_id
         self._sink.add_row(row)
         self._last_committed = step.t
