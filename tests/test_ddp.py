@@ -117,3 +117,22 @@ def test_example_runs_with_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "spikes at steps [50]" in out.stdout
     assert [s.onset for s in open_run(tmp_path / "run").spikes] == [50]
+
+
+def test_fsdp2_sharded_parameters_are_refused_by_name(tmp_path):
+    """FSDP2 runs on CPU gloo here, but its DTensor shards are not recorded in this version: the recorder
+    says so at construction instead of failing step after step."""
+    from torch.distributed.fsdp import fully_shard
+
+    from forensics import Recorder
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+        fully_shard(model)
+        opt = torch.optim.Adam(model.parameters())
+        with pytest.raises(ValueError, match="FSDP2 recording is not implemented"):
+            Recorder(model, opt, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    finally:
+        dist.destroy_process_group()

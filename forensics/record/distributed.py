@@ -83,6 +83,20 @@ def unwrap_ddp(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def refuse_sharded(params: list) -> None:
+    """ValueError when parameters are sharded DTensors (FSDP2 `fully_shard`, tensor parallel): the ring
+    copies whole local tensors and the run format has no shard index yet, so such a run is not recorded."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed tensors
+        return
+    sharded = [i for i, p in enumerate(params) if isinstance(p, DTensor)]
+    if sharded:
+        raise ValueError(f"{len(sharded)} parameters are sharded DTensors (FSDP2 fully_shard or tensor "
+                         "parallel): this version records single processes and DDP only; FSDP2 recording "
+                         "is not implemented (docs/format.md, 'Several processes')")
+
+
 def gather_batch(batch: dict) -> tuple[dict, list]:
     """Every rank's shard of a step's batch (CPU tensors), concatenated along dim 0 in rank order, and
     `[[rank, rows], ...]`. A collective: every rank calls it for the same snapshot, in the same order."""
@@ -100,4 +114,4 @@ def gather_batch(batch: dict) -> tuple[dict, list]:
     return out, rows
 
 
-__all__ = ["GlobalMean", "RankSetup", "gather_batch", "rank_and_world", "unwrap_ddp"]
+__all__ = ["GlobalMean", "RankSetup", "gather_batch", "rank_and_world", "refuse_sharded", "unwrap_ddp"]

@@ -21,7 +21,7 @@ from forensics.record.amp import ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
-from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, unwrap_ddp
+from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, refuse_sharded, unwrap_ddp
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.lazy import Deferred, LazyInputs
@@ -59,6 +59,7 @@ class Recorder(StepLoop, FailurePolicy):
         self.config = cfg
         keys = batch_key_map(cfg.batch_keys)
         model = unwrap_model(unwrap_ddp(model))
+        refuse_sharded(list(model.parameters()))
         self._ranks = RankSetup(run_dir)  # rank 0 (or one process) writes run_dir; other ranks a temp folder
         run_dir = self._ranks.run_dir
         self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
