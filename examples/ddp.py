@@ -45,11 +45,19 @@ def global_batch(t: int, world: int, spike_at: int | None, dtype=torch.float64):
 
 
 def train(rank: int, world: int, run_dir, *, steps: int, spike_at: int | None, device="cpu",
-          data_world: int | None = None, **options):
+          data_world: int | None = None, fsdp2: bool = False, **options):
     """Train on this rank's share of each global batch (made for `data_world` shards, default `world`)
-    with a Recorder; returns the Recorder's spikes. world=1, data_world=2: the single-process reference."""
+    with a Recorder; returns the Recorder's spikes. world=1, data_world=2: the single-process reference.
+    `fsdp2`: shard the model with FSDP2's `fully_shard` instead of wrapping it in DDP."""
     model = make_model().to(device)
-    ddp = DDP(model) if world > 1 else model
+    ddp = DDP(model) if world > 1 and not fsdp2 else model
+    if fsdp2:  # sharded instead: each rank holds a dim-0 chunk of every parameter and its moments
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        ddp = fully_shard(model)
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
     with Recorder(ddp, opt, run_dir, ring_size=4, tail=3, baseline_every=0, probe=None, **options) as rec:
         for t in range(steps):

@@ -1,5 +1,5 @@
-"""Two DDP processes (gloo, CPU) record one run: it matches a single process trained on the same global
-batches (weights, gradients, global loss, snapshots, verdict). The spike is planted in rank 1's shard
+"""Two DDP processes, and two FSDP2 processes (gloo, CPU), record one run each: it matches a single process
+trained on the same global batches (weights, gradients, moments, global loss, snapshots, verdict). The spike is planted in rank 1's shard
 only, so rank 0's local loss alone would not show it."""
 
 import importlib.util
@@ -29,12 +29,12 @@ def _example():
     return mod
 
 
-def _worker(rank, world, port, run_dir, local_losses):
+def _worker(rank, world, port, run_dir, fsdp2):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     try:
-        _example().train(rank, world, run_dir, steps=STEPS, spike_at=SPIKE, sync_every=4)
+        _example().train(rank, world, run_dir, steps=STEPS, spike_at=SPIKE, sync_every=4, fsdp2=fsdp2)
     finally:
         dist.destroy_process_group()
 
@@ -45,8 +45,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(run_dir, world=2, timeout=120):
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(run_dir), None), nprocs=world,
+def _spawn(run_dir, world=2, timeout=120, fsdp2=False):
+    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(run_dir), fsdp2), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):
@@ -60,13 +60,18 @@ def _spawn(run_dir, world=2, timeout=120):
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
     _spawn(d / "ddp")
+    _spawn(d / "fsdp2", fsdp2=True)
     one = _example()
     one.train(0, 1, d / "one", steps=STEPS, spike_at=SPIKE, data_world=2)
-    return open_run(d / "ddp"), open_run(d / "one"), one
+    return open_run(d / "ddp"), open_run(d / "one"), one, open_run(d / "fsdp2")
 
 
-def test_two_ranks_record_the_single_process_run(runs):
-    ddp, one, _ = runs
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_ranks_record_the_single_process_run(runs, kind):
+    """DDP (replicated state) and FSDP2 (each rank holds dim-0 shards, gathered when a snapshot is written;
+    here uneven: the output layer's single row lives on rank 0, rank 1's shard is empty)."""
+    ddp, one, _, fsdp = runs
+    ddp = {"ddp": ddp, "fsdp2": fsdp}[kind]
     a, b = ddp.steps.column("loss").to_pylist(), one.steps.column("loss").to_pylist()
     assert len(a) == STEPS and a == pytest.approx(b, rel=1e-12)  # the global loss, not rank 0's
     assert [s.onset for s in ddp.spikes] == [s.onset for s in one.spikes] == [SPIKE]
@@ -85,7 +90,7 @@ def test_two_ranks_record_the_single_process_run(runs):
 
 def test_rank0_local_loss_alone_shows_no_spike(runs):
     """Control: the planted rows are in rank 1's shard; rank 0's own loss at the spike is ordinary."""
-    ddp, _, ex = runs
+    ddp, _, ex, _ = runs
     x, y = ex.global_batch(SPIKE, 2, SPIKE)
     snap = ddp.snapshot(SPIKE).load()
     torch.testing.assert_close(snap.batch["y"], y)  # the global batch, both shards
@@ -99,11 +104,11 @@ def test_rank0_local_loss_alone_shows_no_spike(runs):
 
 
 def test_same_verdict(runs):
-    ddp, one, ex = runs
+    ddp, one, ex, fsdp = runs
     s = Settings(max_snapshots=6)
-    va = analyze(ddp.path, model=ex.make_model(), loss_fn=F.mse_loss, write=False, settings=s)
-    vb = analyze(one.path, model=ex.make_model(), loss_fn=F.mse_loss, write=False, settings=s)
-    assert [x.verdict for x in va.spikes] == [x.verdict for x in vb.spikes] and va.spikes
+    verdicts = [[x.verdict for x in analyze(r.path, model=ex.make_model(), loss_fn=F.mse_loss, write=False,
+                                            settings=s).spikes] for r in (one, ddp, fsdp)]
+    assert verdicts[0] and verdicts[1] == verdicts[0] and verdicts[2] == verdicts[0]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun example on POSIX")
@@ -119,19 +124,22 @@ def test_example_runs_with_torchrun(tmp_path):
     assert [s.onset for s in open_run(tmp_path / "run").spikes] == [50]
 
 
-def test_fsdp2_sharded_parameters_are_refused_by_name(tmp_path):
-    """FSDP2 runs on CPU gloo here, but its DTensor shards are not recorded in this version: the recorder
-    says so at construction instead of failing step after step."""
-    from torch.distributed.fsdp import fully_shard
+def test_other_dtensor_placements_are_refused_by_name(tmp_path):
+    """Only FSDP2's Shard(0) on a 1-D mesh is recorded: a replicated DTensor (tensor-parallel style) is
+    refused at construction, naming the placement, and nothing is written."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
 
     from forensics import Recorder
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
-        fully_shard(model)
-        opt = torch.optim.Adam(model.parameters())
-        with pytest.raises(ValueError, match="FSDP2 recording is not implemented"):
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Linear(3, 1)
+        for name, p in list(model.named_parameters()):
+            setattr(model, name, torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Replicate()])))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.raises(ValueError, match=r"Replicate\(\).*only FSDP2"):
             Recorder(model, opt, tmp_path / "run")
         assert not (tmp_path / "run").exists()
     finally:

@@ -12,7 +12,8 @@ class SnapshotPolicy:
     """Turns detector events and captured ring slots into snapshot jobs on the sink.
 
     `warn(key, message)` is the recorder's warn-once. `context` is the sparse ring (or None).
-    `gather(batch) -> (global batch, [[rank, rows]])` (several ranks) is called for every snapshot on
+    `full(export)` (FSDP2) gathers every rank's shards into full tensors; `slot_bytes` is then the bytes of
+    a full state. `gather(batch) -> (global batch, [[rank, rows]])` (several ranks) is called for every snapshot on
     every rank; `writes` is False on the ranks that do not write. `enabled` turns False for good when the byte budget is exhausted or a write/capture error
     ends capture; scalars and events go on regardless. Budgets count episodes (`spike_open`), not
     re-triggers: a `spike_reopen` of the episode being captured resumes its `during` snapshots.
@@ -20,7 +21,7 @@ class SnapshotPolicy:
 
     def __init__(self, ring, sink, warn, *, ring_size: int, tail: int, baseline_every: int, max_spikes: int,
                  max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None,
-                 gather=None, writes: bool = True):
+                 gather=None, writes: bool = True, full=None, slot_bytes: int | None = None):
         self.ring, self.context, self.sink, self.warn = ring, context, sink, warn
         self.ring_size, self.tail, self.baseline_every = ring_size, tail, baseline_every
         self.max_spikes, self.max_bytes = max_spikes, max_bytes
@@ -28,6 +29,7 @@ class SnapshotPolicy:
         self.opt_class, self.group_names = opt_class, group_names
         self.enabled = ring is not None
         self.gather, self.writes = gather, writes  # several ranks: gather the batch; only the writer writes
+        self.full, self.slot_bytes = full, slot_bytes  # FSDP2: gather the shards; bytes of a full state
         self.capturing = None  # id of the episode whose snapshots are being written
         self.tail_left = 0
         self.last_saved = -1
@@ -109,7 +111,7 @@ class SnapshotPolicy:
             return
         info = ring.info[slot]
         batch_bytes = 0 if self.gather else sum(t.numel() * t.element_size() for t in ring.batches[slot].values())
-        est = ring.nbytes_per_slot + batch_bytes + 4096
+        est = (self.slot_bytes or ring.nbytes_per_slot) + batch_bytes + 4096  # the same on every rank
         if self.bytes + est > self.max_bytes:
             self.enabled = False
             self.warn("budget", f"byte budget exhausted (max_bytes={self.max_bytes}, used ~{self.bytes}): "
@@ -124,6 +126,8 @@ class SnapshotPolicy:
         self.bytes += est
         self.last_saved = max(self.last_saved, info.step)
         meta = self._meta(info, role, spike_id)
+        if self.full is not None:
+            export = self.full(export)
         if self.gather is not None:  # every rank takes part (same detector, same decisions), rank 0 writes
             export["batch"], shards = self.gather(export["batch"])
             meta["batch_shards"] = shards

@@ -53,10 +53,11 @@ class RankSetup:
 
 
 class GlobalMean:
-    """Means over ranks of per-step scalars, reduced asynchronously; the result lands in a `Deferred`."""
+    """Means (or, `mean=False`, sums) over ranks of per-step scalars, reduced asynchronously; the result
+    lands in a `Deferred`."""
 
-    def __init__(self, deferred, world: int):
-        self.deferred, self.world = deferred, world
+    def __init__(self, deferred, world: int, mean: bool = True):
+        self.deferred, self.world, self.mean = deferred, world, mean
 
     def put(self, target, key, value, fn=float) -> None:
         """`target[key] = fn(mean over ranks of value)` at the next fetch. Every rank must call this in the
@@ -73,7 +74,7 @@ class GlobalMean:
         if dist.get_backend() == "nccl" and buf.device.type != "cuda":
             buf = buf.to(torch.device("cuda", torch.cuda.current_device()))
         work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True)
-        self.deferred.put_reduced(target, key, buf, work, 1.0 / self.world, fn)
+        self.deferred.put_reduced(target, key, buf, work, 1.0 / self.world if self.mean else 1.0, fn)
 
 
 def unwrap_ddp(model):
@@ -83,18 +84,41 @@ def unwrap_ddp(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def refuse_sharded(params: list) -> None:
-    """ValueError when parameters are sharded DTensors (FSDP2 `fully_shard`, tensor parallel): the ring
-    copies whole local tensors and the run format has no shard index yet, so such a run is not recorded."""
+def sharded(params: list) -> bool:
+    """Whether the parameters are FSDP2 shards (DTensors sharded along dim 0). ValueError for any other
+    DTensor placement (tensor parallel), which is not recorded."""
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor, Shard
     except ImportError:  # torch without distributed tensors
-        return
-    sharded = [i for i, p in enumerate(params) if isinstance(p, DTensor)]
-    if sharded:
-        raise ValueError(f"{len(sharded)} parameters are sharded DTensors (FSDP2 fully_shard or tensor "
-                         "parallel): this version records single processes and DDP only; FSDP2 recording "
-                         "is not implemented (docs/format.md, 'Several processes')")
+        return False
+    dt = [p for p in params if isinstance(p, DTensor)]
+    bad = [p for p in dt if p.device_mesh.ndim != 1 or p.placements != (Shard(0),)]
+    if bad:
+        raise ValueError(f"{len(bad)} parameters are DTensors with placements {bad[0].placements} on a "
+                         f"{bad[0].device_mesh.ndim}-D mesh: only FSDP2 (fully_shard, Shard(0) on a 1-D mesh) "
+                         "and DDP are recorded (docs/format.md, 'Several processes')")
+    return bool(dt)
+
+
+def gather_full(export: dict) -> dict:
+    """An export of this rank's shards (`Ring.export`) -> the full tensors (FSDP2 shards are dim-0 chunks in
+    rank order), as an export with full-shape layouts. A collective: every rank calls it per snapshot."""
+    import torch.distributed as dist
+
+    from forensics.record.ring import Layout
+
+    out = {}
+    for kind, (layout, flats) in export["banks"].items():
+        mine = {n: v.contiguous() for n, v in layout.views(flats).items()}
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        full = [torch.cat([p[n] for p in parts]) for n in layout.names]
+        lay = Layout.of(layout.names, full)
+        flat = {dt: torch.empty(n, dtype=dt) for dt, n in lay.totals.items()}
+        for view, t in zip(lay.views(flat).values(), full, strict=True):
+            view.copy_(t)
+        out[kind] = (lay, flat)
+    return {**export, "banks": out}
 
 
 def gather_batch(batch: dict) -> tuple[dict, list]:
@@ -114,4 +138,4 @@ def gather_batch(batch: dict) -> tuple[dict, list]:
     return out, rows
 
 
-__all__ = ["GlobalMean", "RankSetup", "gather_batch", "rank_and_world", "refuse_sharded", "unwrap_ddp"]
+__all__ = ["GlobalMean", "RankSetup", "gather_batch", "rank_and_world", "gather_full", "sharded", "unwrap_ddp"]

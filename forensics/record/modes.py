@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from forensics.record.keyframe import KeyframeRing
-from forensics.record.ring import Ring
+from forensics.record.ring import Ring, local
 
 
-def state_bytes(params: list, kinds: list[str]) -> int:
-    """Bytes of one full state: weights, gradients and each optimizer state kind (16 B/param for Adam fp32)."""
-    per = sum(p.numel() * p.element_size() for p in params)
+def state_bytes(params: list, kinds: list[str], shard: bool = False) -> int:
+    """Bytes of one full state: weights, gradients and each optimizer state kind (16 B/param for Adam fp32);
+    `shard`: of this rank's shards only (FSDP2), else of the whole (global) parameters."""
+    per = sum((local(p) if shard else p).numel() * p.element_size() for p in params)
     return (2 + len(kinds)) * per
 
 
@@ -24,7 +25,7 @@ def choose_mode(cfg, params: list, kinds: list[str], distributed: bool = False) 
         raise ValueError("mode='keyframe' records a single process in this version; under torch.distributed "
                          "use mode='dense' (or 'auto')")
     sync_every = cfg.lag_for(params[0].device if params else None)
-    dense = (cfg.ring_size + sync_every - 1) * state_bytes(params, kinds)
+    dense = (cfg.ring_size + sync_every - 1) * state_bytes(params, kinds, shard=True)
     mode, message = cfg.mode, None
     if mode == "auto":
         mode = "keyframe" if dense > cfg.memory_budget and not distributed else "dense"

@@ -21,7 +21,7 @@ from forensics.record.amp import ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
-from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, refuse_sharded, unwrap_ddp
+from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, gather_full, sharded, unwrap_ddp
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.lazy import Deferred, LazyInputs
@@ -29,7 +29,7 @@ from forensics.record.optim import (
     class_path, is_adam, state_kinds,
 )
 from forensics.record.order import BackwardCounter, CapturedStep
-from forensics.record.modes import build_rings, choose_mode
+from forensics.record.modes import build_rings, choose_mode, state_bytes
 from forensics.record.objective import Objective
 from forensics.record.resume import open_manifest, restore, resume_point
 from forensics.record.scalars import StepScalars
@@ -59,7 +59,7 @@ class Recorder(StepLoop, FailurePolicy):
         self.config = cfg
         keys = batch_key_map(cfg.batch_keys)
         model = unwrap_model(unwrap_ddp(model))
-        refuse_sharded(list(model.parameters()))
+        shards = sharded(list(model.parameters()))  # FSDP2: each rank's ring holds its shards
         self._ranks = RankSetup(run_dir)  # rank 0 (or one process) writes run_dir; other ranks a temp folder
         run_dir = self._ranks.run_dir
         self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
@@ -98,7 +98,8 @@ class Recorder(StepLoop, FailurePolicy):
             self._warn("mode", mode_message)
         self._adam = is_adam(optimizer)
         self._deferred, self._queue, self._hparams = Deferred(), [], HParams()
-        self._scalars = StepScalars(self.ring, self._params, self._adam, self._deferred)
+        self._scalars = StepScalars(self.ring, self._params, self._adam, self._deferred,
+                                    GlobalMean(self._deferred, self._ranks.world, mean=False) if shards else None)
         self._sink.queued, self._sink.deferred = self._queue, self._deferred
         self._global = GlobalMean(self._deferred, self._ranks.world)
         opt_class = class_path(optimizer)
@@ -107,6 +108,7 @@ class Recorder(StepLoop, FailurePolicy):
             baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes,
             run_id=self.run_id, optimizer=optimizer, opt_class=opt_class, context=self.context,
             group_names=group_names, gather=gather_batch if self._ranks.distributed else None,
+            full=gather_full if shards else None, slot_bytes=state_bytes(self._params, kinds) if shards else None,
             writes=self._ranks.writer)
         if point is not None:
             restore(point, self.detector, self._snaps, self._sink, self._step)

@@ -66,7 +66,7 @@ class FlatBank:
                 v.zero_()
             else:
                 dst.append(v)
-                src.append(s.detach())
+                src.append(local(s.detach()))
         if dst:  # pinned host banks: an asynchronous device-to-host copy, ordered before the update
             torch._foreach_copy_(dst, src, non_blocking=self.pin)
 
@@ -104,7 +104,7 @@ class Ring:
         self.device = torch.device(device) if device is not None else (
             params[0].device if params else torch.device("cpu"))
         self.pin = pin
-        self.layout = Layout.of(names, params)
+        self.layout = Layout.of(names, [local(p) for p in params])  # FSDP2: this rank's shards
         self.banks: dict[str, FlatBank] = {}
         for kind in ["param", "grad", *state_kinds]:
             self.add_kind(kind)
@@ -165,6 +165,12 @@ class Ring:
         out = {kind: (bank.layout, bank.clone_to_cpu(slot)) for kind, bank in self.banks.items()}
         batch = {key: t.to("cpu", copy=True) for key, t in self.batches[slot].items()}
         return {"banks": out, "batch": batch}
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2), else `t` itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
 
 
 def fill_batch(slot: dict, batch: dict) -> None:

@@ -8,6 +8,7 @@ import math
 import torch
 
 from forensics.record.lazy import Deferred, nan_to_none, sqrt
+from forensics.record.ring import local
 
 _SUBSAMPLE = 16384  # coordinates for the Adam ratio stats (format allows <= 65536)
 
@@ -30,8 +31,10 @@ class StepScalars:
     Every value is a 0-d device tensor handed to `deferred` (forensics.record.lazy.Deferred), which
     writes the Python number into the row when the recorder fetches (no host-device sync here)."""
 
-    def __init__(self, ring, params: list[torch.Tensor], adam: bool, deferred: Deferred):
-        self.ring, self.params, self.deferred = ring, params, deferred
+    def __init__(self, ring, params: list[torch.Tensor], adam: bool, deferred: Deferred, summed=None):
+        """`summed`: a `GlobalMean(..., mean=False)` when parameters are sharded over ranks (FSDP2): squared
+        norms are then summed over the ranks (each holds a shard)."""
+        self.ring, self.params, self.deferred, self.summed = ring, params, deferred, summed
         self._scratch = None  # lazily: flat buffers for update norms
         self._subsample = self._make_subsample() if ring is not None and adam else None
 
@@ -40,7 +43,7 @@ class StepScalars:
         `tensors` (None skipped); NaN (float) when there is none."""
         if slot is not None:
             return torch.stack([sqnorm_t(f).double() for f in self.ring.banks[kind].flats(slot).values()]).sum()
-        tensors = [t.detach() for t in tensors if t is not None]
+        tensors = [local(t.detach()) for t in tensors if t is not None]
         if not tensors:
             return math.nan
         return torch.stack([n.double() for n in torch._foreach_norm(tensors)]).square().sum()
@@ -54,7 +57,7 @@ class StepScalars:
             self._scratch = (flats, list(bank.layout.views(flats).values()))
         flats, views = self._scratch
         if next_slot is None:
-            torch._foreach_copy_(views, [p.detach() for p in self.params])
+            torch._foreach_copy_(views, [local(p.detach()) for p in self.params])
         parts = []
         for dt, f in flats.items():
             a = f if next_slot is None else bank.bufs[dt][next_slot]
@@ -77,13 +80,17 @@ class StepScalars:
                "spike_id": None, "batch_rows": None, "micro_batches": None, **columns,
                "amp_skipped": None, "loss_scale": None}
         d.put(row, "probe_loss", probe)
-        d.put(row, "grad_norm", self.sq_norm("grad", slot, [p.grad for p in self.params]), sqrt)
-        d.put(row, "param_norm", self.sq_norm("param", slot, self.params), sqrt)
+        self.put_norm(row, "grad_norm", self.sq_norm("grad", slot, [p.grad for p in self.params]))
+        self.put_norm(row, "param_norm", self.sq_norm("param", slot, self.params))
         d.put(row, "optimizer_step", opt_step, int)
         median, frac = self.adam_ratio(slot, opt_step, groups)
         d.put(row, "adam_ratio_median", median, nan_to_none)
         d.put(row, "adam_ratio_frac_small", frac, nan_to_none)
         return row
+
+    def put_norm(self, target, key, sq) -> None:
+        """`target[key]` = the norm from the squared norm `sq` (summed over the shards' ranks), at the fetch."""
+        (self.summed or self.deferred).put(target, key, sq, sqrt)
 
     def _make_subsample(self):
         """Fixed random coordinates (<= 65536) of the largest dtype buffer, for cheap Adam ratio stats."""

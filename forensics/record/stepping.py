@@ -10,7 +10,7 @@ import time
 import torch
 
 from forensics.record.capture import capture_context
-from forensics.record.lazy import nan_to_none, optimizer_step_value, probe_tensor, sqrt
+from forensics.record.lazy import nan_to_none, optimizer_step_value, probe_tensor
 from forensics.record.micro import batch_rows
 from forensics.record.optim import discover_state_kinds, group_hparams, hparam_columns, state_tensors
 from forensics.record.order import CapturedStep
@@ -101,7 +101,7 @@ class StepLoop:
         row.update(amp)
         row["_reported"] = pending is not None
         if prev is not None and dense is not None and prev != dense:
-            d.put(row, "_prev_update", self._scalars.update_sq(prev, dense), sqrt)
+            self._scalars.put_norm(row, "_prev_update", self._scalars.update_sq(prev, dense))
         if pending is not None:
             self._global.put(row, "loss", loss)
             row.update(batch_rows=batch_rows(batch, self.batch_keys["input"]),
