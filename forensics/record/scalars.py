@@ -50,8 +50,12 @@ class StepScalars:
 
     def update_sq(self, slot: int, next_slot: int | None) -> torch.Tensor:
         """||theta_{t+1} - theta_t||^2 (0-d tensor): slot `next_slot` (or, at close, the live weights)
-        minus `slot`. One vectorised subtraction per dtype into a scratch buffer allocated once."""
+        minus `slot`. fp32/fp64 slots: one `torch.dist` per dtype (one pass, nothing written); otherwise
+        a subtraction into a scratch buffer allocated once, then its norm in float32."""
         bank = self.ring.banks["param"]
+        if next_slot is not None and all(dt in (torch.float32, torch.float64) for dt in bank.bufs):
+            return torch.stack([torch.dist(b[next_slot], b[slot]).double().square()
+                                for b in bank.bufs.values()]).sum()
         if self._scratch is None:
             flats = {dt: torch.empty_like(b[0]) for dt, b in bank.bufs.items()}
             self._scratch = (flats, list(bank.layout.views(flats).values()))
