@@ -20,7 +20,8 @@ class RecorderConfig:
         detector: a preset name, dict or `DetectorConfig` (docs/format.md, detector).
         ring_size: dense ring: the last ring_size full states (weights, grads, moments, batch), kept
             in memory and written as `pre` snapshots when a spike opens.
-        stride: fill the dense ring every stride steps (a spike's steps are always captured).
+        stride: keep every stride-th step as a `pre` snapshot (every step is captured, since whether it
+            opens a spike is known only after its capture; a spike's own steps are always written).
         tail: `post` snapshots written after an episode recovers.
         baseline_every: a `baseline` snapshot every this many steps (0: none).
         context_every, context_span: sparse context: a full state every context_every steps over the
