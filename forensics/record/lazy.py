@@ -90,7 +90,7 @@ def nan_to_none(x: float):
 
 def sqrt(x: float) -> float:
     """The norm from a fetched squared norm (NaN/Inf kept)."""
-    return math.sqrt(x) if x >= 0 else math.nan
+    return math.nan if x < 0 else math.sqrt(x)  # a NaN passes through as it is (its sign bit too)
 
 
 class LazyInputs:

@@ -16,8 +16,8 @@ _SUBSAMPLE = 16384  # coordinates for the Adam ratio stats (format allows <= 655
 def sqnorm_t(flat: torch.Tensor) -> torch.Tensor:
     """||flat||^2 as a 0-d tensor on flat's device, accumulated in at least float32 (no sync)."""
     if flat.dtype in (torch.float16, torch.bfloat16):
-        return torch.linalg.vector_norm(flat, dtype=torch.float32).square()
-    return torch.linalg.vector_norm(flat).square()
+        return torch.linalg.vector_norm(flat, dtype=torch.float32).double().square()
+    return torch.linalg.vector_norm(flat).double().square()  # squared in float64, as the format always did
 
 
 def sqnorm(flat: torch.Tensor) -> float:
@@ -42,11 +42,12 @@ class StepScalars:
         """||kind||_2^2 over all parameters (0-d tensor): from ring slot `slot`, else from the live
         `tensors` (None skipped); NaN (float) when there is none."""
         if slot is not None:
-            return torch.stack([sqnorm_t(f).double() for f in self.ring.banks[kind].flats(slot).values()]).sum()
+            return torch.stack([sqnorm_t(f) for f in self.ring.banks[kind].flats(slot).values()]).sum()
         tensors = [local(t.detach()) for t in tensors if t is not None]
         if not tensors:
             return math.nan
-        return torch.stack([n.double() for n in torch._foreach_norm(tensors)]).square().sum()
+        norms = torch.stack([n.double() for n in torch._foreach_norm(tensors)])
+        return torch.linalg.vector_norm(norms).square()  # sqrt at the fetch gives back this norm exactly
 
     def update_sq(self, slot: int, next_slot: int | None) -> torch.Tensor:
         """||theta_{t+1} - theta_t||^2 (0-d tensor): slot `next_slot` (or, at close, the live weights)
@@ -66,7 +67,7 @@ class StepScalars:
         for dt, f in flats.items():
             a = f if next_slot is None else bank.bufs[dt][next_slot]
             torch.sub(a, bank.bufs[dt][slot], out=f)
-            parts.append(sqnorm_t(f).double())
+            parts.append(sqnorm_t(f))
         return torch.stack(parts).sum()
 
     def update_norm(self, slot: int, next_slot: int | None) -> float:
