@@ -174,7 +174,8 @@ def test_stride_still_captures_the_onset(tmp_path):
     # sparse context before the dense ring: every 16th step of the last 128
     assert [s.step for s in run.snapshots if s.role == "context"] == [0, 16, 32, 48]
     upd = run.steps.column("update_norm").to_pylist()
-    assert upd[60] is not None and upd[59] is None
+    # every step is captured (its loss is fetched after the capture), so every update norm is known
+    assert upd[60] is not None and upd[59] is not None
 
 
 def test_tied_weights_save_and_are_listed(tmp_path):

@@ -12,19 +12,25 @@ class SnapshotPolicy:
     """Turns detector events and captured ring slots into snapshot jobs on the sink.
 
     `warn(key, message)` is the recorder's warn-once. `context` is the sparse ring (or None).
+    `full(export)` (FSDP2) gathers every rank's shards into full tensors; `slot_bytes` is then the
+    bytes of a full state. `gather(batch) -> (global batch, [[rank, rows]])` (several ranks) is
+    called for every snapshot on every rank; `writes` is False on the ranks that do not write.
     `enabled` turns False for good when the byte budget is exhausted or a write/capture error
     ends capture; scalars and events go on regardless. Budgets count episodes (`spike_open`), not
     re-triggers: a `spike_reopen` of the episode being captured resumes its `during` snapshots.
     """
 
     def __init__(self, ring, sink, warn, *, ring_size: int, tail: int, baseline_every: int, max_spikes: int,
-                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None):
+                 max_bytes: int, run_id: str, optimizer, opt_class: str, group_names: list, context=None,
+                 gather=None, writes: bool = True, full=None, slot_bytes: int | None = None):
         self.ring, self.context, self.sink, self.warn = ring, context, sink, warn
         self.ring_size, self.tail, self.baseline_every = ring_size, tail, baseline_every
         self.max_spikes, self.max_bytes = max_spikes, max_bytes
         self.run_id, self.optimizer = run_id, optimizer
         self.opt_class, self.group_names = opt_class, group_names
         self.enabled = ring is not None
+        self.gather, self.writes = gather, writes  # several ranks: gather the batch; only the writer writes
+        self.full, self.slot_bytes = full, slot_bytes  # FSDP2: gather the shards; bytes of a full state
         self.capturing = None  # id of the episode whose snapshots are being written
         self.tail_left = 0
         self.last_saved = -1
@@ -87,7 +93,7 @@ class SnapshotPolicy:
         sid = ev["spike_id"]
         pre = [k for k in self.ring.slots_newest_first()
                if k != slot and t - self.ring_size < self.ring.info[k].step < t
-               and self.ring.info[k].step > self.last_saved]
+               and self.ring.info[k].step > self.last_saved and not self.ring.info[k].optional]
         first_pre = min([self.ring.info[k].step for k in pre] + [t])
         if self.context is not None:
             ctx = [k for k in self.context.slots_newest_first()
@@ -105,16 +111,30 @@ class SnapshotPolicy:
         if not self.enabled:
             return
         info = ring.info[slot]
-        batch_bytes = sum(t.numel() * t.element_size() for t in ring.batches[slot].values())
-        est = ring.nbytes_per_slot + batch_bytes + 4096
+        batch_bytes = 0 if self.gather else sum(t.numel() * t.element_size()
+                                                for t in ring.batches[slot].values())
+        est = (self.slot_bytes or ring.nbytes_per_slot) + batch_bytes + 4096  # the same on every rank
         if self.bytes + est > self.max_bytes:
             self.enabled = False
             self.warn("budget", f"byte budget exhausted (max_bytes={self.max_bytes}, used ~{self.bytes}): "
                       "no more snapshots; per-step scalars and spike events continue")
             return
+        try:
+            export = ring.export(slot)  # keyframe mode: reconstructed by a replay
+        except Exception as e:  # noqa: BLE001 - that snapshot is missing, capture goes on
+            self.warn(f"export:{type(e).__name__}", f"the snapshot of step {info.step} could not be built "
+                      f"({type(e).__name__}: {e}); it is missing, recording continues")
+            return
         self.bytes += est
         self.last_saved = max(self.last_saved, info.step)
-        self.sink.snapshot(info.step, role, spike_id, ring.export(slot), self._meta(info, role, spike_id))
+        meta = self._meta(info, role, spike_id)
+        if self.full is not None:
+            export = self.full(export)
+        if self.gather is not None:  # every rank takes part (same detector, same decisions), rank 0 writes
+            export["batch"], shards = self.gather(export["batch"])
+            meta["batch_shards"] = shards
+        if self.writes:
+            self.sink.snapshot(info.step, role, spike_id, export, meta)
 
     def _meta(self, info, role: str, spike_id) -> dict:
         m = info.meta
@@ -125,7 +145,8 @@ class SnapshotPolicy:
                 "param_groups": groups,
                 "grad_clipped": "unknown" if m["grad_clipped"] is None else bool(m["grad_clipped"]),
                 "batch_keys": info.batch_keys,
-                **{k: m[k] for k in ("micro_batches", "micro_batch_losses", "amp_skipped", "loss_scale")
+                **{k: m[k] for k in ("micro_batches", "micro_batch_losses", "amp_skipped", "loss_scale",
+                                     "reconstructed", "replay_loss_rel_error")
                    if m.get(k) is not None}}
 
 

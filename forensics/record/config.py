@@ -20,7 +20,8 @@ class RecorderConfig:
         detector: a preset name, dict or `DetectorConfig` (docs/format.md, detector).
         ring_size: dense ring: the last ring_size full states (weights, grads, moments, batch), kept
             in memory and written as `pre` snapshots when a spike opens.
-        stride: fill the dense ring every stride steps (a spike's steps are always captured).
+        stride: keep every stride-th step as a `pre` snapshot (every step is captured, since whether it
+            opens a spike is known only after its capture; a spike's own steps are always written).
         tail: `post` snapshots written after an episode recovers.
         baseline_every: a `baseline` snapshot every this many steps (0: none).
         context_every, context_span: sparse context: a full state every context_every steps over the
@@ -47,6 +48,16 @@ class RecorderConfig:
         start_step: with resume, the step index the resumed training starts at (default: one past
             the last recorded step).
         max_pending_rows: step rows kept in memory while the disk fails.
+        sync_every: fetch the losses and per-step scalars from the device every this many steps (one
+            host-device sync per sync_every steps, none in between); detection lags by up to that many
+            steps and the dense ring holds sync_every - 1 slots more to cover the lag. None (default):
+            1 on CPU (no device to wait for), 8 on an accelerator.
+        mode: "dense" (the ring holds every step's full state), "keyframe" (a full state every
+            keyframe_every steps plus every step's batch, loss, hyperparameters and RNG state; the
+            states in between are replayed when a snapshot is written) or "auto" (keyframe when the
+            dense ring would exceed memory_budget; said in a warning and in run.json).
+        keyframe_every: steps between two keyframes.
+        memory_budget: bytes the dense ring may take before "auto" switches to keyframes.
     """
 
     loss: object = "mse"
@@ -76,6 +87,10 @@ class RecorderConfig:
     resume: bool = False
     start_step: int | None = None
     max_pending_rows: int = MAX_PENDING_ROWS
+    sync_every: int | None = None
+    mode: str = "auto"
+    keyframe_every: int = 16
+    memory_budget: int = 4 * 1024**3
     _detector: DetectorConfig = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self):
@@ -85,6 +100,11 @@ class RecorderConfig:
                      max_bytes=(self.max_bytes, 0), probe_every=(self.probe_every, 1),
                      probe_size=(self.probe_size, 1), probe_batches=(self.probe_batches, 1),
                      steps_chunk=(self.steps_chunk, 1), max_pending_rows=(self.max_pending_rows, 1))
+        check_counts(keyframe_every=(self.keyframe_every, 1), memory_budget=(self.memory_budget, 0))
+        if self.mode not in ("auto", "dense", "keyframe"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'keyframe', got {self.mode!r}")
+        if self.sync_every is not None:
+            check_counts(sync_every=(self.sync_every, 1))
         if self.start_step is not None:
             check_counts(start_step=(self.start_step, 0))
         if self.overwrite and self.resume:
@@ -105,6 +125,15 @@ class RecorderConfig:
         """Full states the sparse context keeps in memory."""
         return self.context_span // self.context_every if self.context_every and self.context_span else 0
 
+    def lag_for(self, device) -> int:
+        """`sync_every` for a model on `device` (None: 1 on CPU or without parameters, 8 elsewhere)."""
+        check_counts(keyframe_every=(self.keyframe_every, 1), memory_budget=(self.memory_budget, 0))
+        if self.mode not in ("auto", "dense", "keyframe"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'keyframe', got {self.mode!r}")
+        if self.sync_every is not None:
+            return self.sync_every
+        return 1 if device is None or getattr(device, "type", str(device)) == "cpu" else 8
+
     def with_options(self, **options) -> "RecorderConfig":
         """A copy with `options` (field names) replaced; ValueError naming an unknown one."""
         names = {f.name for f in fields(self) if f.init}
@@ -117,7 +146,8 @@ class RecorderConfig:
         """run.json["recorder"]: the capture settings (JSON-able)."""
         d = {k: v for k, v in asdict(self).items()
              if k in ("ring_size", "stride", "tail", "baseline_every", "context_every", "context_span",
-                      "max_spikes", "max_bytes", "probe_every", "probe_size", "probe_batches", "steps_chunk")}
+                      "max_spikes", "max_bytes", "probe_every", "probe_size", "probe_batches", "steps_chunk",
+                      "sync_every", "mode", "keyframe_every", "memory_budget")}
         return {**d, "context_slots": self.context_slots, "probe": probe_kind}
 
 

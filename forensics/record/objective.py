@@ -40,11 +40,16 @@ class Objective:
     def value(self, t: int) -> float | None:
         """The probe loss at the current weights, every `probe_every` steps once a probe exists. A probe
         that fails is switched off (`failure` says why; the detector then watches the training loss)."""
+        value = self.tensor(t)
+        return None if value is None else float(value.item())
+
+    def tensor(self, t: int):
+        """`value(t)` as a 0-d device tensor, without a host-device sync (the recorder's hot path)."""
         probe = self.probe or self._first
         if probe is None or t % self.every:
             return None
         try:
-            return probe.loss()
+            return probe.loss_tensor()
         except Exception as e:  # noqa: BLE001 - the probe must never cost a step's row
             self.probe, self._first, self.set_id = None, None, "off"
             self.failure = f"the probe failed ({type(e).__name__}: {e}) and is off"

@@ -23,6 +23,11 @@ class Probe:
 
     def loss(self) -> float:
         """The probe loss at the current weights (a float; NaN/Inf kept)."""
+        return float(self.loss_tensor().item())
+
+    def loss_tensor(self) -> torch.Tensor:
+        """The probe loss at the current weights as a 0-d float tensor on the model's device (no
+        host-device sync: the recorder fetches it with the step's other scalars)."""
         if self._loss_fn is None:
             from forensics.losses import resolve_loss
 
@@ -35,7 +40,7 @@ class Probe:
             with torch.inference_mode():
                 out = self.model(self.batch[self.keys["input"]])
                 out = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)  # HF ModelOutput
-                return float(self._loss_fn(out, self.batch[self.keys["target"]]).float().item())
+                return self._loss_fn(out, self.batch[self.keys["target"]]).float()
         finally:
             if toggle:
                 self.model.train(was_training)

@@ -21,20 +21,21 @@ from forensics.record.amp import AutoScalerWatch, ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
+from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, gather_full, sharded, unwrap_ddp
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
+from forensics.record.lazy import Deferred, LazyInputs
 from forensics.record.logit_scalars import logit_columns
-from forensics.record.micro import StepInputs
 from forensics.record.optim import (
     class_path, is_adam, state_kinds,
 )
 from forensics.record.order import BackwardCounter, CapturedStep
-from forensics.record.ring import Ring
+from forensics.record.modes import build_rings, choose_mode, state_bytes
 from forensics.record.objective import Objective
 from forensics.record.resume import open_manifest, restore, resume_point
 from forensics.record.scalars import StepScalars
 from forensics.record.sink import RunSink
-from forensics.record.stepping import StepLoop
+from forensics.record.stepping import HParams, StepLoop
 from forensics.record.status import FailurePolicy, WriteStatus, finish_unclosed
 from forensics.record.warn import RecorderWarning, WarnOnce
 from forensics.rundir.format import SNAPSHOTS_DIR, STEPS_DIR
@@ -58,7 +59,10 @@ class Recorder(StepLoop, FailurePolicy):
         cfg = (config or RecorderConfig()).with_options(**options)
         self.config = cfg
         keys = batch_key_map(cfg.batch_keys)
-        model = unwrap_model(model)
+        model = unwrap_model(unwrap_ddp(model))
+        shards = sharded(list(model.parameters()))  # FSDP2: each rank's ring holds its shards
+        self._ranks = RankSetup(run_dir)  # rank 0 (or one process) writes run_dir; other ranks a temp folder
+        run_dir = self._ranks.run_dir
         self.model, self.optimizer, self.strict = model, optimizer, cfg.strict
         self.run_dir, self.loss_spec, self.batch_keys = Path(run_dir), loss_spec(cfg.loss), keys
         self.detector = SpikeDetector(cfg.detector_config)
@@ -69,6 +73,8 @@ class Recorder(StepLoop, FailurePolicy):
         self._params = [p for _, p in named]
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
+        cfg, _, mode_message = choose_mode(cfg, self._params, kinds, self._ranks.distributed)
+        self.config, self.mode, self.sync_every = cfg, cfg.mode, cfg.sync_every
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
         self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys,
                                                    self.loss_spec, self.detector, self.objective)
@@ -82,25 +88,36 @@ class Recorder(StepLoop, FailurePolicy):
         self._last_committed = self._step - 1
         self._spike_events: list[dict] = []  # the detector's events, for `spikes`
         self._warn = WarnOnce(on_first=self._log_warning)
-        self.ring = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.ring_size)
-                     if self._params else None)
-        self.context = (Ring([n for n, _ in named], self._params, kinds, ring_size=cfg.context_slots)
-                        if self._params and cfg.context_slots else None)
+        group_names = [[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
+                       for g in optimizer.param_groups]
+        self.ring, self.context = build_rings(
+            cfg, [n for n, _ in named], self._params, kinds, model=model, optimizer=optimizer,
+            loss_fn=cfg.loss if callable(cfg.loss) else self.loss_spec, keys=(keys["input"], keys["target"]),
+            group_names=group_names,
+            warn=self._warn)
+        if mode_message:
+            self._warn("mode", mode_message)
         self._adam = is_adam(optimizer)
-        self._scalars = StepScalars(self.ring, self._params, self._adam)
+        self._deferred, self._queue, self._hparams = Deferred(), [], HParams()
+        summed = GlobalMean(self._deferred, self._ranks.world, mean=False) if shards else None
+        self._scalars = StepScalars(self.ring, self._params, self._adam, self._deferred, summed)
+        self._sink.queued, self._sink.deferred = self._queue, self._deferred
+        self._global = GlobalMean(self._deferred, self._ranks.world)
         opt_class = class_path(optimizer)
         self._snaps = SnapshotPolicy(
             self.ring, self._sink, self._warn, ring_size=cfg.ring_size, tail=cfg.tail,
             baseline_every=cfg.baseline_every, max_spikes=cfg.max_spikes, max_bytes=cfg.max_bytes,
             run_id=self.run_id, optimizer=optimizer, opt_class=opt_class, context=self.context,
-            group_names=[[name_of.get(id(p), f"<unnamed:{i}>") for i, p in enumerate(g["params"])]
-                         for g in optimizer.param_groups])
+            group_names=group_names, gather=gather_batch if self._ranks.distributed else None,
+            full=gather_full if shards else None,
+            slot_bytes=state_bytes(self._params, kinds) if shards else None,
+            writes=self._ranks.writer)
         if point is not None:
             restore(point, self.detector, self._snaps, self._sink, self._step)
         self._backward = BackwardCounter(self._params)
         self._t0 = time.perf_counter()
         self._updates = 0  # post-hook count
-        self._pending = StepInputs()  # the micro-batches reported before step()
+        self._pending = LazyInputs()  # the micro-batches reported before step()
         self._open: CapturedStep | None = None  # captured, waiting for observe() after step()
         self._row_slot = None  # ring slot of the latest captured step
         self._logit_row: dict = {}  # opt-in logit/attention columns of the next committed row
@@ -130,7 +147,7 @@ class Recorder(StepLoop, FailurePolicy):
         """
         self._surface()
         try:
-            value = float(loss.detach().item()) if isinstance(loss, torch.Tensor) else float(loss)
+            value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)  # fetched later, no sync
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -147,7 +164,7 @@ class Recorder(StepLoop, FailurePolicy):
             step = self._open
             if step is not None and self._backward.count == step.backwards:
                 self._open = None
-                self._commit(step, value, flat, grad_clipped)
+                self._complete(step, value, flat, grad_clipped)
                 return
             if step is not None:
                 self._commit_missing()
@@ -158,7 +175,9 @@ class Recorder(StepLoop, FailurePolicy):
     @property
     def spikes(self) -> list:
         """Spike episodes seen so far in this process (closed ones, plus one still open with end=None),
-        built like a recorded run's (`forensics.rundir.spikes.spikes_from_events`)."""
+        built like a recorded run's (`forensics.rundir.spikes.spikes_from_events`). Fetches the steps
+        waiting for detection first (one host-device sync)."""
+        self._drain()
         return spikes_from_events(self._spike_events)
 
     @property
@@ -177,7 +196,9 @@ class Recorder(StepLoop, FailurePolicy):
         write_manifest(self.run_dir, self.manifest)
 
     def flush(self) -> None:
-        """Write buffered rows as a (partial) chunk, retry failed writes, block until all is on disk."""
+        """Fetch and commit the queued steps, write buffered rows as a (partial) chunk, retry failed writes,
+        block until all is on disk."""
+        self._drain()
         self._sink.flush()
         self._surface()
 
@@ -190,18 +211,22 @@ class Recorder(StepLoop, FailurePolicy):
         for h in self._hooks:
             h.remove()
         self._backward.remove()
+        if self.mode == "keyframe" and self.ring is not None:
+            self.ring.remove()
         if self._amp is not None:
             self._amp.remove()
         try:
             if self._open is not None:
                 self._commit_missing()
+            self._drain()
             self._save_state()  # before finish(): a resumed run continues an open episode
             for ev in self.detector.finish():
                 self._sink.event(ev)
                 self._spike_events.append(ev)
             slot = self._row_slot
             last = self._sink.last_step()
-            if slot is not None and self._snaps.enabled and last == self.ring.info[slot].step:
+            if (slot is not None and self.mode == "dense" and self._snaps.enabled
+                    and last == self.ring.info[slot].step):
                 self._sink.patch_last(last, "update_norm", self._scalars.update_norm(slot, None))
             self._sink.flush()  # snapshots queued behind the rows land first: "close" is the last event
             self._sink.event({"type": "close", "step": self._step - 1,
@@ -211,6 +236,7 @@ class Recorder(StepLoop, FailurePolicy):
         finally:
             self._finalizer.detach()
             status = self._sink.finish()
+            self._ranks.cleanup()
         self._surface()
         if (status.rows_lost or status.events_lost) and not status.stopped:  # snapshot losses: warned
             self._warn("lost", f"at close, {status.loss_summary()}; see Recorder.status")

@@ -47,9 +47,10 @@ class Layout:
 class FlatBank:
     """K slots of one kind of per-parameter tensor, in one flat (K, numel) buffer per dtype."""
 
-    def __init__(self, layout: Layout, ring_size: int, device):
-        self.layout = layout
-        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device)
+    def __init__(self, layout: Layout, ring_size: int, device, pin: bool = False):
+        self.layout, self.pin = layout, pin
+        self.bufs = {dt: torch.zeros(ring_size, n, dtype=dt, device=device).pin_memory() if pin
+                     else torch.zeros(ring_size, n, dtype=dt, device=device)
                      for dt, n in layout.totals.items()}
         self.slot_views = [list(layout.views({dt: b[k] for dt, b in self.bufs.items()}).values())
                            for k in range(ring_size)]
@@ -65,9 +66,9 @@ class FlatBank:
                 v.zero_()
             else:
                 dst.append(v)
-                src.append(s.detach())
-        if dst:
-            torch._foreach_copy_(dst, src)
+                src.append(local(s.detach()))
+        if dst:  # pinned host banks: an asynchronous device-to-host copy, ordered before the update
+            torch._foreach_copy_(dst, src, non_blocking=self.pin)
 
     def flats(self, slot: int) -> dict:
         """Slot `slot`'s flat buffers (dtype -> 1-D tensor), as views, not copies."""
@@ -85,20 +86,25 @@ class SlotInfo:
     step: int = -1
     meta: dict = field(default_factory=dict)
     batch_keys: list = field(default_factory=list)
+    optional: bool = False  # captured only to cover the detection lag (off the stride): no `pre` snapshot
 
 
 class Ring:
     """The last K captured states: params, grads, optimizer state kinds and batches."""
 
     def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *,
-                 ring_size: int):
+                 ring_size: int, device=None, pin: bool = False):
+        """`device`: where the banks live (default: the first parameter's); `pin`: page-locked host banks
+        filled asynchronously (keyframes of a CUDA model)."""
         if ring_size < 1:
             raise ValueError(f"ring_size must be >= 1, got {ring_size}")
         self.size = ring_size
         self.names = names
         self.params = params
-        self.device = params[0].device if params else torch.device("cpu")
-        self.layout = Layout.of(names, params)
+        self.device = torch.device(device) if device is not None else (
+            params[0].device if params else torch.device("cpu"))
+        self.pin = pin
+        self.layout = Layout.of(names, [local(p) for p in params])  # FSDP2: this rank's shards
         self.banks: dict[str, FlatBank] = {}
         for kind in ["param", "grad", *state_kinds]:
             self.add_kind(kind)
@@ -109,15 +115,17 @@ class Ring:
     def add_kind(self, kind: str, layout: Layout | None = None) -> None:
         """Allocate a bank for a new kind (one-time; used for state discovered after the first step)."""
         if kind not in self.banks:
-            self.banks[kind] = FlatBank(layout or self.layout, self.size, self.device)
+            self.banks[kind] = FlatBank(layout or self.layout, self.size, self.device, self.pin)
 
     @property
     def nbytes_per_slot(self) -> int:
         """Bytes one slot holds across all kinds (params, grads, optimizer state); batches not counted."""
         return sum(b.nbytes_per_slot for b in self.banks.values())
 
-    def capture(self, step: int, grads: list, states: dict, batch: dict, meta: dict) -> int:
-        """Copy the current state into the next slot; returns the slot index."""
+    def capture(self, step: int, grads: list, states: dict, batch: dict, meta: dict, *,
+                optional: bool = False) -> int:
+        """Copy the current state into the next slot; returns the slot index. `optional`: kept only while
+        its step's loss is unknown (a stride step it is not): never written as a `pre` snapshot."""
         k = (self.head + 1) % self.size
         self.banks["param"].fill(k, self.params)
         self.banks["grad"].fill(k, grads)
@@ -125,7 +133,7 @@ class Ring:
             if kind not in ("param", "grad"):
                 bank.fill(k, states.get(kind, [None] * len(self.params)))
         self._fill_batch(k, batch)
-        self.info[k] = SlotInfo(step=step, meta=meta, batch_keys=list(batch))
+        self.info[k] = SlotInfo(step=step, meta=meta, batch_keys=list(batch), optional=optional)
         self.head = k
         return k
 
@@ -136,14 +144,7 @@ class Ring:
         self.info[slot].meta.update(meta)
 
     def _fill_batch(self, k: int, batch: dict) -> None:
-        slot = self.batches[k]
-        for key, t in batch.items():
-            buf = slot.get(key)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device:
-                buf = slot[key] = torch.empty_like(t, memory_format=torch.contiguous_format)
-            buf.copy_(t.detach())
-        for key in [k_ for k_ in slot if k_ not in batch]:
-            del slot[key]
+        fill_batch(self.batches[k], batch)
 
     def slots_newest_first(self):
         """Slot indices holding a capture, newest first."""
@@ -164,6 +165,23 @@ class Ring:
         out = {kind: (bank.layout, bank.clone_to_cpu(slot)) for kind, bank in self.banks.items()}
         batch = {key: t.to("cpu", copy=True) for key, t in self.batches[slot].items()}
         return {"banks": out, "batch": batch}
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2), else `t` itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
+def fill_batch(slot: dict, batch: dict) -> None:
+    """Copy `batch` into the preallocated tensors of `slot` (reallocated only when a shape changes)."""
+    for key, t in batch.items():
+        buf = slot.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device:
+            buf = slot[key] = torch.empty_like(t, memory_format=torch.contiguous_format)
+        buf.copy_(t.detach())
+    for key in [k_ for k_ in slot if k_ not in batch]:
+        del slot[key]
 
 
 def tensors_from_export(export: dict) -> dict:

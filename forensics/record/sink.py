@@ -50,6 +50,8 @@ class RunSink(WriterJobs):
         self._st = WriteStatus()
         self._rows = _empty_rows()
         self.open_row: dict | None = None  # the row of a step still waiting for its loss
+        self.queued: list = []  # steps waiting for their device scalars (the recorder's queue, shared)
+        self.deferred = None  # their `forensics.record.lazy.Deferred`, set by the recorder
         self._chunks: dict[int, dict] = {}  # chunk index -> rows not on disk yet
         self._next_chunk, self._writing = first_chunk, None  # the next chunk's index, the one being written
         self._events: deque = deque()
@@ -162,6 +164,7 @@ class RunSink(WriterJobs):
         stop the writer, count what is still unwritten as lost, remove stale temp files (idempotent)."""
         if self._finished:
             return self.status
+        self._rescue_queued()
         if self.open_row is not None:
             self.add_row(self.open_row)
         on_writer = threading.current_thread() is self._writer.thread
@@ -177,6 +180,23 @@ class RunSink(WriterJobs):
         if not self.stopped:
             clean_stale_temps(self.run_dir, own=True)
         return self.status
+
+    def _rescue_queued(self) -> None:
+        """Unclosed recorder: fetch the queued steps' scalars and buffer their rows (not detected: spike_id
+        null), so a run that never called close() loses at most what a fetch cannot give."""
+        try:
+            if self.deferred is not None:
+                self.deferred.fetch()
+            for step in self.queued:
+                row = step.row
+                row.pop("_reported", None)
+                prev = row.pop("_prev_update", None)
+                if prev is not None:
+                    self.patch_last(step.t - 1, "update_norm", prev)
+                self.add_row(row)
+        except Exception as e:  # noqa: BLE001 - never raise at exit
+            self._report("dropped", f"steps waiting for their scalars could not be written ({e!r})", e)
+        self.queued.clear()
 
     # ----------------------------------------------------------------- writer thread
 
