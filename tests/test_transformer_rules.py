@@ -197,3 +197,29 @@ def test_default_counterfactuals_leave_out_a_value_the_run_already_uses():
     assert not already_used("eps=x1000", {"eps": 1e-8}) and not already_used("skip_batch=3", {})
     assert not already_used("lr=hold+clip=0.1", {"lr": 0.1})
     assert already_used("weight_decay=0.1+beta2=0.95", {"weight_decay": 0.1, "beta2": 0.95})
+
+
+@pytest.mark.skipif(not (GROWTH / "run.json").is_file(), reason="no sample runs")
+def test_the_spike_page_draws_the_attention_heat_map_and_log_z(monkeypatch):
+    """The two rules' panels (their SPECs) draw from the growth run's measurements: a heat map of
+    max |q·kᵀ/√d| per step × layer.head, and log Z with the output logits."""
+    pytest.importorskip("streamlit")
+    import pandas as pd
+
+    from forensics.analyzer.pipeline import analyze
+    from forensics.app import panels
+
+    spike = analyze(GROWTH, mechanisms=["attention_logit_growth", "output_logit_divergence"],
+                    write=False).spikes[0]
+    c = spike.context
+    m = pd.DataFrame(spike.evidence.rows, columns=["step", "engine", "metric", "value"])
+    frames = panels.SpikeFrames(root="", run={"path": ""}, m=m, steps=pd.DataFrame({"step": []}),
+                                spike={"onset_step": c.onset, "peak_step": c.peak, "end_step": c.end},
+                                snaps=pd.DataFrame({"step": []}))
+    for rule in ("attention_logit_growth", "output_logit_divergence"):
+        drawn = []
+        monkeypatch.setattr(panels.ui, "show_chart", lambda chart, drawn=drawn, **kw: drawn.append(chart))
+        panels.draw_finding(rule, frames)
+        assert drawn, rule
+        spec = drawn[0].to_dict()
+        assert spec.get("data") or spec.get("datasets"), rule
