@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from forensics.record.ring import Layout, Ring, SlotInfo, fill_batch
+from forensics.record.ring import Layout, Ring, SlotIndex, SlotInfo, fill_batch
 from forensics.replay import StepInput, build_optimizer, load_params, replay_steps
 
 REPLAY_RTOL = 1e-4  # recomputed vs recorded loss: beyond this the snapshot is marked and a warning given
@@ -37,7 +37,7 @@ def _set_rng(state, device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-class KeyframeRing:
+class KeyframeRing(SlotIndex):
     """The last `window + every` steps' inputs and the keyframes needed to rebuild any of them.
 
     model: the live model (a replica is deep-copied now, before the recorder's hooks exist).
@@ -103,23 +103,6 @@ class KeyframeRing:
         self.rng[k], self.next_rng, self._armed = self.next_rng, None, True
         self.head = k
         return k
-
-    def attach(self, slot: int, batch: dict, **meta) -> None:
-        """Fill in the batch and metadata of a slot captured before its loss was known."""
-        fill_batch(self.batches[slot], batch)
-        self.info[slot].batch_keys = list(batch)
-        self.info[slot].meta.update(meta)
-
-    def slots_newest_first(self):
-        """Step slots holding a capture, newest first."""
-        for i in range(self.size):
-            k = (self.head - i) % self.size
-            if self.info[k].step >= 0 and self.head >= 0:
-                yield k
-
-    def find(self, step: int) -> int | None:
-        """The slot of `step`'s inputs; None if overwritten or never captured."""
-        return next((k for k in self.slots_newest_first() if self.info[k].step == step), None)
 
     def remove(self) -> None:
         """Detach the forward pre-hook."""

@@ -89,7 +89,34 @@ class SlotInfo:
     optional: bool = False  # captured only to cover the detection lag (off the stride): no `pre` snapshot
 
 
-class Ring:
+class SlotIndex:
+    """Slots of a circular buffer: `size` slots, `head` the newest (−1: none yet), `info[k]` a
+    `SlotInfo` (step −1: empty), `batches[k]` the slot's batch tensors."""
+
+    size: int
+    head: int
+    info: list
+    batches: list
+
+    def attach(self, slot: int, batch: dict, **meta) -> None:
+        """Fill in the batch and metadata of a slot captured before its loss was known."""
+        fill_batch(self.batches[slot], batch)
+        self.info[slot].batch_keys = list(batch)
+        self.info[slot].meta.update(meta)
+
+    def slots_newest_first(self):
+        """Slot indices holding a capture, newest first."""
+        for i in range(self.size):
+            k = (self.head - i) % self.size
+            if self.info[k].step >= 0 and self.head >= 0:
+                yield k
+
+    def find(self, step: int) -> int | None:
+        """The slot holding the capture of `step`; None if it was overwritten or never captured."""
+        return next((k for k in self.slots_newest_first() if self.info[k].step == step), None)
+
+
+class Ring(SlotIndex):
     """The last K captured states: params, grads, optimizer state kinds and batches."""
 
     def __init__(self, names: list[str], params: list[torch.Tensor], state_kinds: list[str], *,
@@ -132,33 +159,10 @@ class Ring:
         for kind, bank in self.banks.items():
             if kind not in ("param", "grad"):
                 bank.fill(k, states.get(kind, [None] * len(self.params)))
-        self._fill_batch(k, batch)
+        fill_batch(self.batches[k], batch)
         self.info[k] = SlotInfo(step=step, meta=meta, batch_keys=list(batch), optional=optional)
         self.head = k
         return k
-
-    def attach(self, slot: int, batch: dict, **meta) -> None:
-        """Fill in the batch and metadata of a slot captured before its loss was known."""
-        self._fill_batch(slot, batch)
-        self.info[slot].batch_keys = list(batch)
-        self.info[slot].meta.update(meta)
-
-    def _fill_batch(self, k: int, batch: dict) -> None:
-        fill_batch(self.batches[k], batch)
-
-    def slots_newest_first(self):
-        """Slot indices holding a capture, newest first."""
-        for i in range(self.size):
-            k = (self.head - i) % self.size
-            if self.info[k].step >= 0 and self.head >= 0:
-                yield k
-
-    def find(self, step: int) -> int | None:
-        """The slot holding the capture of `step`; None if it was overwritten or never captured."""
-        for k in self.slots_newest_first():
-            if self.info[k].step == step:
-                return k
-        return None
 
     def export(self, slot: int) -> dict:
         """A CPU copy of a slot for the writer: `{kind: (layout, {dtype: flat})}` plus batch."""
