@@ -267,3 +267,43 @@ def test_a_corrupt_snapshot_in_the_window_is_named_with_exit_3(tmp_path):
                                      "skip_batch=70", "--no-save"])
     assert r.exit_code == 3, r.output
     assert r.stderr.startswith(f"error: {broken}: unreadable")
+
+
+def _record_lr_pulse(path, *, pulse=True, at=300, steps=360):
+    """SGD+momentum on minibatches of a fixed task, the default auto probe and detector signal
+    ("auto"); with `pulse`, the lr ×10 for steps at..at+2 (set directly, then put back)."""
+    from forensics.zoo.models import mlp
+
+    torch.manual_seed(0)
+    sizes = [4, 32, 32, 1]
+    model = mlp(sizes)
+    x_all = torch.randn(2048, 4, generator=torch.Generator().manual_seed(5))
+    y_all = (x_all[:, :1] * x_all[:, 1:2]).sin() + 0.5 * x_all[:, 2:3]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    with Recorder(model, opt, path, model_factory="forensics.zoo.models:mlp", model_kwargs={"sizes": sizes},
+                  loss="mse") as rec:
+        for t in range(steps):
+            idx = torch.randint(0, 2048, (32,), generator=g)
+            if pulse and t in (at, at + 3):
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] * 10 if t == at else group["lr"] / 10
+            opt.zero_grad()
+            loss = F.mse_loss(model(x_all[idx]), y_all[idx])
+            loss.backward()
+            rec.observe(loss, {"x": x_all[idx], "y": y_all[idx]})
+            opt.step()
+    return open_run(path)
+
+
+def test_a_probe_watched_spike_is_judged_on_the_reference_loss(tmp_path):
+    """Detector signal "auto" watches the probe once drawn: the spike it found must be judged on
+    the reference loss, not by the minibatch-loss detector (which sees no spike there)."""
+    run = _record_lr_pulse(tmp_path / "run")
+    spike = next(s for s in run.spikes if 300 <= s.onset <= 303)
+    assert spike.signal == "probe"
+    result = whatif(run, spike.spike_id, ["lr=hold", "lr=x1"])
+    assert result.reproduced and result.curve == "reference" and result.spike_visible
+    held, same = result.changes
+    assert held.spike_gone and held.peak_ratio < 1.5 < held.recorded_peak_ratio  # lr before the pulse
+    assert not same.spike_gone  # control: the recorded lr replays the spike

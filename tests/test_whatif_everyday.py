@@ -56,3 +56,27 @@ def test_cleared_adam_state_is_gone_with_the_state_restored(tmp_path):
     assert result.reproduced and result.replay_error <= TOLERANCE, result.diagnosis
     (restored,) = result.changes
     assert restored.recorded_peak_ratio > 10 and restored.spike_gone
+
+
+def test_the_default_fix_of_a_jump_sets_the_value_before_it_even_when_the_window_starts_after(tmp_path):
+    """sample_runs/lr_jump: the scheduler is rebuilt at step 300 (lr 0.004 -> 0.1) and the replay
+    window starts after it, so `lr=hold` would replay 0.1: the default is the lr before the jump."""
+    import shutil
+
+    import pytest
+
+    from forensics.analyzer.pipeline import analyze
+    from forensics.whatif.defaults import default_changes
+
+    sample = Path(__file__).resolve().parents[1] / "sample_runs" / "lr_jump"
+    if not (sample / "run.json").is_file():
+        pytest.skip("sample_runs/ not recorded")
+    shutil.copytree(sample, tmp_path / "run", ignore=shutil.ignore_patterns("analysis"))
+    assert analyze(tmp_path / "run").spikes[0].verdict == "hyperparameter_jump"
+    run = open_run(tmp_path / "run")
+    (text,), rules = default_changes(run, run.spikes[0])
+    assert rules == ["hyperparameter_jump"] and text.startswith("lr=0.004")
+    result = whatif(run, 0)
+    assert result.reproduced and result.steps[0] > 300  # the window holds no step before the jump
+    (fix,) = result.changes
+    assert fix.spike_gone and fix.recorded_peak_ratio > 5

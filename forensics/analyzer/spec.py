@@ -106,7 +106,8 @@ class Mechanism:
     false_alarms: how often it fired on the project's clean runs, as measured (docs);
         empty when not measured yet.
     counterfactuals: the hint as changes `forensics whatif` can replay (docs/whatif.md), e.g.
-        ("beta2=0.95", "eps=x1000"); `skip_batch=onset` names the spike's onset step.
+        ("beta2=0.95", "eps=x1000"); `skip_batch=onset` names the spike's onset step, and
+        `jump=before` the hyperparameter the finding's evidence names at its `old` value.
 
     Raises ValueError naming the spec when a field is missing or malformed (no panel, a
     threshold without a source, a role or badge colour that does not exist, ...).

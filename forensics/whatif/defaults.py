@@ -1,5 +1,6 @@
 """The default counterfactuals of a spike: the changes its fired rules' specs declare
-(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps.
+(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps,
+and `jump=before` sets the hyperparameter a `hyperparameter_jump` found back to its value before the jump.
 A change that sets a hyperparameter to the value the run already uses is left out (a replay of
 nothing; `forensics.analyzer.hints.run_settings` reads run.json). The z-loss and qk-layernorm
 (the fixes for output-logit divergence and attention-logit growth) change the loss and the model,
@@ -14,6 +15,14 @@ def fired_rules(run: Run, spike_id: int) -> list[str]:
     """The rules that fired on spike `spike_id` in analysis/findings.parquet, the verdict first.
 
     Raises ValueError when the run has not been analyzed."""
+    return list(fired_findings(run, spike_id))
+
+
+def fired_findings(run: Run, spike_id: int) -> dict[str, dict]:
+    """{rule: its evidence (parsed JSON)} of the rules that fired on spike `spike_id`, the verdict
+    first. Raises ValueError when the run has not been analyzed."""
+    import json
+
     import pyarrow.parquet as pq
 
     from forensics.rundir.analysis import analysis_files
@@ -25,7 +34,13 @@ def fired_rules(run: Run, spike_id: int) -> list[str]:
     rows = pq.read_table(files["findings"]).to_pylist()
     rows = [r for r in rows if r["spike_id"] == spike_id and r["status"] == "fired"]
     rows.sort(key=lambda r: (not r.get("primary"), -(r.get("score") or 0)))
-    return [r["rule"] for r in rows]
+    out = {}
+    for r in rows:
+        try:
+            out[r["rule"]] = json.loads(r.get("evidence") or "{}")
+        except ValueError:
+            out[r["rule"]] = {}
+    return out
 
 
 def default_changes(run: Run, spike: Spike) -> tuple[list[str], list[str]]:
@@ -36,11 +51,12 @@ def default_changes(run: Run, spike: Spike) -> tuple[list[str], list[str]]:
 
     used = run_settings(run.manifest)
     texts, rules = [], []
-    for rule in fired_rules(run, spike.spike_id):
+    for rule, evidence in fired_findings(run, spike.spike_id).items():
         spec = SPECS.get(rule)
         for text in getattr(spec, "counterfactuals", ()) or ():
             text = text.replace("=onset", f"={spike.onset}").replace("=peak", f"={spike.peak}")
-            if text not in texts and not already_used(text, used):
+            text = _before(text, evidence)
+            if text and text not in texts and not already_used(text, used):
                 texts.append(text)
                 rules.append(rule)
     return texts, rules
@@ -55,3 +71,17 @@ def already_used(text: str, used: dict) -> bool:
                    and float(value) == float(used[name.strip()]) for name, sep, value in edits)
     except ValueError:
         return False
+
+
+def _before(text: str, evidence: dict) -> str | None:
+    """`jump=before` (hyperparameter_jump): the jumped hyperparameter set back to its value before
+    the jump, from the finding's evidence (`hparam`, `old`); None when the evidence lacks it or the
+    replay cannot set that hyperparameter."""
+    if text != "jump=before":
+        return text
+    from forensics.whatif.changes import HPARAMS
+
+    name, old = evidence.get("hparam"), evidence.get("old")
+    if name not in HPARAMS or not isinstance(old, (int, float)):
+        return None
+    return f"{name}={old:g}"

@@ -107,6 +107,9 @@ def _say(c: dict, onset: int) -> str:
 def _hint(c: dict) -> str:
     name = NAMES[c["hparam"]]
     keep = f"keep the {name} of param group {c['group']} at {c['old']:.3g} (it became {c['new']:.3g})"
+    if c["hparam"] == LR and c.get("source") == "set directly":
+        return (f"{keep}: the lr was set directly, not by a scheduler; ramp an intended raise over many "
+                f"steps")
     if c["hparam"] == LR:
         return (f"{keep}: restore the lr scheduler's state with the optimizer on resume (build it, "
                 f"then load_state_dict), so the schedule continues; ramp an intended raise over many steps")
@@ -154,5 +157,5 @@ SPEC = Mechanism(
                   "pretend onset (tests/test_everyday_rules_planted.py)"),
     panel=(Lines("learning rate over the window", {"lr_recorded": "lr (param group 0)"},
                  y_title="lr (log)", log_y=True),),
-    counterfactuals=("lr=hold",),
+    counterfactuals=("jump=before",),
 )
