@@ -24,14 +24,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forensics import Recorder  # noqa: E402
+from forensics.zoo.models import mlp  # noqa: E402
 
 SHARD = 8  # rows per rank and step
+SIZES = [3, 32, 1]
 
 
 def make_model(dtype=torch.float64) -> torch.nn.Module:
     """The same initial model on every rank (and in a single-process reference)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).to(dtype)
+    return mlp(SIZES).to(dtype)  # Linear(3, 32), Tanh, Linear(32, 1): rebuilt by the analyzer from run.json
 
 
 def global_batch(t: int, world: int, spike_at: int | None, dtype=torch.float64):
@@ -59,7 +61,8 @@ def train(rank: int, world: int, run_dir, *, steps: int, spike_at: int | None, d
                 fully_shard(layer)
         ddp = fully_shard(model)
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-    with Recorder(ddp, opt, run_dir, ring_size=4, tail=3, baseline_every=0, probe=None, **options) as rec:
+    with Recorder(ddp, opt, run_dir, model_factory="forensics.zoo.models:mlp", model_kwargs={"sizes": SIZES},
+                  loss="mse", ring_size=4, tail=3, baseline_every=0, probe=None, **options) as rec:
         for t in range(steps):
             x, y = global_batch(t, data_world or world, spike_at)
             n = len(x) // world

@@ -11,6 +11,7 @@ engines and view as the pipeline.
 
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,31 @@ def test_last_partial_batch_through_the_hugging_face_callback(tmp_path):
         assert spike.verdict == "short_batch", (verdicts(result), spike.verdict_message)
         f = next(f for f in spike.findings if f.rule == "short_batch")
         assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)
+
+
+def test_a_huge_gradient_with_the_counter_running_on_is_not_a_reset(tmp_path):
+    """examples/ddp.py in one process: half of step 90's batch has targets ×1000, so g² ≫ v and
+    v ≈ (1 − β₂)·g² on most coordinates, as after a reset; the step counter in steps/ runs on, so
+    optimizer_state_reset must not fire (the batch is the cause: `data`). Control: the same loop
+    with Adam's state cleared before step 90 is a reset."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import ddp as example
+
+    example.train(0, 1, tmp_path / "bad", steps=110, spike_at=90, data_world=2)
+    found = pretend(tmp_path / "bad", 90, 91, rules=("optimizer_state_reset",))["optimizer_state_reset"]
+    assert found.status == "not_fired", found.message
+
+    model = example.make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with Recorder(model, opt, tmp_path / "clear", loss="mse", probe=None) as rec:
+        for t in range(110):
+            x, y = example.global_batch(t, 2, None)
+            if t == 90:
+                opt.state.clear()
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+    found = pretend(tmp_path / "clear", 90, 92, rules=("optimizer_state_reset",))["optimizer_state_reset"]
+    assert found.fired, found.message

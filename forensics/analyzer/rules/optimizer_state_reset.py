@@ -64,12 +64,16 @@ def _hint(ev: EvidenceView, step: int, at_start: bool) -> str:
 
 def _in_run(ev: EvidenceView, lo: int, hi: int, start):
     """(reset step, how it was seen) of the latest reset in [lo, hi] that is not the run's start:
-    by the step counter when it went back, else by the moments (empty, or v of one gradient) at
-    a snapshot after one whose moments were not empty (a state that was emptied, not one that
-    was never filled: AMP's skipped first steps leave it empty too)."""
+    by the step counter when it went back; when it is recorded and never went back, none; else by
+    the moments (empty, or v of one gradient) at a snapshot after one whose moments were not empty
+    (a state that was emptied, not one that was never filled: AMP's skipped first steps leave it
+    empty too)."""
     steps, _ = window(ev, "counter_before_reset", lo, hi)
     if steps.size:
         return int(steps[-1]), "counter"
+    counted, _ = window(ev, "step_counter", lo, hi)
+    if counted.size >= 2:  # the counter is the witness and it never went back: a huge gradient
+        return None        # also makes v ≈ (1 − β₂)·g², so the moments alone do not say "reset"
     filled_steps, empty = ev.series("moments_empty")
     filled = filled_steps[empty == 0]
     found = []
