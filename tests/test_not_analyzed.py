@@ -167,3 +167,16 @@ def test_a_chosen_subset_names_the_rules_it_did_not_judge(tmp_path):
     assert "not judged" in spike.verdict_message and "data" in spike.verdict_message
     spike = analyze(run_dir, mechanisms=["data"]).spikes[0]
     assert spike.verdict == "data"  # control: the rule that explains it was chosen
+
+
+def test_an_unreadable_onset_snapshot_is_named_not_called_uncaptured(tmp_path):
+    run_dir, _ = _copy(tmp_path)
+    onset = analyze(run_dir, write=False).spikes[0].context.onset
+    from forensics.rundir.format import snapshot_name
+
+    path = run_dir / "snapshots" / snapshot_name(onset)
+    path.write_bytes(path.read_bytes()[:300])
+    spike = analyze(run_dir).spikes[0]
+    assert spike.verdict == "not_analyzed"
+    assert f"the onset snapshot {path} is unreadable" in spike.verdict_message
+    assert "not captured" not in spike.verdict_message

@@ -14,7 +14,9 @@ from functools import cached_property
 from pathlib import Path
 
 from forensics.rundir.events import read_events
-from forensics.rundir.format import DIGEST_KEY, SNAPSHOTS_DIR, MissingFileError, RunFormatError, is_temp
+from forensics.rundir.format import (
+    DIGEST_KEY, SNAPSHOTS_DIR, MissingFileError, RunFormatError, is_temp, snapshot_name,
+)
 from forensics.rundir.manifest import Manifest, load_manifest
 from forensics.rundir.paths import folder_inside, inside
 from forensics.rundir.snapshots import Snapshot, load_snapshot, read_meta
@@ -121,6 +123,17 @@ class Run:
             self.notes.append(f"{unverified} of {len(infos)} snapshots record no digest (written before "
                               "digests): they load unverified")
         return sorted(infos.values(), key=lambda s: s.step)
+
+    def unreadable_snapshot(self, step: int) -> str:
+        """"<path> is unreadable (why)" when the snapshot file of `step` was skipped as unreadable
+        (after `snapshots` is read), else ""."""
+        self.snapshots  # noqa: B018 — reading the snapshot list notes the skipped files
+        path = self.path / SNAPSHOTS_DIR / snapshot_name(step)
+        head = f"{path}: skipped ("
+        for note in self.notes:
+            if note.startswith(head):
+                return f"{path} is unreadable ({note.removeprefix(head).rsplit('); the other', 1)[0]})"
+        return ""
 
     def snapshot(self, step: int) -> SnapshotInfo:
         """The snapshot of `step`; KeyError listing what exists if there is none."""

@@ -279,12 +279,9 @@ def _raise_if_unreadable(run, window) -> None:
     skipped it (truncated, corrupt, digest mismatch): a broken file, not a recording choice."""
     from forensics.rundir.format import SNAPSHOTS_DIR, CorruptFileError, snapshot_name
 
-    needed = range(window.steps[-1] + 1, window.spike.peak + 1)
-    for step in needed:
-        name = snapshot_name(step)
-        for note in run.notes:
-            if name in note:
-                path = run.path / SNAPSHOTS_DIR / name
-                why = note.split(": ", 1)[-1].removeprefix("skipped (").split("); the other")[0]
-                raise CorruptFileError(path, f"unreadable ({why}); the replay of spike "
-                                       f"{window.spike.spike_id} needs this step's snapshot")
+    for step in range(window.steps[-1] + 1, window.spike.peak + 1):
+        why = run.unreadable_snapshot(step)
+        if why:
+            raise CorruptFileError(run.path / SNAPSHOTS_DIR / snapshot_name(step),
+                                   f"{why.split(' is ', 1)[1]}; the replay of spike "
+                                   f"{window.spike.spike_id} needs this step's snapshot")
