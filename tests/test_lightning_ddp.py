@@ -63,16 +63,24 @@ def global_batch(step: int, plant: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
 
 
-def _fit(batches, run_dir, devices=1, strategy="auto"):
-    module = Regressor()
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+class ShardedRegressor(Regressor):
+    """Makes its own rank's shards (for `ddp_spawn`, where every rank gets the same Trainer arguments)."""
+
+    def train_dataloader(self):
+        shards = [shard(t, self.global_rank, True) for t in range(STEPS)]
+        return torch.utils.data.DataLoader(shards, batch_size=None, shuffle=False)
+
+
+def _fit(batches, run_dir, devices=1, strategy="auto", module=None):
+    module = module or Regressor()
+    loader = None if batches is None else torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
                         callbacks=[SpikeForensicsCallback(run_dir, **FACTORY, **REC)], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False)  # each rank gets its own shard, in step order
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", QUIET)
-        trainer.fit(module, loader)
+        trainer.fit(module, loader) if loader is not None else trainer.fit(module)
     return module
 
 
@@ -164,3 +172,20 @@ def test_planted_spike_is_data_and_the_control_has_none(runs):
     assert result.spikes[0].verdict == "data"
     control = open_run(runs / "control")
     assert control.spikes == [] and not any(e["type"] == "spike" for e in control.events)
+
+
+@pytest.mark.timeout(150)
+def test_ddp_spawn_records_the_same_run(runs, tmp_path):
+    """`strategy="ddp_spawn"` (Lightning starts the two processes itself, from inside pytest): the same
+    global loss, spike and global batch as the externally launched DDP run."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=60))
+    _fit(None, tmp_path / "spawn", 2, strategy, module=ShardedRegressor())
+    run, ref = open_run(tmp_path / "spawn"), open_run(runs / "planted")
+    expected = ref.steps.column("loss").to_pylist()
+    assert run.steps.column("loss").to_pylist() == pytest.approx(expected, rel=1e-6)
+    assert [s.onset for s in run.spikes] == [SPIKE]
+    snap = run.snapshot(SPIKE).load()
+    assert snap.meta["batch_shards"] == [[0, SHARD], [1, SHARD]]
+    torch.testing.assert_close(snap.batch["y"], global_batch(SPIKE, True)[1])
