@@ -199,3 +199,25 @@ def test_only_global_rank_zero_records(tmp_path):
     assert cb.recorder is None and not (tmp_path / "rank1").exists()
     cb.on_before_backward(Rank1(), None, torch.tensor(1.0))  # other hooks do nothing either
     assert cb.state_dict() == {}
+
+
+def test_several_processes_without_a_process_group_record_rank_zero_and_say_so(tmp_path):
+    """A multi-process strategy whose ranks share no torch.distributed group (so no all-reduce is
+    possible): rank 0 records its local view with a warning, other ranks nothing. Under DDP every rank
+    records (tests/test_lightning_ddp.py)."""
+    class Rank:  # a stand-in trainer: only the attributes the callback reads
+        world_size = 2
+        optimizers = [torch.optim.Adam(mlp(SIZES).parameters())]
+        precision_plugin = None
+
+        def __init__(self, zero):
+            self.is_global_zero = zero
+
+    one = SpikeForensicsCallback(tmp_path / "r1", **FACTORY)
+    one.on_fit_start(Rank(False), Regressor())
+    assert one.recorder is None and not (tmp_path / "r1").exists()
+    zero = SpikeForensicsCallback(tmp_path / "r0", **FACTORY)
+    with pytest.warns(UserWarning, match="2 processes train but they share no torch.distributed"):
+        zero.on_fit_start(Rank(True), Regressor())
+    assert zero.recorder is not None
+    zero._close()

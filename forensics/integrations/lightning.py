@@ -20,7 +20,11 @@ How the hooks map onto the recorder (one optimizer step = one recorded step):
   already; the precision plugin's GradScaler is handed to the Recorder (`scaler=`), so a step the
   scaler skips (inf/NaN gradients) is recorded too, marked `amp_skipped`, with its `loss_scale`.
 
-Only global rank 0 records (`trainer.is_global_zero`); other ranks do nothing. The detector's
+Under a DDP strategy (`ddp`, `ddp_spawn`, ... — any strategy whose ranks share the default
+`torch.distributed` process group) the Recorder is created on every rank and every rank observes every
+step: the recorder all-reduces the loss (the run's loss is the global mean, not rank 0's) and gathers
+every rank's batch shard at snapshots (`forensics.record.distributed`); rank 0 alone writes `run_dir`.
+Without such a group only global rank 0 records (`trainer.is_global_zero`). The detector's
 statistics go through `state_dict()` / `load_state_dict()`, so a run resumed from a Lightning
 checkpoint keeps its baseline. A resumed fit needs a fresh `run_dir` (or `overwrite=True`): the
 run directory format has no append mode, and the recorder's step counter starts at 0 again.
@@ -75,8 +79,10 @@ class SpikeForensicsCallback(pl.Callback):
     # ----------------------------------------------------------------- lifecycle
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Create the Recorder on rank 0 over `trainer.optimizers[0]` (optimizers exist from here on)."""
-        if not trainer.is_global_zero or self.recorder is not None:
+        """Create the Recorder over `trainer.optimizers[0]` (optimizers exist from here on): on every rank
+        when the ranks share a `torch.distributed` process group (DDP strategies; rank 0 writes the run
+        directory), on global rank 0 only otherwise (with a warning when several processes train)."""
+        if self.recorder is not None or not self._records_here(trainer):
             return
         if not trainer.optimizers:
             warnings.warn("spike forensics: the LightningModule configured no optimizer; nothing is recorded",
@@ -159,6 +165,20 @@ class SpikeForensicsCallback(pl.Callback):
             self._pending_state = dict(state_dict)
 
     # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _records_here(trainer) -> bool:
+        """Whether this process creates a Recorder. Under a DDP strategy every rank must: the loss is
+        all-reduced and snapshot batches gathered (collectives), so all ranks observe the same steps."""
+        from forensics.record.distributed import rank_and_world
+
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        if world > 1 and rank_and_world()[1] == world:
+            return True
+        if world > 1 and trainer.is_global_zero:
+            warnings.warn(f"spike forensics: {world} processes train but they share no torch.distributed "
+                          "process group; recording rank 0's local loss and batch only", stacklevel=3)
+        return bool(trainer.is_global_zero)
 
     def _apply_state(self, state: dict) -> None:
         if "detector" in state:
