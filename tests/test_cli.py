@@ -158,6 +158,14 @@ def test_analyze_usage_errors(runs, tmp_path):
     assert r.exit_code == 2 and "potato" in one_error_line(r)
 
 
+def test_whatif_no_run_is_a_usage_error_like_analyze(tmp_path):
+    r = invoke("whatif", tmp_path / "nope", "--spike", "0")
+    assert r.exit_code == 2 and "no such file" in one_error_line(r)
+    (tmp_path / "empty").mkdir()
+    r = invoke("whatif", tmp_path / "empty", "--spike", "0")
+    assert r.exit_code == 2 and "not a run directory" in one_error_line(r)
+
+
 def test_analyze_expands_folders_reports_progress_and_survives_a_broken_run(copy, monkeypatch):
     (copy / "sgd-b" / "run.json").write_text("{broken")
     calls = []

@@ -48,6 +48,11 @@ def whatif(
     from forensics.whatif import whatif as run_whatif
     from forensics.whatif.text import selfcheck, sentence
 
+    from forensics.catalog.discover import find_runs
+
+    _, problems = find_runs([str(run)])
+    if problems:  # no run there: a usage error, as for analyze and report
+        _fail("; ".join(problems))
     dev = _check_device(device)
     try:
         result = run_whatif(open_run(run), spike, change or None, device=dev, allow_import=allow_import)
