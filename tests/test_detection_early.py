@@ -161,3 +161,35 @@ def test_probe_skips_the_train_eval_switch_only_where_it_cannot_matter():
     p = Probe(dropout, batch, keys, "mse")
     first = p.loss()
     assert p.loss() == first and dropout.training  # eval mode inside (deterministic), train mode after
+
+
+def test_sql_and_report_say_an_episode_did_not_recover(tmp_path):
+    """A recorded level shift (targets ×10 from step 200 on, lr 0: nothing can recover) is one
+    episode with `recovered` false in the SQL spikes view and "not recovered" in the report; the
+    control (the shift undone at 260) recovers."""
+    from forensics.catalog.report import collect, render_text
+    from forensics.catalog.views import connect, query
+    from forensics.record.recorder import Recorder
+
+    for name, stop in (("shift", None), ("back", 260)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        g = torch.Generator().manual_seed(1)
+        with Recorder(model, opt, tmp_path / name, loss="mse", probe=None, max_spikes=2) as rec:
+            for t in range(500):
+                x = torch.randn(32, 4, generator=g)
+                y = x.sum(1, keepdim=True) * (10.0 if 200 <= t < (stop or 10**9) else 1.0)
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                rec.observe(loss, {"x": x, "y": y})
+                opt.step()
+    catalog = connect([str(tmp_path / "shift"), str(tmp_path / "back")])
+    rows = query(catalog, "SELECT run_id, onset_step, recovered FROM spikes WHERE onset_step >= 100 "
+                          "ORDER BY run_id").to_pylist()
+    assert [(r["run_id"], r["onset_step"], r["recovered"]) for r in rows] == [("back", 200, True),
+                                                                           ("shift", 200, False)]
+    text = "\n".join(render_text(collect(catalog), catalog.runs))
+    assert "shift:200" in text and "not recovered" in text.split("shift:200", 1)[1].splitlines()[0]
+    assert "not recovered" not in text.split("back:200", 1)[1].splitlines()[0]

@@ -20,7 +20,8 @@ def collect(catalog) -> list[dict]:
 
     Keys: run, run_path, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss,
     magnitude, source, analyzed, verdict, verdict_score, verdict_message, sub_peaks (peaks of the
-    episode: re-triggers merged into it, 1 for a single spike), findings (each:
+    episode: re-triggers merged into it, 1 for a single spike), recovered (False: the episode ended
+    without the loss coming back; None: open at the run's end), findings (each:
     mechanism, status, score, primary, message, hint, reason, evidence, thresholds; the last
     two parsed from JSON), whatif (the stored `forensics whatif` rows of the spike). Non-finite
     numbers become the strings "nan" / "inf" / "-inf", as in the analyzer's evidence, so the
@@ -32,7 +33,7 @@ def collect(catalog) -> list[dict]:
     spikes = query(catalog, """
         SELECT s.run_id, r.path, r.analyzed, s.spike_id, s.onset_step, s.peak_step, s.end_step,
                s.peak_loss, s.baseline_loss, s.magnitude, s.source, s.verdict, s.verdict_score,
-               s.verdict_message, s.sub_peaks
+               s.verdict_message, s.sub_peaks, s.recovered
         FROM spikes s JOIN runs r USING (run_id)""").to_pylist()
     findings: dict[tuple[str, int], list[dict]] = {}
     for f in query(catalog, 'SELECT run_id, spike_id, rule, status, score, "primary", message, '
@@ -61,7 +62,7 @@ def collect(catalog) -> list[dict]:
             "magnitude": jsonsafe(s["magnitude"]), "source": s["source"],
             "analyzed": bool(s["analyzed"]), "verdict": s["verdict"],
             "verdict_score": jsonsafe(s["verdict_score"]), "verdict_message": s["verdict_message"],
-            "sub_peaks": s["sub_peaks"] or 1, "findings": fs,
+            "sub_peaks": s["sub_peaks"] or 1, "recovered": s["recovered"], "findings": fs,
             "whatif": whatifs.get((s["run_id"], s["spike_id"]), []),
         })
     return out
@@ -143,6 +144,7 @@ def _header(s: dict) -> str:
     size = f", ×{mag:.3g}" if isinstance(mag, float) else (f", ×{mag}" if mag is not None else "")
     peaks = s.get("sub_peaks") or 1
     subs = f", {peaks} sub-peaks" if peaks > 1 else ""
+    subs += ", not recovered" if s.get("recovered") is False else ""
     where = f"{s['run']}:{s['onset_step']}  spike {s['spike_id']}  steps {s['onset_step']}..{end} " \
             f"(peak {s['peak_step']}{size}{subs})"
     if not s["analyzed"]:

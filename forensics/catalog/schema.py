@@ -55,7 +55,10 @@ VIEWS: dict[str, list[tuple[str, str, str]]] = {
         ("adam_ratio_frac_small", "DOUBLE", "share of that subsample with ρ < 0.1"),
         ("spike_id", "INTEGER", "spike open at this step (online detector), else NULL"),
     ],
-    "spikes": ANALYSIS_TABLES["spikes"],
+    "spikes": ANALYSIS_TABLES["spikes"] + [
+        ("recovered", "BOOLEAN", "false when the episode ended without the loss coming back (closed "
+                                 "after max_len steps); NULL while it is open at the run's end"),
+    ],
     "measurements": ANALYSIS_TABLES["measurements"],
     "findings": ANALYSIS_TABLES["findings"],
     "whatif": EXTRA_TABLES["whatif"],

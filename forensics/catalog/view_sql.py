@@ -69,11 +69,11 @@ def create_views(con, runs: list[RunEntry]) -> None:
                 for r in runs if r.analyzed and "spikes" in r.analysis_columns]
     online = ("SELECT * FROM _online_spikes WHERE run_id IN "
               "(SELECT run_id FROM _catalog_runs WHERE NOT analyzed)")
-    cols = ", ".join(f'u."{c}"' if c != "sub_peaks" else "coalesce(u.sub_peaks, o.sub_peaks) AS sub_peaks"
+    cols = ", ".join(f"coalesce(u.{c}, o.{c}) AS {c}" if c in ("sub_peaks", "recovered") else f'u."{c}"'
                      for c, _, _ in VIEWS["spikes"])
     con.execute(f"""CREATE VIEW spikes AS SELECT {cols}
         FROM ({_union('spikes', analyzed + [online])}) u
-        LEFT JOIN (SELECT run_id, spike_id, sub_peaks FROM _online_spikes) o
+        LEFT JOIN (SELECT run_id, spike_id, sub_peaks, recovered FROM _online_spikes) o
           ON u.run_id = o.run_id AND u.spike_id = o.spike_id""")
 
     con.execute("""CREATE VIEW snapshots AS
@@ -116,7 +116,9 @@ _ONLINE_SPIKES = f"""
                TRY_CAST(event->>'end' AS BIGINT) AS end_step, value AS peak_loss,
                TRY_CAST(event->>'baseline' AS DOUBLE) AS baseline_loss,
                TRY_CAST(event->>'magnitude' AS DOUBLE) AS magnitude,
-               CAST(coalesce(json_array_length(event->'sub_peaks'), 1) AS INTEGER) AS sub_peaks
+               CAST(coalesce(json_array_length(event->'sub_peaks'), 1) AS INTEGER) AS sub_peaks,
+               CASE WHEN event->>'end' IS NULL THEN NULL  -- still open (a non-finite run's last episode)
+                    ELSE coalesce(TRY_CAST(event->>'recovered' AS BOOLEAN), true) END AS recovered
         FROM marks WHERE type = 'spike'
         QUALIFY row_number() OVER (PARTITION BY run_id, spike_id
                                    ORDER BY end_step IS NOT NULL DESC, sub_peaks DESC, end_step DESC) = 1),
@@ -125,15 +127,15 @@ _ONLINE_SPIKES = f"""
                CAST(NULL AS BIGINT) AS end_step, max(value) AS peak_loss,
                max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS baseline_loss,
                max(value) / max(TRY_CAST(event->>'baseline' AS DOUBLE)) AS magnitude,
-               CAST(count(*) AS INTEGER) AS sub_peaks
+               CAST(count(*) AS INTEGER) AS sub_peaks, CAST(NULL AS BOOLEAN) AS recovered
         FROM marks WHERE type IN ('spike_open', 'spike_reopen')
         GROUP BY run_id, spike_id
         HAVING count(*) FILTER (WHERE type = 'spike_open') > 0)
     SELECT run_id, spike_id, onset_step, peak_step, end_step, peak_loss, baseline_loss, magnitude,
-           {_SPIKE_TAIL}, sub_peaks FROM closed
+           {_SPIKE_TAIL}, sub_peaks, recovered FROM closed
     UNION ALL
     SELECT o.run_id, o.spike_id, o.onset_step, o.peak_step, o.end_step, o.peak_loss, o.baseline_loss,
-           o.magnitude, {_SPIKE_TAIL}, o.sub_peaks
+           o.magnitude, {_SPIKE_TAIL}, o.sub_peaks, o.recovered
     FROM opened o ANTI JOIN closed c ON o.run_id = c.run_id AND o.spike_id = c.spike_id"""
 
 
