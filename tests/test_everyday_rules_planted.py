@@ -419,3 +419,30 @@ def test_a_huge_gradient_with_the_counter_running_on_is_not_a_reset(tmp_path):
             opt.step()
     found = pretend(tmp_path / "clear", 90, 92, rules=("optimizer_state_reset",))["optimizer_state_reset"]
     assert found.fired, found.message
+
+
+def test_an_lr_jump_that_ends_in_nan_is_the_jump_not_numerical(tmp_path):
+    """SGD+momentum, the lr ×10 for good at step 150 (set directly): the loss climbs, then goes
+    non-finite. `numerical` fires (where the values went non-finite), but the verdict is the jump,
+    which is the cause. Control: the same run without the jump has no spike at all."""
+    from forensics.analyzer.pipeline import analyze
+
+    def run(jump: bool):
+        model = mlp(32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        path = tmp_path / ("jump" if jump else "control")
+        with Recorder(model, opt, path, loss="mse", probe=None) as rec:
+            train(model, opt, regression(260), rec,
+                  before_step=lambda t: jump and t == 150 and [g.update(lr=g["lr"] * 10)
+                                                                for g in opt.param_groups])
+        return path
+
+    control = run(False)
+    assert open_run(control).spikes == []
+    result = analyze(run(True), model=mlp(32), loss_fn=F.mse_loss, write=False)
+    spike = result.spikes[0]
+    fired = {f.rule for f in spike.findings if f.fired}
+    assert 150 <= spike.context.onset <= 200, spike.context
+    assert spike.verdict == "hyperparameter_jump", spike.verdict_message
+    assert "×10 at step 150" in spike.verdict_message and "set directly" in spike.verdict_message
+    assert {"numerical", "hyperparameter_jump"} <= fired

@@ -147,10 +147,11 @@ SPEC = Mechanism(
     summary=f"between two consecutive recorded values ≤ {T.max_lag} steps before onset, a param "
             f"group's hyperparameter raised the step size ≥ ×{T.min_factor:g}: lr up (not from 0), "
             "ε down, 1−β (β₁, β₂, momentum, dampening) or weight decay either way",
-    badge="orange", colour="#17becf", precedence=14,
-    precedence_note="a jump before onset is the cause and the curvature crossing that follows is "
-                    "how it acts (\"lr ×25 at step 600\"), so it ranks above the curvature rules; "
-                    "below a fresh optimizer state, which rescales every coordinate's step whatever the lr",
+    badge="orange", colour="#17becf", precedence=-1,
+    precedence_note="a jump before onset is the cause and what follows is how it acts — a curvature "
+                    "crossing, or a loss that overflows to NaN (\"lr ×25 at step 600\") — so it ranks "
+                    "above every other rule, `numerical` included (which only says where the values "
+                    "went non-finite)",
     false_alarms=("0 of 6 pseudo-spikes (`python -m forensics.analyzer.false_alarms` on clean_gd, "
                   "clean_sgd, adam_control, large_batch: one at each captured snapshot after the "
                   "first); and 0 at every 5th step and every snapshot step of those runs as a "
