@@ -96,9 +96,10 @@ def sqrt(x: float) -> float:
 class LazyInputs:
     """What `observe()` reported before the coming `optimizer.step()`, losses kept as device tensors.
 
-    Same contract as `forensics.record.micro.StepInputs` (the step's loss is the mean of its
-    micro-batches' losses, the batch their concatenation along dim 0), but `take()` returns the loss
-    as a 0-d tensor (or float) and `micro_batch_losses` as a list of tensors, fetched later.
+    One micro-batch per call: the step's loss is the mean of its micro-batches' losses (for a
+    mean-reduced loss over equal micro-batches, the loss of their concatenation), the batch their
+    concatenation along dim 0 (`forensics.record.micro.MicroBatches`). `take()` returns the loss as a
+    0-d tensor (or float) and `micro_batch_losses` as a list of tensors, fetched later.
     """
 
     def __init__(self):
@@ -147,12 +148,6 @@ def mean_loss(losses: list):
     return torch.stack(ts).mean()
 
 
-def probe_tensor(objective, t: int):
-    """The probe loss at step t as a 0-d device tensor (None when not evaluated): `Objective.tensor`,
-    the same value as `Objective.value` without its `.item()`."""
-    return objective.tensor(t)
-
-
 def optimizer_step_value(optimizer, first_param, fallback: int, adam: bool = False):
     """The optimizer's own update count before this update, without a sync: Adam's `state["step"]` as a
     tensor (copied by `Deferred.put`), 0 for an Adam without one (fresh or cleared), else `fallback`."""
@@ -162,5 +157,4 @@ def optimizer_step_value(optimizer, first_param, fallback: int, adam: bool = Fal
     return 0 if adam else fallback
 
 
-__all__ = ["Deferred", "LazyInputs", "mean_loss", "nan_to_none", "optimizer_step_value", "probe_tensor",
-           "sqrt"]
+__all__ = ["Deferred", "LazyInputs", "mean_loss", "nan_to_none", "optimizer_step_value", "sqrt"]

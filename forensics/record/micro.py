@@ -78,43 +78,4 @@ class MicroBatches:
             return batches[-1]
 
 
-class StepInputs:
-    """What `Recorder.observe()` reported before the coming `optimizer.step()`: one micro-batch per call.
-
-    `take()` gives (loss, batch, grad_clipped, micro) for the step: the loss is the mean of the
-    micro-batches' losses (for a mean-reduced loss over equal micro-batches, the loss of their
-    concatenation), the batch their concatenation along dim 0, `micro` the snapshot metadata
-    `{"micro_batches": count, "micro_batch_losses": [...]}` when there were two or more (else {}).
-    """
-
-    def __init__(self):
-        self._micro = MicroBatches()
-        self._clipped = None
-        self._given: list | None = None  # micro-batch losses an adapter reported with one observe()
-
-    def __bool__(self) -> bool:
-        return bool(self._micro.losses)
-
-    def add(self, loss: float, flat: dict, clipped, micro_losses=None) -> None:
-        """One observe(): a micro-batch (or, with `micro_losses`, a whole step an adapter accumulated)."""
-        self._micro.losses.append(float(loss))
-        self._micro.batches.append(flat)
-        self._clipped = clipped if clipped is not None else self._clipped
-        if micro_losses is not None:
-            self._given = [float(v) for v in micro_losses]
-
-    def take(self):
-        """(loss, batch, grad_clipped, micro meta) of the step, then start over; None if nothing came."""
-        if not self:
-            return None
-        losses, given, clipped = list(self._micro.losses), self._given, self._clipped
-        loss, batch = self._micro.take("mean")
-        self._clipped, self._given = None, None
-        parts = given if given is not None and len(losses) == 1 else losses
-        micro = {"micro_batches": len(parts), "micro_batch_losses": parts} if len(parts) > 1 else {}
-        if given is not None and len(losses) == 1:
-            loss = losses[0]  # the adapter combined its micro-batches already
-        return loss, batch, clipped, micro
-
-
-__all__ = ["MicroBatches", "StepInputs", "batch_rows"]
+__all__ = ["MicroBatches", "batch_rows"]

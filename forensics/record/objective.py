@@ -10,11 +10,11 @@ from forensics.record.probe import AutoProbe, Probe, load_probe, save_probe
 
 
 class Objective:
-    """`value(t)`: the probe loss at step t (None when there is no probe yet, or t is not a
+    """`tensor(t)`: the probe loss at step t (None when there is no probe yet, or t is not a
     multiple of `probe_every`); `offer(t, batch)`: hand it step t's batch while an auto probe is
     being drawn; returns the `probe` event announcing its decision, once. While an auto probe is
     drawn (after a second, different batch), the first batch is the probe; `set_id` names the set
-    `value` used ("first", "drawn", "given", or "off"/None) for the detector's `probe_set`."""
+    `tensor` used ("first", "drawn", "given", or "off"/None) for the detector's `probe_set`."""
 
     def __init__(self, model, cfg, batch_keys: dict, loss_spec: str, run_dir: Path):
         self.model, self.keys, self.loss_spec, self.run_dir = model, batch_keys, loss_spec, run_dir
@@ -37,14 +37,10 @@ class Objective:
     def _make(self, batch: dict) -> Probe:
         return Probe(self.model, batch, self.keys, self.loss_spec, self._loss_fn)
 
-    def value(self, t: int) -> float | None:
-        """The probe loss at the current weights, every `probe_every` steps once a probe exists. A probe
-        that fails is switched off (`failure` says why; the detector then watches the training loss)."""
-        value = self.tensor(t)
-        return None if value is None else float(value.item())
-
     def tensor(self, t: int):
-        """`value(t)` as a 0-d device tensor, without a host-device sync (the recorder's hot path)."""
+        """The probe loss at the current weights as a 0-d device tensor (no host-device sync: fetched
+        with the step's other scalars), every `probe_every` steps once a probe exists; None otherwise.
+        A probe that fails is switched off (`failure` says why; the detector then watches the loss)."""
         probe = self.probe or self._first
         if probe is None or t % self.every:
             return None

@@ -10,7 +10,7 @@ import time
 import torch
 
 from forensics.record.capture import capture_context
-from forensics.record.lazy import nan_to_none, optimizer_step_value, probe_tensor
+from forensics.record.lazy import nan_to_none, optimizer_step_value
 from forensics.record.micro import batch_rows
 from forensics.record.optim import discover_state_kinds, group_hparams, hparam_columns, state_tensors
 from forensics.record.order import CapturedStep
@@ -66,7 +66,7 @@ class StepLoop:
         if self._sink.stopped:
             return
         loss, batch, clipped, micro = pending if pending is not None else (None, {}, None, {})
-        probe = probe_tensor(self.objective, t)
+        probe = self.objective.tensor(t)
         if self.objective.failure is not None:
             self._warn("probe", self.objective.failure + "; the detector watches the training loss")
         groups, columns = self._hparams.current(self.optimizer)
