@@ -254,9 +254,10 @@ def _scene(run: Run, ctx: SpikeContext, source, replay, replay_error, settings, 
     if ctx.onset not in available:
         budget = [e.get("message", "") for e in run.events
                   if e.get("type") == "warning" and int(e.get("step", -1)) <= ctx.onset]
-        why = run.unreadable_snapshot(ctx.onset)  # a file the reader skipped is named, not "not captured"
-        raise LookupError(f"the onset snapshot {why}" if why else f"the onset step {ctx.onset} was not "
-                          f"captured" + (f" ({budget[-1]})" if budget else ""))
+        bad = run.unreadable_snapshot(ctx.onset)  # a file the reader skipped is named, not "not captured"
+        raise LookupError(f"the onset snapshot {bad[0]} is unreadable ({bad[1]})" if bad else
+                          f"the onset step {ctx.onset} was not captured"
+                          + (f" ({budget[-1]})" if budget else ""))
     window = select(available, onset=ctx.onset, peak=ctx.peak, end=ctx.end,
                     max_snapshots=settings.max_snapshots)
     ctx = SpikeContext(**{**asdict(ctx), "ref_step": window.ref,

@@ -52,6 +52,7 @@ class Run:
         self.info: Manifest = load_manifest(self.path)
         self.notes: list[str] = []
         self._gaps: list = []
+        self._unreadable: dict[Path, str] = {}  # snapshot file -> why it was skipped
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, run_id={self.run_id!r})"
@@ -111,7 +112,7 @@ class Run:
                 self.notes.append(f"{p}: listed in events.jsonl but missing")
                 continue
             if p not in metas:
-                metas[p] = _header(p, self.notes)
+                metas[p] = _header(p, self.notes, self._unreadable)
             meta = metas[p]
             if meta is None:
                 continue
@@ -124,16 +125,11 @@ class Run:
                               "digests): they load unverified")
         return sorted(infos.values(), key=lambda s: s.step)
 
-    def unreadable_snapshot(self, step: int) -> str:
-        """"<path> is unreadable (why)" when the snapshot file of `step` was skipped as unreadable
-        (after `snapshots` is read), else ""."""
-        self.snapshots  # noqa: B018 — reading the snapshot list notes the skipped files
+    def unreadable_snapshot(self, step: int) -> tuple[Path, str] | None:
+        """(path, why) when the snapshot file of `step` was skipped as unreadable, else None."""
+        self.snapshots  # noqa: B018 — reading the snapshot list finds the skipped files
         path = self.path / SNAPSHOTS_DIR / snapshot_name(step)
-        head = f"{path}: skipped ("
-        for note in self.notes:
-            if note.startswith(head):
-                return f"{path} is unreadable ({note.removeprefix(head).rsplit('); the other', 1)[0]})"
-        return ""
+        return (path, self._unreadable[path]) if path in self._unreadable else None
 
     def snapshot(self, step: int) -> SnapshotInfo:
         """The snapshot of `step`; KeyError listing what exists if there is none."""
@@ -154,13 +150,14 @@ def _step_of(path: Path) -> int | None:
         return None
 
 
-def _header(path: Path, notes: list[str]) -> dict | None:
-    """The decoded metadata of a snapshot file, or None (with a note naming it) when it is not
-    a regular file or its header is unreadable."""
+def _header(path: Path, notes: list[str], unreadable: dict) -> dict | None:
+    """The decoded metadata of a snapshot file, or None (with a note naming it, and why in
+    `unreadable[path]`) when it is not a regular file or its header is unreadable."""
     try:
         return read_meta(path)
     except RunFormatError as e:
         notes.append(f"{path}: skipped ({e.reason}); the other snapshots are read")
+        unreadable[path] = e.reason
         return None
 
 

@@ -277,11 +277,10 @@ __all__ = ["TOLERANCE", "ChangeError", "ChangeResult", "WhatIf", "whatif"]
 def _raise_if_unreadable(run, window) -> None:
     """CorruptFileError naming the first snapshot file the window lacks because the reader
     skipped it (truncated, corrupt, digest mismatch): a broken file, not a recording choice."""
-    from forensics.rundir.format import SNAPSHOTS_DIR, CorruptFileError, snapshot_name
+    from forensics.rundir.format import CorruptFileError
 
     for step in range(window.steps[-1] + 1, window.spike.peak + 1):
-        why = run.unreadable_snapshot(step)
-        if why:
-            raise CorruptFileError(run.path / SNAPSHOTS_DIR / snapshot_name(step),
-                                   f"{why.split(' is ', 1)[1]}; the replay of spike "
-                                   f"{window.spike.spike_id} needs this step's snapshot")
+        bad = run.unreadable_snapshot(step)
+        if bad:
+            raise CorruptFileError(bad[0], f"unreadable ({bad[1]}); the replay of spike "
+                                           f"{window.spike.spike_id} needs this step's snapshot")
