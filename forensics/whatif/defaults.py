@@ -11,13 +11,6 @@ from __future__ import annotations
 from forensics.rundir.reader import Run, Spike
 
 
-def fired_rules(run: Run, spike_id: int) -> list[str]:
-    """The rules that fired on spike `spike_id` in analysis/findings.parquet, the verdict first.
-
-    Raises ValueError when the run has not been analyzed."""
-    return list(fired_findings(run, spike_id))
-
-
 def fired_findings(run: Run, spike_id: int) -> dict[str, dict]:
     """{rule: its evidence (parsed JSON)} of the rules that fired on spike `spike_id`, the verdict
     first. Raises ValueError when the run has not been analyzed."""
