@@ -6,14 +6,13 @@ next value is compared against (`baseline`), and below which value is a spike op
 the (frozen) window over (`close_level`). Presets:
 
     robust       (default) trend-aware robust z on y = log L over the last n <= `window` non-spike
-                 values y_1..y_n (spike steps are left out), h = n // 2:
-                     b   = (med y_{n-h+1..n} - med y_{1..h}) / (n - h)   two-halves median slope
-                     a0  = med_i (y_i + b (n + 1 - i))        the trend one position past the window
-                     a   = max(a0, min(y_{n-7..n}))           never under the last 8 values (knees)
-                     s   = max(1.4826 med_i |y_i + b (n + 1 - i) - a0|, mad_floor)
-                     z   = (log L_t - a) / s
+                 values (spike steps are left out): a = the robust local trend's prediction one step
+                 past the window and s its spread (forensics.math.robust_trend: a two-halves median
+                 slope kept when the Mann-Kendall test finds a trend, floored at the last 8 values;
+                 the spread is the larger of the residuals' and the step-to-step MAD, inflated while
+                 the window fills), z = (log L_t - a) / s;
                  opens when z > threshold AND L_t > min_ratio * exp(a) (baseline exp(a)).
-    robust_flat  b = 0 and no floor: z = (log L - median(log L_w)) / (1.4826 MAD(log L_w)).
+    robust_flat  no trend, no floor: z = (log L - median(log L_w)) / (1.4826 MAD(log L_w)).
     zscore       OLMo-core style: (L - mean) / std over the last 128 non-spike steps > 6.
     ratio        Lightning/metaseq style: L >= threshold x the running mean of the window.
     megatron     Megatron style: L > threshold (10) x the largest non-spike loss seen so far.
@@ -27,6 +26,7 @@ from collections import deque
 
 import numpy as np
 
+from forensics.math.robust_trend import trend_center_scale
 from forensics.record.channel import Channel
 
 _RECENT = 8  # robust: the trend's prediction is floored at the minimum of the window's last _RECENT values
@@ -223,21 +223,10 @@ class Robust(_LogRobust):
         self._fit = None
 
     def _center_scale(self):
-        if self._fit is not None:
-            return self._fit
-        n = len(self.values)
-        y = np.fromiter(self.values, dtype=np.float64, count=n)
-        h = n // 2  # older half y[:h], newer half y[n-h:]
-        slope = float(np.median(y[n - h:]) - np.median(y[:h])) / (n - h) if h else 0.0
-        r = y + slope * np.arange(n, 0, -1)  # each value carried along the trend to position n
-        center = float(np.median(r))
-        np.subtract(r, center, out=r)
-        np.abs(r, out=r)
-        scale = max(1.4826 * float(np.median(r)), self.cfg.mad_floor)
-        # never below the lowest of the last few values: a descent flattening into a floor (a knee)
-        # would otherwise be extrapolated under the floor and the floor called a spike
-        center = max(center, float(y[-_RECENT:].min()))
-        self._fit = (center, scale)
+        if self._fit is None:
+            y = np.fromiter(self.values, dtype=np.float64, count=len(self.values))
+            cfg = self.cfg
+            self._fit = trend_center_scale(y, window=cfg.window, floor=cfg.mad_floor, recent=_RECENT)
         return self._fit
 
 

@@ -5,7 +5,7 @@ without history).
 Over the values so far that opened no spike: r >= 1 is the largest step-to-step change with a
 fall by f counted as f^(1/3) (a smooth descent halving per step stays smooth), c >= 1 the largest
 change either way, lo the lowest value, m the median. With q = min(SMOOTH_RATIO (2), warmup_ratio),
-a series is smooth once SMOOTH_SEEN (6) such values are known, r^2 < q and its direction (up/down)
+a series is smooth once SMOOTH_SEEN (8) such values are known, r^2 < q and its direction (up/down)
 turned at most once (a full-batch loss, a probe: runs of descent and ascent); otherwise noisy (a
 minibatch loss zigzags, or too few values to tell). The warm-up level is
 
@@ -32,7 +32,7 @@ import math
 import statistics
 
 WARMUP_PERSIST = 3  # a noisy series: values in a row above the level needed to open
-SMOOTH_SEEN = 6  # values seen before a series can count as smooth
+SMOOTH_SEEN = 8  # values seen before a series can count as smooth
 SMOOTH_RATIO = 2.0  # a smooth series doubling over its lowest value: the truth's spike (bench/detection.py)
 MAX_TURNS = 1  # changes of direction a smooth series may have had
 KEEP = 64  # values kept for the median
