@@ -37,7 +37,8 @@ def _steps(run: Path) -> dict[str, list]:
     return cols
 
 
-@pytest.mark.parametrize("name", ["eos", "bad_batch", "numerical", "gpt_bad_batch"])
+@pytest.mark.parametrize("name", ["eos", "bad_batch", "numerical", "gpt_bad_batch", "gpt_beta2_lag",
+                                  "gpt_beta2_control"])
 def test_rerunning_a_trainer_reproduces_its_tensors_bit_for_bit(name, tmp_path):
     committed = ROOT / name
     if not (committed / "run.json").exists():

@@ -3,7 +3,8 @@
 import time
 from pathlib import Path
 
-from forensics.demo import adam, attention, catapult, eos, everyday, gd, gpt, low_frequency, sgd, small_batch
+from forensics.demo import (adam, attention, catapult, eos, everyday, gd, gpt, gpt_lag, low_frequency, sgd,
+                            small_batch)
 
 # name -> (trainer, one line on what the run shows); order = the order they are recorded in.
 TRAINERS = {
@@ -27,6 +28,8 @@ TRAINERS = {
     "short_batch": (everyday.train_short_batch, "last batch of each epoch 3 of 32, loss normalised twice"),
     "gpt_bad_batch": (gpt.train_bad_batch, "tiny GPT, AdamW: a batch of random tokens at step 260"),
     "gpt_control": (gpt.train_control, "control: the same GPT run on clean data, no spike"),
+    "gpt_beta2_lag": (gpt_lag.train_lag, "tiny GPT, full-batch Adam beta2=0.98 to loss 6e-7: beta2 lag"),
+    "gpt_beta2_control": (gpt_lag.train_control, "control: the same GPT run with eps=1e-6, no spike"),
 }
 
 
