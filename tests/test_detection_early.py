@@ -194,3 +194,20 @@ def test_sql_and_report_say_an_episode_did_not_recover(tmp_path):
     text = "\n".join(render_text(collect(catalog), catalog.runs))
     assert "shift:200" in text and "not recovered" in text.split("shift:200", 1)[1].splitlines()[0]
     assert "not recovered" not in text.split("back:200", 1)[1].splitlines()[0]
+
+
+def test_an_episode_the_run_ends_inside_is_neither_recovered_nor_not():
+    """The run ends 20 steps into a x10 level (under max_len): end and recovered are None (unknown),
+    in the detector's event and in the Spike read back; a NaN at the last step likewise."""
+    from forensics.rundir.spikes import Spike
+
+    rng = np.random.default_rng(0)
+    loss = list(np.exp(0.05 * rng.standard_normal(220)))
+    loss[200:] = [v * 10 for v in loss[200:]]
+    det = SpikeDetector()
+    events = [e for t, v in enumerate(loss) for e in det.update(t, float(v))] + det.finish()
+    (spike,) = [e for e in events if e["type"] == "spike"]
+    assert spike["onset"] == 200 and spike["end"] is None and spike["recovered"] is None
+    assert Spike.from_event(spike).recovered is None
+    (ep,) = detect_offline(range(221), loss + [float("nan")])
+    assert ep.nonfinite and ep.end is None and ep.recovered is None

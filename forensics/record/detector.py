@@ -263,7 +263,9 @@ class SpikeDetector:
                 "recovered": sp.get("recovered", True)}
 
     def finish(self) -> list[dict]:
-        """Close the episode still open at the end of the run (end=None unless it had recovered)."""
+        """Close the episode still open at the end of the run (end, recovered None unless it recovered)."""
+        if self.open is not None and self.open["recovered_at"] is None:
+            self.open["recovered"] = None  # the run ended inside a sub-peak: not known
         return [] if self.open is None else [self._close(self.open["recovered_at"])]
 
     def state_dict(self) -> dict:

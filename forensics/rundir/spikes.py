@@ -23,7 +23,7 @@ class Spike:
     probe loss); `magnitude` = peak_loss / baseline; `sub_peaks` = ((step, value), ...) of each
     sub-peak of the episode (re-triggers merged into it; one for a single spike); `recovered` is
     False when the detector gave the episode up after max_len steps still high (`end` = that step;
-    what followed became the new normal).
+    what followed became the new normal), None when the run ended inside the episode (`end` None).
     """
 
     spike_id: int
@@ -36,7 +36,7 @@ class Spike:
     signal: str = "loss"
     nonfinite: bool = False
     sub_peaks: tuple = ()
-    recovered: bool = True
+    recovered: bool | None = True
 
     @classmethod
     def from_event(cls, e: dict) -> Spike:
@@ -47,7 +47,7 @@ class Spike:
                    magnitude=number(e["magnitude"]), signal=e.get("signal", "loss"),
                    nonfinite=bool(e.get("nonfinite", False)),
                    sub_peaks=tuple((int(p[0]), number(p[1])) for p in e.get("sub_peaks") or ()),
-                   recovered=bool(e.get("recovered", True)))
+                   recovered=None if e.get("end") is None else bool(e.get("recovered", True)))
 
     @classmethod
     def from_open_event(cls, e: dict, reopens: Iterable[dict] = ()) -> Spike:
@@ -60,7 +60,7 @@ class Spike:
         return cls(spike_id=int(e["spike_id"]), onset=marks[0][0], peak=peak, end=None,
                    peak_loss=loss, baseline=base, magnitude=loss / base if base else math.nan,
                    signal=e.get("signal", "loss"), nonfinite=any(not math.isfinite(m[1]) for m in marks),
-                   sub_peaks=tuple(marks))
+                   sub_peaks=tuple(marks), recovered=None)
 
 
 def spikes_from_events(events: Iterable[dict]) -> list[Spike]:
