@@ -19,8 +19,8 @@ import torch
 
 from forensics.record.ring import Layout, Ring, SlotIndex, SlotInfo, fill_batch
 from forensics.replay import StepInput, build_optimizer, load_params, replay_steps
+from forensics.rundir.format import REPLAY_RTOL
 
-REPLAY_RTOL = 1e-4  # recomputed vs recorded loss: beyond this the snapshot is marked and a warning given
 
 
 def _rng_state(device) -> tuple:

@@ -19,6 +19,9 @@ STATE = "state/"
 
 # Snapshot metadata key holding the file's own SHA-256 digest (docs/format.md, "Integrity").
 DIGEST_KEY = "sha256"
+# keyframe mode: a reconstructed snapshot's replayed losses may differ from the recorded ones by this much
+# (relative); beyond it the snapshot is marked (replay_loss_rel_error), the recorder warns, readers note it
+REPLAY_RTOL = 1e-4
 
 # Columns of steps/*.parquet, in order.
 STEP_COLUMNS = (

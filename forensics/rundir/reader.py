@@ -8,6 +8,7 @@ file is skipped and named in `Run.notes`; the rest of the run still reads.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from forensics.rundir.events import read_events
 from forensics.rundir.format import (
-    DIGEST_KEY, SNAPSHOTS_DIR, MissingFileError, RunFormatError, is_temp, snapshot_name,
+    DIGEST_KEY, REPLAY_RTOL, SNAPSHOTS_DIR, MissingFileError, RunFormatError, is_temp, snapshot_name,
 )
 from forensics.rundir.manifest import Manifest, load_manifest
 from forensics.rundir.paths import folder_inside, inside
@@ -117,6 +118,7 @@ class Run:
             if meta is None:
                 continue
             event = event or {"role": str(meta.get("role", "")), "spike_id": meta.get("spike_id")}
+            _note_replay_error(p, meta, self.notes)
             infos[step] = SnapshotInfo(step=step, role=event.get("role", ""), spike_id=event.get("spike_id"),
                                        path=p, bytes=event.get("bytes", p.stat().st_size))
         unverified = sum(1 for s in infos.values() if DIGEST_KEY not in metas[s.path])
@@ -148,6 +150,20 @@ def _step_of(path: Path) -> int | None:
         return int(path.stem.split("-")[1])
     except (IndexError, ValueError):
         return None
+
+
+def _note_replay_error(path: Path, meta: dict, notes: list[str]) -> None:
+    """A keyframe-mode snapshot whose replay did not reproduce the recorded losses: say so (its tensors
+    are the replay's, not the step's; measurements from it are approximate or wrong)."""
+    try:
+        err = float(meta.get("replay_loss_rel_error", 0.0)) if meta.get("reconstructed") else 0.0
+    except (TypeError, ValueError):
+        err = math.inf
+    if not err <= REPLAY_RTOL:
+        notes.append(f"{path}: reconstructed by a keyframe replay whose recomputed losses differ from the "
+                     f"recorded ones by up to {err:.3g} (relative, > {REPLAY_RTOL:g}): its tensors are the "
+                     "replay's, not necessarily the step's (clipping, AMP, nondeterministic kernels or a "
+                     "change outside the optimizer are not replayed); measurements from it are approximate")
 
 
 def _header(path: Path, notes: list[str], unreadable: dict) -> dict | None:
