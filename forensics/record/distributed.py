@@ -10,6 +10,10 @@
   metadata lists `[rank, rows]`.
 - Only rank 0 writes the run directory; the other ranks record into a private temporary folder that
   is removed at close (docs/format.md, "Several processes").
+- A resumed run (`resume=True`): rank 0 reads where the run stopped (step, detector state, snapshot
+  budgets, the auto probe's set) and broadcasts it (`share_resume`), so every rank continues from the
+  same step with the same detector and budgets: their capture decisions, and so the batch gathers,
+  stay in step.
 """
 
 from __future__ import annotations
@@ -50,6 +54,24 @@ class RankSetup:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+def share_resume(point, run_dir: Path, writer: bool):
+    """Rank 0's `ResumePoint` (None: nothing to resume) on every rank, with its auto-probe file
+    (`probe.safetensors`) copied into a non-writing rank's `run_dir`, via `broadcast_object_list`.
+    Every rank must call it (a collective). Returns the point."""
+    import torch.distributed as dist
+
+    from forensics.record.probe import PROBE_FILE
+
+    probe = Path(run_dir) / PROBE_FILE
+    payload = [(point, probe.read_bytes() if writer and probe.is_file() else None)]
+    dist.broadcast_object_list(payload, src=0)
+    point, probe_bytes = payload[0]
+    if not writer and point is not None and probe_bytes is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(probe_bytes)
+    return point
 
 
 class GlobalMean:

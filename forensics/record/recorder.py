@@ -21,7 +21,9 @@ from forensics.record.amp import AutoScalerWatch, ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
 from forensics.record.detector import SpikeDetector
-from forensics.record.distributed import GlobalMean, RankSetup, gather_batch, gather_full, sharded, unwrap_ddp
+from forensics.record.distributed import (
+    GlobalMean, RankSetup, gather_batch, gather_full, share_resume, sharded, unwrap_ddp,
+)
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.lazy import Deferred, LazyInputs
@@ -68,6 +70,8 @@ class Recorder(StepLoop, FailurePolicy):
         self.detector = SpikeDetector(cfg.detector_config)
         resuming = prepare_run_dir(self.run_dir, cfg.overwrite, cfg.resume)
         point = resume_point(self.run_dir, cfg.start_step) if resuming else None
+        if cfg.resume and self._ranks.distributed:  # every rank continues from rank 0's point
+            point = share_resume(point, self.run_dir, self._ranks.writer)
         self.ring_size, self.stride, self.probe_every = cfg.ring_size, cfg.stride, cfg.probe_every
         named, _ = param_names(model)
         self._params = [p for _, p in named]
@@ -78,6 +82,8 @@ class Recorder(StepLoop, FailurePolicy):
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
         self.manifest, self.run_id = open_manifest(self.run_dir, cfg, resuming, model, optimizer, keys,
                                                    self.loss_spec, self.detector, self.objective)
+        if point is not None and not resuming:  # a non-writing rank of a resumed run: rank 0's probe set
+            self.objective.restore()
         (self.run_dir / STEPS_DIR).mkdir(exist_ok=True)
         (self.run_dir / SNAPSHOTS_DIR).mkdir(exist_ok=True)
         self._sink = RunSink(self.run_dir, steps_chunk=cfg.steps_chunk, max_pending_rows=cfg.max_pending_rows,
