@@ -115,8 +115,8 @@ def judge(ev: EvidenceView) -> Finding:
 
 
 SPEC = Mechanism(
-    false_alarms=('0 of 6 detected spike episodes that were not bad batches in the recorded controls of '
-                  'tests/test_data_rule.py (5 in a Cauchy-noise stream, 1 in a clean stream, 0 ordinary '
+    false_alarms=('0 of 5 detected spike episodes that were not bad batches in the recorded controls of '
+                  'tests/test_data_rule.py (4 in a Cauchy-noise stream, 1 in a clean stream, 0 ordinary '
                   'ones in the short-batch run; minibatch-loss detection); not measurable on the shipped '
                   'clean runs (no other batches captured near their snapshots)'),
     name=RULE, role="ascent", needs=("data",), judge=judge, hint=HINT, thresholds=T,
