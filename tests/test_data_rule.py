@@ -94,6 +94,7 @@ def test_a_planted_bad_batch_is_data(runs):
     f = _data(spike)
     assert spike.verdict == "data" and f.evidence["robust_z"] >= 4, f.message
     assert f.evidence["history_excursions"] == 0 and f.evidence["neighbor_outliers"] == 0
+    assert "batch/*" in f.hint and "drop_last" not in f.hint  # a full-size batch: no short-batch advice
 
 
 def test_heavy_tailed_ordinary_batches_are_not_bad_data(runs):
@@ -116,6 +117,7 @@ def test_a_short_batch_once_per_epoch_is_named_with_its_size_and_period(runs):
         assert f.evidence["batch_rows"] == 3 and f.evidence["usual_rows"] == 32
         assert "3 rows vs the run's usual 32" in f.message
         assert f.evidence["recurrence_period"] == 13 and "every 13 steps" in f.message
+        assert "drop_last=True" in f.hint
 
 
 def test_the_stated_false_alarm_count_holds(runs):

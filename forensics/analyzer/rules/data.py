@@ -19,9 +19,10 @@ from forensics.analyzer.plots import Bars, Limit
 from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "data"
-HINT = ("inspect the batch saved in the onset snapshot (batch/*); skip or fix it, or add loss "
-        "filtering (skip steps whose loss is far above the running median); a short batch: "
-        "drop_last=True or a loss that does not depend on the batch size")
+HINT_BATCH = ("inspect the batch saved in the onset snapshot (batch/*); skip or fix it, or add loss "
+              "filtering (skip steps whose loss is far above the running median)")
+HINT_SHORT = "; a short batch: drop_last=True or a loss that does not depend on the batch size"
+HINT = HINT_BATCH + HINT_SHORT  # the spec's (docs); a finding adds HINT_SHORT only for a short batch
 T = Thresholds(
     min_ratio=(3.0, "rationale: at the same weights a curvature instability makes every batch bad "
                "(ratio ≈ 1); a batch 3× worse than the median of the others is off on its own"),
@@ -107,8 +108,10 @@ def judge(ev: EvidenceView) -> Finding:
     if far:
         score = min(1.0, 0.6 + 0.1 * (ratio / T.min_ratio) + 0.1 * bool(causes))
         kind = ("; " + "; ".join(causes)) if causes else ""
+        rows, usual = evidence["batch_rows"], evidence["usual_rows"]
+        short = rows is not None and usual is not None and rows < usual
         return Finding(RULE, "fired", score, f"{where}: the batch, not the weights, is off{kind}",
-                       HINT, evidence=evidence, thresholds=thresholds)
+                       HINT_BATCH + (HINT_SHORT if short else ""), evidence=evidence, thresholds=thresholds)
     return Finding(RULE, "not_fired", 0.0,
                    f"{where}: within the other batches' spread, so the weights, not the batch, "
                    "are off", evidence=evidence, thresholds=thresholds)
