@@ -2,17 +2,14 @@
 trained on the same global batches (weights, gradients, moments, global loss, snapshots, verdict). The spike is planted in rank 1's shard
 only, so rank 0's local loss alone would not show it."""
 
-import importlib.util
-import socket
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from _multiprocess import example_ddp, free_port, spawn
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from forensics import open_run
@@ -22,46 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS, SPIKE = 80, 60
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("forensics_example_ddp", ROOT / "examples" / "ddp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _worker(rank, world, port, run_dir, fsdp2):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     try:
-        _example().train(rank, world, run_dir, steps=STEPS, spike_at=SPIKE, sync_every=4, fsdp2=fsdp2)
+        example_ddp().train(rank, world, run_dir, steps=STEPS, spike_at=SPIKE, sync_every=4, fsdp2=fsdp2)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(run_dir, world=2, timeout=120, fsdp2=False):
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(run_dir), fsdp2), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"DDP workers did not finish within {timeout} s")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    _spawn(d / "ddp")
-    _spawn(d / "fsdp2", fsdp2=True)
-    one = _example()
+    spawn(_worker, str(d / "ddp"), False)
+    spawn(_worker, str(d / "fsdp2"), True)
+    one = example_ddp()
     one.train(0, 1, d / "one", steps=STEPS, spike_at=SPIKE, data_world=2)
     return open_run(d / "ddp"), open_run(d / "one"), one, open_run(d / "fsdp2")
 
@@ -132,7 +105,7 @@ def test_other_dtensor_placements_are_refused_by_name(tmp_path):
 
     from forensics import Recorder
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         model = torch.nn.Linear(3, 1)

@@ -5,30 +5,19 @@ a fresh detector: its steps and decisions no longer matched rank 0's). The resum
 uninterrupted two-rank run: the same steps, losses, spike and snapshots (but the context snapshots of steps before the stop, which
 lived in the stopped processes' memory)."""
 
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from _multiprocess import example_ddp, spawn
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from forensics import Recorder, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP, STEPS, SPIKE = 40, 80, 60
-
-
-def _example():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("forensics_example_ddp", ROOT / "examples" / "ddp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _phase(rank, world, port, run_dir, ckpt, start, stop, options):
@@ -40,7 +29,7 @@ def _phase(rank, world, port, run_dir, ckpt, start, stop, options):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     try:
-        ex = _example()
+        ex = example_ddp()
         model = ex.make_model()
         saved = torch.load(ckpt, weights_only=False) if start else None
         if saved:
@@ -67,28 +56,11 @@ def _phase(rank, world, port, run_dir, ckpt, start, stop, options):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(*args, world=2, timeout=120):
-    ctx = mp.start_processes(_phase, args=(world, _free_port(), *args), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"DDP workers did not finish within {timeout} s (ranks out of step?)")
-
-
 def test_a_resumed_ddp_run_equals_an_uninterrupted_one(tmp_path):
     options = {}  # the default auto probe: its set is drawn before the stop and reused after it
-    _spawn(str(tmp_path / "whole"), str(tmp_path / "whole.pt"), 0, STEPS, options)
-    _spawn(str(tmp_path / "resumed"), str(tmp_path / "resumed.pt"), 0, STOP, options)
-    _spawn(str(tmp_path / "resumed"), str(tmp_path / "resumed.pt"), STOP, STEPS, options)
+    spawn(_phase, str(tmp_path / "whole"), str(tmp_path / "whole.pt"), 0, STEPS, options)
+    spawn(_phase, str(tmp_path / "resumed"), str(tmp_path / "resumed.pt"), 0, STOP, options)
+    spawn(_phase, str(tmp_path / "resumed"), str(tmp_path / "resumed.pt"), STOP, STEPS, options)
     whole, resumed = open_run(tmp_path / "whole"), open_run(tmp_path / "resumed")
     steps = resumed.steps.column("step").to_pylist()
     assert steps == list(range(STEPS))  # each step once, numbered on from 40

@@ -3,30 +3,16 @@ with the planted numbers: optimizer_reset (Adam's state cleared at 500), lr_jump
 300: lr 0.004 → 0.1), fp16_overflow (float16 autocast, inputs ×1e6 at 200, GradScaler found without
 `scaler=`), short_batch (3 of 32 samples at the end of each 13-step epoch)."""
 
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _sample_runs import SAMPLES, analyze_copy, finding, recorded
 
-from forensics.analyzer.pipeline import analyze
 from forensics.demo import everyday
 from forensics.rundir.reader import open_run
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 NAMES = ("optimizer_reset", "lr_jump", "fp16_overflow", "short_batch")
-pytestmark = pytest.mark.skipif(not all((SAMPLES / n / "run.json").is_file() for n in NAMES),
-                                reason="sample_runs/ not recorded (python -m forensics.demo)")
-
-
-def _analyze(name, tmp_path):
-    dst = tmp_path / name
-    shutil.copytree(SAMPLES / name, dst, ignore=shutil.ignore_patterns("analysis"))
-    return analyze(dst, write=False)
-
-
-def _finding(spike, rule):
-    return next(f for f in spike.findings if f.rule == rule)
+pytestmark = recorded(NAMES)
 
 
 def test_sizes_stay_small():
@@ -36,11 +22,11 @@ def test_sizes_stay_small():
 
 
 def test_optimizer_reset(tmp_path):
-    result = _analyze("optimizer_reset", tmp_path)
+    result = analyze_copy("optimizer_reset", tmp_path)
     assert [s.context.onset for s in result.spikes] == [everyday.RESET + 1]
     spike = result.spikes[0]
     assert spike.verdict == "optimizer_state_reset", spike.verdict_message
-    f = _finding(spike, "optimizer_state_reset")
+    f = finding(spike, "optimizer_state_reset")
     assert f.evidence["reset_step"] == everyday.RESET
     assert (f.evidence["counter_before"], f.evidence["counter_after"]) == (everyday.RESET, 1)
     assert f.evidence["update_norm_jump"] > 10
@@ -48,12 +34,12 @@ def test_optimizer_reset(tmp_path):
 
 
 def test_lr_jump(tmp_path):
-    result = _analyze("lr_jump", tmp_path)
+    result = analyze_copy("lr_jump", tmp_path)
     assert len(result.spikes) == 1
     spike = result.spikes[0]
     assert everyday.JUMP < spike.context.onset <= everyday.JUMP + 10
     assert spike.verdict == "hyperparameter_jump", spike.verdict_message
-    f = _finding(spike, "hyperparameter_jump")
+    f = finding(spike, "hyperparameter_jump")
     got = (f.evidence["step"], f.evidence["hparam"], f.evidence["source"])
     assert got == (everyday.JUMP, "lr", "schedule")
     assert f.evidence["old"] == pytest.approx(0.1 * everyday._cosine(everyday.JUMP - 1))
@@ -67,10 +53,10 @@ def test_fp16_overflow(tmp_path):
     assert [r["step"] for r in rows] == list(range(everyday.OVERFLOW + 60))  # skipped steps are rows too
     skipped = [r["step"] for r in rows if r["amp_skipped"]]
     assert everyday.OVERFLOW in skipped and skipped[0] == 0  # the scaler's calibration comes first
-    result = _analyze("fp16_overflow", tmp_path)
+    result = analyze_copy("fp16_overflow", tmp_path)
     spike = next(s for s in result.spikes if s.context.onset == everyday.OVERFLOW)
     assert spike.verdict == "numerical", spike.verdict_message
-    f = _finding(spike, "numerical")
+    f = finding(spike, "numerical")
     fp16 = f.evidence["fp16_overflow"]
     assert (fp16["module"], fp16["step"], fp16["output_layer"]) == ("0", everyday.OVERFLOW, False)
     assert fp16["value"] > 65504 and fp16["scale_at_floor"] is False
@@ -85,12 +71,12 @@ def test_short_batch(tmp_path):
     rows = np.array(run.steps.column("batch_rows").to_pylist())
     short = steps[rows == 3].tolist()
     assert short == list(range(12, 13 * everyday.SHORT["epochs"], 13))
-    result = _analyze("short_batch", tmp_path)
+    result = analyze_copy("short_batch", tmp_path)
     assert len(result.spikes) >= 5
     for spike in result.spikes:
         assert spike.context.onset in short, spike.context.onset
         assert spike.verdict == "short_batch", spike.verdict_message
-        f = _finding(spike, "short_batch")
+        f = finding(spike, "short_batch")
         assert (f.evidence["batch_rows"], f.evidence["usual"], f.evidence["period"]) == (3, 32, 13)
         assert f.evidence["short_batches"] == everyday.SHORT["epochs"]
 
@@ -118,7 +104,7 @@ def test_the_spike_page_draws_each_rules_charts(tmp_path, monkeypatch, name, rul
 
     from forensics.app import panels
 
-    spike = _analyze(name, tmp_path).spikes[0]
+    spike = analyze_copy(name, tmp_path).spikes[0]
     drawn = []
     monkeypatch.setattr(panels.ui, "show_chart", lambda chart, **kw: drawn.append(chart))
     c = spike.context

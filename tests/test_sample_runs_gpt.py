@@ -4,28 +4,14 @@ gpt_bad_batch (random tokens at step 260: `data`), gpt_beta2_lag (full-batch Ada
 each mechanism is checked without the analyzer in tests/test_sample_runs_physics.py."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
+from _sample_runs import SAMPLES, analyze_copy, finding, recorded
 
-from forensics.analyzer.pipeline import analyze
 from forensics.demo import gpt, gpt_lag
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 NAMES = ("gpt_bad_batch", "gpt_control", "gpt_beta2_lag", "gpt_beta2_control")
-pytestmark = pytest.mark.skipif(not all((SAMPLES / n / "run.json").is_file() for n in NAMES),
-                                reason="sample_runs/ not recorded (python -m forensics.demo)")
-
-
-def _analyze(name, tmp_path):
-    dst = tmp_path / name
-    shutil.copytree(SAMPLES / name, dst, ignore=shutil.ignore_patterns("analysis"))
-    return analyze(dst, write=False)
-
-
-def _finding(spike, rule):
-    return next(f for f in spike.findings if f.rule == rule)
+pytestmark = recorded(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,31 +21,31 @@ def test_sizes_stay_under_one_and_a_half_megabytes(name):
 
 
 def test_gpt_bad_batch_is_the_planted_batch(tmp_path):
-    result = _analyze("gpt_bad_batch", tmp_path)
+    result = analyze_copy("gpt_bad_batch", tmp_path)
     assert [(s.context.onset, s.verdict) for s in result.spikes] == [(gpt.BAD_STEP, "data")]
-    assert _finding(result.spikes[0], "data").evidence["ratio"] > 5
+    assert finding(result.spikes[0], "data").evidence["ratio"] > 5
 
 
 def test_gpt_beta2_lag_is_adam_beta2_lag_crossing_the_limit_before_onset(tmp_path):
-    result = _analyze("gpt_beta2_lag", tmp_path)
+    result = analyze_copy("gpt_beta2_lag", tmp_path)
     assert len(result.spikes) == 1
     spike = result.spikes[0]
     assert spike.verdict == "adam_beta2_lag", spike.verdict_message
-    ev = _finding(spike, "adam_beta2_lag").evidence
+    ev = finding(spike, "adam_beta2_lag").evidence
     onset = spike.context.onset
     assert ev["crossed_at_step"] < onset                      # past 38/eta before the loss left
     assert ev["separates_from_quiet"] and ev["eta_pre_lambda_max_quiet"] < 0.95 * ev["limit"]
     assert ev["ratio_median_pre"] < 0.1 and ev["eps_dominated_share"] < 0.5  # the lag, not eps
     for rule in ("data", "hyperparameter_jump", "numerical", "optimizer_state_reset",
                  "attention_logit_growth", "output_logit_divergence"):
-        assert _finding(spike, rule).status == "not_fired", rule
+        assert finding(spike, rule).status == "not_fired", rule
     task = json.loads((SAMPLES / "gpt_beta2_lag" / "run.json").read_text())["task"]
     assert task["mechanism"] == "adam_beta2_lag"
 
 
 @pytest.mark.parametrize("name", ["gpt_control", "gpt_beta2_control"])
 def test_gpt_controls_have_no_spike_to_judge(name, tmp_path):
-    assert _analyze(name, tmp_path).spikes == []
+    assert analyze_copy(name, tmp_path).spikes == []
 
 
 def test_gpt_beta2_control_differs_from_the_lag_run_in_eps_only():
