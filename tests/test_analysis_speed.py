@@ -90,3 +90,20 @@ def test_adam_run_has_no_plain_lanczos_by_default(adam_run, monkeypatch):
     assert [(f.rule, f.status) for f in default.spikes[0].findings] == \
         [(f.rule, f.status) for f in asked.spikes[0].findings]
     assert default.spikes[0].verdict == asked.spikes[0].verdict
+
+
+def test_each_snapshot_file_is_read_once_per_spike(monkeypatch):
+    import forensics.rundir.reader as reader
+
+    opened = []
+    original = reader.load_snapshot
+    monkeypatch.setattr(reader, "load_snapshot", lambda path, **kw: opened.append(Path(path).name) or original(path, **kw))
+    run = reader.open_run(SAMPLES / "bad_batch")
+    result = analyze(run, write=False)
+    assert len(result.spikes) == 1 and result.spikes[0].verdict == "data"
+    # the spike's Scene reads each file once, whichever engines use it; the run-level baselines
+    # (analyze's last pass, outside any spike) read the baseline snapshots once more
+    baselines = {i.path.name for i in run.snapshots if i.role == "baseline"}
+    twice = {name for name in opened if opened.count(name) > 1}
+    assert len(opened) > 10 and twice <= baselines
+    assert all(opened.count(name) <= 2 for name in opened)

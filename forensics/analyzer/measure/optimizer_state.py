@@ -148,7 +148,7 @@ def _per_param(meta: dict, names, key: str, index: int | None = None) -> dict:
 
 
 def _near_one(x: torch.Tensor, tolerance: float = TOLERANCE) -> torch.Tensor:
-    return (x - 1).abs_() <= tolerance
+    return (x - 1).abs() <= tolerance
 
 
 def _snapshot_evidence(ev: Evidence, scene, s: int, available: set) -> None:
@@ -156,7 +156,7 @@ def _snapshot_evidence(ev: Evidence, scene, s: int, available: set) -> None:
     v = snap.exp_avg_sq
     if v:
         ev.add(s, "optimizer_state", "moments_empty",
-               float(not any(bool(t.any()) for t in v.values())))  # every value 0 (a NaN is not)
+               float(all(float(t.double().abs().sum()) == 0.0 for t in v.values())))
     if s + 1 not in available:
         return
     nxt = scene.snapshot(s + 1)
@@ -167,7 +167,7 @@ def _snapshot_evidence(ev: Evidence, scene, s: int, available: set) -> None:
         lr = lrs.get(n)
         if not isinstance(lr, (int, float)) or not lr > 0:
             continue
-        step = nxt.params[n].double().sub_(snap.params[n]).abs_().div_(lr)  # in place: one copy
+        step = (nxt.params[n].double() - snap.params[n].double()).abs() / lr
         moved += int(_near_one(step).sum())
         total += step.numel()
     if total:
@@ -181,9 +181,9 @@ def _snapshot_evidence(ev: Evidence, scene, s: int, available: set) -> None:
         g, b2 = snap.grads.get(n), beta2.get(n)
         if g is None or n not in v_next or not isinstance(b2, (int, float)) or b2 >= 1:
             continue
-        one = g.double().square_().mul_(1 - b2)
+        one = (1 - b2) * g.double().square()
         nz = one > 0
-        hit += int(_near_one(v_next[n][nz].double().div_(one[nz]), EXACT).sum())
+        hit += int(_near_one(v_next[n].double()[nz] / one[nz], EXACT).sum())
         total += int(nz.sum())
     if total:
         ev.add(s, "optimizer_state", "v_one_gradient_share", hit / total)
