@@ -172,7 +172,8 @@ def engine_row(label, runs, params=None) -> dict:
            "s/spike (max)": max((s for r in runs for s in r["spikes"]), default=None)}
     if "cpu" in runs[0]:
         row["process CPU s"] = C.median([r["cpu"] for r in runs])
-        row["1-min load (start → end)"] = "; ".join(f"{a:.1f} → {b:.1f}" for a, b in (r["load"] for r in runs))
+        row["1-min load (start → end)"] = "; ".join(f"{a:.1f} → {b:.1f}"
+                                                    for a, b in (r["load"] for r in runs))
     for e in ENGINE_ORDER:
         row[e] = C.median([s for r in runs for s in r["engines"].get(e, [])])
     return row
@@ -236,7 +237,8 @@ def main():
 
 def gpt_main(args) -> None:
     """One planted spike of the zoo GPT at each size: whole analysis, per engine; HVP vs PyHessian."""
-    from _gpt import GPT_BAD, GPT_LR, GPT_SIZES, GPT_STEPS, GPT_WARMUP, hvp_forms, hvp_vs_pyhessian, record_gpt_run
+    from _gpt import (GPT_BAD, GPT_LR, GPT_SIZES, GPT_STEPS, GPT_WARMUP, hvp_forms, hvp_vs_pyhessian,
+                      record_gpt_run)
 
     from forensics.analyzer.measure._hessian import HESSIAN_TOKENS
     from forensics.analyzer.pipeline import Settings
@@ -276,8 +278,10 @@ def gpt_main(args) -> None:
              f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS), at "
              f"{Settings.hessian_snapshots} of the selected steps (hessian_snapshots; adam's λ_max(P⁻¹H) at "
              f"those up to the onset, tol {Settings.pre_lanczos_tol:g}; no plain λ_max on Adam runs "
-             f"(adam_plain_lambda_max={Settings.adam_plain_lambda_max}); elsewhere tol {Settings.lanczos_tol:g})",
-             f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: OpenMP default)')}, torch threads "
+             f"(adam_plain_lambda_max={Settings.adam_plain_lambda_max}); elsewhere tol "
+             f"{Settings.lanczos_tol:g})",
+             f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: OpenMP default)')}, "
+             f"torch threads "
              f"{torch.get_num_threads()}; 'process CPU s' is this process's CPU time over the analyze() call "
              "(both threads together), next to its wall time, and the 1-min load average (other users' "
              "jobs included) when it started and ended", *notes]

@@ -97,7 +97,8 @@ def test_each_snapshot_file_is_read_once_per_spike(monkeypatch):
 
     opened = []
     original = reader.load_snapshot
-    monkeypatch.setattr(reader, "load_snapshot", lambda path, **kw: opened.append(Path(path).name) or original(path, **kw))
+    monkeypatch.setattr(reader, "load_snapshot",
+                        lambda path, **kw: opened.append(Path(path).name) or original(path, **kw))
     run = reader.open_run(SAMPLES / "bad_batch")
     result = analyze(run, write=False)
     assert len(result.spikes) == 1 and result.spikes[0].verdict == "data"
