@@ -15,22 +15,33 @@ With ``--gpt`` it times instead one spike of the zoo GPT at ~1M and ~10M paramet
 128, AdamW, a planted random-token batch; see ``bench/_gpt.py``) and the cost of one
 Hessian-vector product against PyHessian's, into ``bench/results/analysis_gpt.md``.
 
-Run: .venv/bin/python bench/analysis.py [--repeats 2] [--gpt]
+With ``--gpt`` the process runs with ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is already
+set (``--omp-default`` leaves OpenMP's default): on this shared 2-core machine torch's two OpenMP
+threads otherwise spin at every barrier while the other core is taken, and one Hessian-vector
+product of the ~10M GPT took 7–12 s instead of ~1 s (load average 5–6; see analysis_gpt.md).
+The variable is read when OpenMP loads, so it is set here, before torch is imported.
+
+Run: .venv/bin/python bench/analysis.py [--repeats 2] [--gpt [--runs DIR] [--omp-default]]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import tempfile
-import time
-from collections import defaultdict
-from pathlib import Path
+import sys
 
-import torch
-import torch.nn.functional as F
+if "--gpt" in sys.argv and "--omp-default" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import _common as C  # noqa: E402
 from forensics.analyzer.mechanisms import MECHANISMS, engines_for  # noqa: E402
@@ -49,9 +60,10 @@ def timed_analysis(run_dir) -> dict:
     def progress(spike_id, engine, done, total):
         marks.append((time.perf_counter(), spike_id, engine))
 
-    t0 = time.perf_counter()
+    load0, cpu0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
     result = analyze(run_dir, write=False, progress=progress)
     total = time.perf_counter() - t0
+    cpu, load1 = time.process_time() - cpu0, os.getloadavg()[0]
     engines: dict[str, list[float]] = defaultdict(list)
     spikes: list[float] = []
     start = None
@@ -64,7 +76,7 @@ def timed_analysis(run_dir) -> dict:
         elif nxt is not None:
             engines[eng].append(nxt[0] - t)
     return {"total": total, "spikes": spikes, "engines": engines, "num_spikes": len(result.spikes),
-            "verdicts": [s.verdict for s in result.spikes]}
+            "verdicts": [s.verdict for s in result.spikes], "cpu": cpu, "load": (load0, load1)}
 
 
 class LanczosProbe:
@@ -158,6 +170,10 @@ def engine_row(label, runs, params=None) -> dict:
            "analyze() s": C.median([r["total"] for r in runs]),
            "s/spike (median)": C.median([s for r in runs for s in r["spikes"]]),
            "s/spike (max)": max((s for r in runs for s in r["spikes"]), default=None)}
+    if "cpu" in runs[0]:
+        row["process CPU s"] = C.median([r["cpu"] for r in runs])
+        row["1-min load (start → end)"] = "; ".join(f"{a:.1f} → {b:.1f}"
+                                                    for a, b in (r["load"] for r in runs))
     for e in ENGINE_ORDER:
         row[e] = C.median([s for r in runs for s in r["engines"].get(e, [])])
     return row
@@ -169,6 +185,8 @@ def main():
     ap.add_argument("--gpt", action="store_true", help="the zoo GPT cases (analysis_gpt.md) only")
     ap.add_argument("--runs", type=Path, help="with --gpt: keep the recorded runs in this folder and reuse "
                     "those already there (gpt1M, gpt10M)")
+    ap.add_argument("--omp-default", action="store_true", help="with --gpt: leave OMP_WAIT_POLICY unset "
+                    "(OpenMP's default waiting; see the module doc)")
     args = ap.parse_args()
     if args.gpt:
         return gpt_main(args)
@@ -219,7 +237,8 @@ def main():
 
 def gpt_main(args) -> None:
     """One planted spike of the zoo GPT at each size: whole analysis, per engine; HVP vs PyHessian."""
-    from _gpt import GPT_BAD, GPT_SIZES, GPT_STEPS, hvp_forms, hvp_vs_pyhessian, record_gpt_run
+    from _gpt import (GPT_BAD, GPT_LR, GPT_SIZES, GPT_STEPS, GPT_WARMUP, hvp_forms, hvp_vs_pyhessian,
+                      record_gpt_run)
 
     from forensics.analyzer.measure._hessian import HESSIAN_TOKENS
     from forensics.analyzer.pipeline import Settings
@@ -251,13 +270,21 @@ def gpt_main(args) -> None:
             shutil.rmtree(folder, ignore_errors=True)
     hvp = hvp_vs_pyhessian()
     forms = hvp_forms(GPT_SIZES["~1M"])
-    cols = ["run", "params", "spikes", "verdicts", "analyze() s", "s/spike (median)", *ENGINE_ORDER]
+    cols = ["run", "params", "spikes", "verdicts", "analyze() s", "s/spike (median)", "process CPU s",
+            "1-min load (start → end)", *ENGINE_ORDER]
     intro = [f"- `analyze(run, write=False)` with default Settings, {args.repeats} repeat(s), median; "
-             f"planted random-token batch at step {GPT_BAD}; curvature/adam Hessians on "
+             f"planted random-token batch at step {GPT_BAD} of {GPT_STEPS} (AdamW lr {GPT_LR:g} after a "
+             f"{GPT_WARMUP}-step warm-up); curvature/adam Hessians on "
              f"⌊{HESSIAN_TOKENS}/128⌋ = {HESSIAN_TOKENS // 128} whole sequences (HESSIAN_TOKENS), at "
              f"{Settings.hessian_snapshots} of the selected steps (hessian_snapshots; adam's λ_max(P⁻¹H) at "
-             f"those up to the onset, tol {Settings.pre_lanczos_tol:g}; plain λ_max at the onset on Adam "
-             f"runs, tol {Settings.pre_lanczos_tol:g}; elsewhere tol {Settings.lanczos_tol:g})", *notes]
+             f"those up to the onset, tol {Settings.pre_lanczos_tol:g}; no plain λ_max on Adam runs "
+             f"(adam_plain_lambda_max={Settings.adam_plain_lambda_max}); elsewhere tol "
+             f"{Settings.lanczos_tol:g})",
+             f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: OpenMP default)')}, "
+             f"torch threads "
+             f"{torch.get_num_threads()}; 'process CPU s' is this process's CPU time over the analyze() call "
+             "(both threads together), next to its wall time, and the 1-min load average (other users' "
+             "jobs included) when it started and ended", *notes]
     sections = [("Results (seconds)", C.table(rows, cols)),
                 ("Where the Hessian engines' (curvature, adam) time goes (instrumented pass)", C.table(wheres))]
     if hvp:

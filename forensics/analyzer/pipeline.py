@@ -24,7 +24,7 @@ import forensics
 from forensics.analyzer.baselines import ENGINE as BASELINE_ENGINE, RUN_LEVEL, measure_baselines
 from forensics.analyzer.evidence import Evidence, Finding, SpikeContext, inconclusive
 from forensics.analyzer.hints import run_settings
-from forensics.analyzer.measure import ENGINES, METRICS, Failed, Scene, Skip
+from forensics.analyzer.measure import ENGINES, METRICS, Failed, Scene, Skip, attention_kernel
 from forensics.analyzer.mechanisms import MECHANISMS, check_mechanisms, engines_for
 from forensics.analyzer.replay import Replay, pick_device
 from forensics.analyzer.rules import SPECS
@@ -45,13 +45,14 @@ class Settings:
     `lanczos_tol`, `pre_lanczos_tol`: relative Ritz-residual tolerances of λ_max(H), λ_max(P⁻¹H).
     `max_samples`: batch rows used for curvature/NTK (a seeded subsample when larger).
     `max_snapshots`: snapshots measured per spike (see `window.select`); `hessian_snapshots`
-    of them for the Hessian engines (`measure._hessian.hessian_steps`; 0: all).
-    """
+    of them for the Hessian engines (`measure._hessian.hessian_steps`; 0: all);
+    `adam_plain_lambda_max`: also the plain λ_max(H) on Adam runs, which no rule reads (`curvature`)."""
 
     max_snapshots: int = 12
     hessian_snapshots: int = 4
     lanczos_tol: float = 1e-3
     pre_lanczos_tol: float = 1e-2
+    adam_plain_lambda_max: bool = False
     top_k: int = 1
     max_samples: int = 1024
     ntk_max_n: int = 512
@@ -198,7 +199,7 @@ def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> 
         if progress:
             progress(spike_id, engine, i, len(engines))
         try:
-            with _twice_differentiable_attention():
+            with attention_kernel(ENGINES[engine]):  # the math kernel unless FORWARD_ONLY
                 ENGINES[engine].measure(ev, scene)
         except Failed as why:
             ev.fail(engine, str(why))

@@ -37,8 +37,9 @@ def output_tensor(out):
 
 
 ATTENTION_NOTE = ("attention: scaled_dot_product_attention is replayed on its math kernel "
-                  "(SDPBackend.MATH), on CPU and CUDA: the fused kernels have no double backward, "
-                  "which the Hessian-vector products need")
+                  "(SDPBackend.MATH), on CPU and CUDA, by the engines that differentiate: the fused "
+                  "kernels have no double backward, which the Hessian-vector products need; the "
+                  "forward-only engines (data, logits, attention, numerical) keep torch's default kernel")
 
 
 def uses_attention(model: nn.Module) -> bool:

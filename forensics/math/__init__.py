@@ -2,7 +2,7 @@
 
 Modules: ``flat`` (params dict <-> flat vector), ``hvp`` (Hessian-vector products),
 ``lanczos`` (top-k eigenpairs, power iteration), ``preconditioner`` (Adam P, update, g²/v,
-stability limits), ``directional`` (curvature along directions, loss along a line), ``ntk`` and
+stability limits), ``finite`` (non-finite counts), ``directional`` (curvature along directions, loss along a line), ``ntk`` and
 ``ntk_structured`` (empirical NTK, η_crit, loss split), ``agop``, ``frequency``, ``condensation``.
 Nothing here reads or writes files.
 """

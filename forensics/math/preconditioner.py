@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -136,14 +137,13 @@ def ratio_summary(rho: Tensor, *, thresholds: tuple[float, ...] = (0.01, 0.1, 1.
         for thr in thresholds:
             out[f"share_below_{thr:g}"] = float("nan")
         return out
-    sample = finite if finite.numel() <= 2_000_000 else finite[
-        torch.randperm(finite.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]
-        .to(finite.device)]
-    q = torch.quantile(sample, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=r.device))
+    # exact quantiles of every coordinate by selection (numpy's partition, O(n); torch.quantile
+    # sorts, and was given a 2M-coordinate subsample: ×4 slower on 10M coordinates)
+    q = np.quantile(finite.cpu().numpy(), [0.1, 0.5, 0.9])
     out.update(q10=float(q[0]), median=float(q[1]), q90=float(q[2]), mean=float(finite.mean()),
                log10_mean=float(finite.clamp_min(1e-300).log10().mean()))
     for thr in thresholds:
-        out[f"share_below_{thr:g}"] = float((finite < thr).double().mean())
+        out[f"share_below_{thr:g}"] = int((finite < thr).sum()) / finite.numel()
     return out
 
 

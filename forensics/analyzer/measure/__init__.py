@@ -6,7 +6,10 @@ family `name@<suffix>`, e.g. one metric per layer and head), and
 `measure(ev, scene) -> None`. It reads tensors through the `Scene` (which loads and caches
 snapshots) and calls the pure math in `forensics.math`; it raises `Skip` with a reason when
 it cannot run, which the pipeline records as that engine's skip reason. An engine that can
-measure from `steps/` alone, without snapshots, sets `WITHOUT_SNAPSHOTS = True`.
+measure from `steps/` alone, without snapshots, sets `WITHOUT_SNAPSHOTS = True`. Engines run
+with `scaled_dot_product_attention` on its math kernel (the one with a double backward), except
+those that set `FORWARD_ONLY = True` (forward passes without gradients): they keep torch's
+default kernel, ×10 faster than the math one on CPU (`attention_kernel`).
 
 `ENGINES`: name -> module; `METRICS`: name -> its declared metrics (the catalog that makes an
 `Evidence` strict, and the metric table of docs/analysis.md).
@@ -23,6 +26,7 @@ import torch
 
 from forensics.analyzer.evidence import SpikeContext
 from forensics.analyzer.window import Window
+from forensics.math.finite import nonfinite_count
 
 
 class Skip(Exception):
@@ -62,9 +66,13 @@ class Scene:
         return steps
 
     def finite_steps(self) -> tuple[int, ...]:
-        """Selected steps whose weights are all finite (curvature is undefined past a NaN)."""
-        steps = tuple(s for s in self.steps()
-                      if all(bool(torch.isfinite(t).all()) for t in self.snapshot(s).params.values()))
+        """Selected steps whose weights are all finite (curvature is undefined past a NaN);
+        worked out once per spike."""
+        key = ("finite_steps",)
+        if key not in self._cache:  # every engine asks; the answer is the same for the spike
+            self._cache[key] = tuple(s for s in self.steps() if not any(
+                nonfinite_count(t) for t in self.snapshot(s).params.values()))
+        steps = self._cache[key]
         if not steps:
             raise Skip("every selected snapshot has non-finite weights")
         return steps
@@ -139,6 +147,16 @@ class Scene:
     def lr(self, step: int) -> float:
         """The lr (param group 0) recorded in the snapshot of `step`, NaN if absent."""
         return float(self.snapshot(step).meta.get("lr", float("nan")))
+
+
+def attention_kernel(engine):
+    """The attention-kernel context an engine module runs in: torch's default for a
+    `FORWARD_ONLY` engine, else the math kernel (`forensics.math.hvp.twice_differentiable_attention`)."""
+    from contextlib import nullcontext
+
+    from forensics.math.hvp import twice_differentiable_attention
+
+    return nullcontext() if getattr(engine, "FORWARD_ONLY", False) else twice_differentiable_attention()
 
 
 def _discover() -> dict:

@@ -23,6 +23,7 @@ from forensics.record.attention_taps import AttentionTaps
 WITHOUT_SNAPSHOTS = True  # the recorded per-step column alone still shows the trend
 ATTENTION_TOKENS = 4096  # one forward pass over at most this many tokens per step
 
+FORWARD_ONLY = True  # forward passes without gradients: the default attention kernel
 METRICS = {
     "attn_logit_max": ("logit", "max |q·kᵀ/√d| over every layer, head and attended position"),
     "attn_entropy_min": ("nats", "the lowest mean attention entropy of any head (0: one-hot)"),

@@ -29,6 +29,7 @@ HISTORY_WINDOW = 32  # steps of the rolling median a recorded loss is compared w
 HISTORY_RATIO = 3.0  # the least jump over the rolling median counted as an excursion
 MAD_FLOOR = 0.01  # log-loss units: identical batches (full batch) give MAD 0
 Z_FENCE = 4.0     # the fence the neighbours are checked against (the data rule's min_robust_z)
+FORWARD_ONLY = True  # forward passes without gradients: the default attention kernel
 METRICS = {
     "batch_loss": ("loss", "at the onset weights: the onset batch's loss"),
     "neighbor_loss_median": ("loss", f"at the onset weights: the median loss of up to "

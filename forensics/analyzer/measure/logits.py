@@ -21,6 +21,7 @@ from forensics.math.attention import output_logit_stats
 WITHOUT_SNAPSHOTS = True  # the recorded columns alone already show the trend
 LOGIT_TOKENS = 4096
 
+FORWARD_ONLY = True  # forward passes without gradients: the default attention kernel
 METRICS = {
     "logit_max": ("logit", "the largest output logit over the batch's counted tokens (replayed)"),
     "logit_mean": ("logit", "the mean output logit over counted tokens and vocabulary (replayed)"),

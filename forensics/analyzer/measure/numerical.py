@@ -31,12 +31,14 @@ import torch
 from forensics.analyzer.evidence import Evidence
 from forensics.analyzer.measure._overflow import FP16_MAX, first_overflow
 from forensics.analyzer.measure._steps import column, spike_range
+from forensics.math.finite import nonfinite_count
 
 MAX_SCAN = 64
 LEAD = 32  # the origin is looked for from this many steps before onset (an earlier one is another spike's)
 WITHOUT_SNAPSHOTS = True  # the recorded losses in steps/ still say whether the spike went non-finite
 SCALE_FLOOR = 1.0  # the smallest loss scale of DeepSpeed's and Megatron-LM's loss scalers (min_loss_scale);
 # the rule reports whether the scale had reached it when float16 overflowed
+FORWARD_ONLY = True  # forward passes without gradients: the default attention kernel
 METRICS = {
     "nonfinite_loss": ("count", "non-finite loss: per snapshot 0/1, and 1 at every step of steps/ "
                        "in the spike whose recorded loss is NaN/Inf"),
@@ -105,7 +107,7 @@ class _Amp:
 
 
 def _count(tensors) -> int:
-    return int(sum((~torch.isfinite(t)).sum().item() for t in tensors if t.is_floating_point()))
+    return sum(nonfinite_count(t) for t in tensors)
 
 
 def _nonfinite_tensors(snap) -> dict[str, float]:
@@ -117,10 +119,9 @@ def _nonfinite_tensors(snap) -> dict[str, float]:
     out = {}
     for kind, tensors in groups:
         for name, t in tensors.items():
-            if t.is_floating_point():
-                n = int((~torch.isfinite(t)).sum())
-                if n:
-                    out[f"{kind}:{name}"] = float(n)
+            n = nonfinite_count(t)
+            if n:
+                out[f"{kind}:{name}"] = float(n)
     return out
 
 
