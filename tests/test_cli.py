@@ -233,3 +233,19 @@ def test_help_documents_the_exit_codes():
         r = invoke(*args, "--help")
         assert r.exit_code == 0
         assert "Exit codes" in r.stdout and "2 = usage error" in r.stdout
+
+
+def test_cli_sets_passive_openmp_waiting_unless_the_user_chose(monkeypatch):
+    """`forensics` sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads on a shared CPU
+    made products 7-12x slower, docs/analysis.md); a value the user set is kept."""
+    import os
+
+    import forensics.cli as cli
+
+    monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli.main()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli.main()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

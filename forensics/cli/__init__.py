@@ -12,5 +12,10 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point (`forensics`)."""
+    """Console-script entry point (`forensics`). torch's OpenMP threads wait passively unless the
+    environment says otherwise (`OMP_WAIT_POLICY`, read when torch loads, after this): on a CPU shared
+    with other jobs, spinning threads made one Hessian-vector product 7-12x slower (docs/analysis.md)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
