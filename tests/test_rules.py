@@ -134,7 +134,8 @@ def test_adam_rule_fires_on_the_limit_for_beta1_0_9_and_names_it():
     assert f.status == "fired", f.message
     assert f.thresholds["limit_cohen"] == pytest.approx(38.0)
     assert f.evidence["crossed_at_step"] == 8 and f.evidence["separates_from_quiet"] is True
-    assert "38/η at β₁ = 0.9" in f.message and "first at step 8" in f.message
+    assert "= 38 at β₁ = 0.9 (λ_max(P⁻¹H) < 38/η" in f.message and "first at step 8" in f.message
+    assert "38/η at β₁" not in f.message  # η·λ_max (37.0) is compared with 38, not with 38/η
     assert "quiet step 4 sat below it" in f.message
 
 

@@ -58,7 +58,8 @@ class Probe:
 class AutoProbe:
     """Collects the input and target of the first `batches` batches, at most `size` samples.
 
-    `offer(batch)` per observed step returns None while collecting, then once a decision:
+    `offer(batch)` per observed step returns None while collecting (at least until the second
+    batch, even when the first one holds `size` samples), then once a decision:
     ("probe", {input, target}) with the samples concatenated along dim 0, or ("off", reason) when
     the second batch equals the first (full-batch training: the loss is the objective) or the
     batches cannot be concatenated (no common leading sample dimension). While collecting, once a
@@ -70,6 +71,7 @@ class AutoProbe:
         self.first: dict | None = None  # the first batch, once a second, different one was seen
         self.parts: list[dict] = []
         self.samples = 0
+        self.first_rows = 0  # rows of the first batch (its stored part may be cut to `size`)
         self.all_same = True
         self.done = False
 
@@ -85,14 +87,18 @@ class AutoProbe:
             return self._finish(("off", "input and target have no common leading sample dimension"))
         if self.parts:
             first = self.parts[0]
-            self.all_same = self.all_same and all(
-                part[k].shape == first[k].shape and torch.equal(part[k], first[k]) for k in self.keys)
+            self.all_same = self.all_same and n == self.first_rows and all(  # first may be cut to size
+                part[k].shape[1:] == first[k].shape[1:] and torch.equal(part[k][: len(first[k])], first[k])
+                for k in self.keys)
             if self.all_same:  # the second batch is the first: full-batch training, decided now
                 return self._finish(("off", "the first batches are the same batch (full-batch training)"))
             self.first = self.first or {k: v.clone() for k, v in first.items()}
+        self.first_rows = self.first_rows or n
         self.parts.append({k: v[: self.size - self.samples].clone() for k, v in part.items()})
         self.samples += min(n, self.size - self.samples)
-        if len(self.parts) >= self.batches or self.samples >= self.size:
+        # a first batch that fills the probe alone decides nothing yet: the second batch tells
+        # full-batch training (the same batch again: probe off) from minibatches
+        if len(self.parts) >= self.batches or (self.samples >= self.size and len(self.parts) > 1):
             return self._finish(self._decide())
         return None
 

@@ -66,6 +66,7 @@ class Manifest:
     forensics_version: str | None = None
     python_version: str | None = None
     device: str | None = None
+    torch_threads: int | None = None  # torch.get_num_threads() at recording (CPU float sums depend on it)
     model: ModelSpec | None = None
     hf_config: str | None = None  # file name beside run.json
     loss: str = "mse"
@@ -133,6 +134,7 @@ def _check(d: dict) -> None:
     need(hf is None or (hf not in ("", ".", "..") and "/" not in hf and "\\" not in hf),
          "hf_config", hf, "a file name beside run.json")
     need_int(d, "seed", optional=True, nullable=True)
+    need_int(d, "torch_threads", optional=True, nullable=True, minimum=1)
     for key in ("detector", "recorder", "task"):
         need_type(d, key, dict, "an object", nullable=True)
     need_str_map(d, "batch_keys")
@@ -201,6 +203,7 @@ def build_manifest(
         run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
         torch_version=torch.__version__, forensics_version=getattr(forensics, "__version__", "unknown"),
         python_version=platform.python_version(), device=str(first.device) if first is not None else "cpu",
+        torch_threads=torch.get_num_threads(),
         model=None if model_factory is None else ModelSpec(model_factory, jsonsafe(model_kwargs or {})),
         hf_config=hf_config, loss=loss, batch_keys=batch_keys,
         optimizer=OptimizerSpec(class_path(optimizer), optimizer_family(optimizer),

@@ -15,8 +15,9 @@ from forensics.whatif.outcome import GONE_RATIO, baseline, outcome
 
 # The no-change replay reproduces the run when every step's loss and every later snapshot's
 # weights are within this relative distance of the recording (rationale: replaying the same
-# float32 ops on the same device is exact up to reordering; 1e-4 leaves room for a different
-# thread count while a missing input — dropout, clipping, a reset — moves them by far more).
+# float32 ops on the same device is exact up to reordering; the replay uses the recorded CPU
+# thread count (whatif/threads.py), as another count drifts past 1e-4 on a transformer within a few
+# steps, while a missing input — dropout, clipping, a reset — moves them by far more).
 TOLERANCE = 1e-4
 
 
@@ -86,6 +87,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     from forensics.replay import spike_window
     from forensics.rundir.reader import Run, open_run
     from forensics.whatif.defaults import default_changes
+    from forensics.whatif.threads import pinned
     from forensics.whatif.trace import recorded_clip, reference_curve, replay
 
     run = run if isinstance(run, Run) else open_run(Path(run))
@@ -105,6 +107,7 @@ def whatif(run, spike: int, changes=None, model=None, *, device: str | None = "c
     parsed = [c if isinstance(c, Change) else parse_change(c) for c in changes]
     setup = _setup(run, window, model, device, allow_import, notes)
     setup.clip = recorded_clip(run, window, setup.notes)
+    replay = pinned(replay, run.manifest, setup.device, setup.notes)
     check = replay(setup, NONE, check=True)
     errors = [e for e in check.loss_errors + check.weight_errors if not math.isnan(e)]
     err = max(errors) if errors else 0.0
@@ -258,6 +261,11 @@ def _diagnose(setup, check, tolerance) -> str:
         causes.append("the model has buffers (e.g. BatchNorm statistics), which snapshots do not record")
     if any("grad_clipped is 'unknown'" in n for n in setup.notes):
         causes.append("the run did not say whether it clipped gradients")
+    from forensics.whatif.threads import thread_cause
+
+    threads = thread_cause(setup.run.manifest, setup.device)
+    if threads:
+        causes.append(threads)
     recorded_on = str(setup.run.manifest.get("device") or "")
     kind = recorded_on.split(":")[0]
     if kind and kind != setup.device.type:

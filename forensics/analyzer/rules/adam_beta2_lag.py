@@ -81,7 +81,9 @@ def judge(ev: EvidenceView) -> Finding:
     quiet_value = quiet[1] if quiet and (cross_step is None or quiet[0] < cross_step) else float("nan")
     separates = bool(cross_step is not None and np.isfinite(quiet_value) and quiet_value < bar)
     dir_onset = float(v_dir[-1]) if v_dir.size and np.isfinite(v_dir[-1]) else float("nan")
-    name = f"(2+2β₁)/((1−β₁)η) = {limit:.3g}/η at β₁ = {beta1:g} (Cohen et al. 2022)"
+    # η·λ_max is compared with the dimensionless (2+2β₁)/(1−β₁); the limit on λ_max itself is that over η
+    name = (f"(2+2β₁)/(1−β₁) = {limit:.3g} at β₁ = {beta1:g} (λ_max(P⁻¹H) < {limit:.3g}/η, "
+            "Cohen et al. 2022)")
     evidence = {
         "ratio_median_pre": float(np.nanmedian(ratio)) if ratio.size else None,
         "eps_dominated_share": float(np.nanmedian(eps_share)) if eps_share.size else None,
@@ -124,7 +126,7 @@ def judge(ev: EvidenceView) -> Finding:
     if lag:
         why += "; a low g²/v̂ alone is not evidence"
     if sharp > T.limit_beta1_zero and beta1 > 0:
-        why += " (past 2/η, the β₁ = 0 limit, which does not apply with momentum)"
+        why += " (past 2, the β₁ = 0 limit (λ_max < 2/η), which does not apply with momentum)"
     return Finding(RULE, "not_fired", clip01(0.2 * lag + 0.3 * clip01(sharp / bar)),
                    "no β₂-lag instability: " + why, evidence=evidence, thresholds=thresholds)
 
