@@ -31,11 +31,16 @@ class RecorderConfig:
         max_spikes: spike episodes whose snapshots are written (later episodes: events and scalars only).
         max_bytes: bound on the bytes of all snapshots.
         probe: the objective the detector watches in minibatch training: "auto" (a probe set drawn
-            from the first `probe_batches` batches, at most `probe_size` samples; off when those
+            from the first `probe_batches` batches, at most `probe_size` samples and `probe_terms`
+            target elements (tokens, for a language model's (batch, seq) targets); off when those
             batches are all the same batch, i.e. full-batch training), a batch dict (a fixed probe
             batch), or None (no probe: the detector watches the training loss).
         probe_every: evaluate the probe every this many steps.
-        probe_size, probe_batches: see probe.
+        probe_size, probe_batches, probe_terms: see probe. `probe_terms` (4096) bounds the probe's
+            cost where a sample is a sequence: 256 sequences of 64 tokens made a small GPT's
+            training 8x slower (a forward over 16x the batch every step); 4096 tokens is 64 such
+            sequences, 4 of 1024. A sample of one target element (regression, classification)
+            keeps `probe_size`.
         model_factory, model_kwargs: how the analyzer rebuilds the model ("package.module:factory").
         task, seed: free-form description of the run and its seed (run.json).
         hf_config: file name (beside run.json) of a Hugging Face model config (the HF callback's).
@@ -75,6 +80,7 @@ class RecorderConfig:
     probe_every: int = 1
     probe_size: int = 256
     probe_batches: int = 64
+    probe_terms: int = 4096
     model_factory: str | None = None
     model_kwargs: dict | None = None
     task: dict | None = None
@@ -99,6 +105,7 @@ class RecorderConfig:
                      context_span=(self.context_span, 0), max_spikes=(self.max_spikes, 0),
                      max_bytes=(self.max_bytes, 0), probe_every=(self.probe_every, 1),
                      probe_size=(self.probe_size, 1), probe_batches=(self.probe_batches, 1),
+                     probe_terms=(self.probe_terms, 1),
                      steps_chunk=(self.steps_chunk, 1), max_pending_rows=(self.max_pending_rows, 1))
         check_counts(keyframe_every=(self.keyframe_every, 1), memory_budget=(self.memory_budget, 0))
         if self.mode not in ("auto", "dense", "keyframe"):
@@ -146,7 +153,8 @@ class RecorderConfig:
         """run.json["recorder"]: the capture settings (JSON-able)."""
         d = {k: v for k, v in asdict(self).items()
              if k in ("ring_size", "stride", "tail", "baseline_every", "context_every", "context_span",
-                      "max_spikes", "max_bytes", "probe_every", "probe_size", "probe_batches", "steps_chunk",
+                      "max_spikes", "max_bytes", "probe_every", "probe_size", "probe_batches", "probe_terms",
+                      "steps_chunk",
                       "sync_every", "mode", "keyframe_every", "memory_budget")}
         return {**d, "context_slots": self.context_slots, "probe": probe_kind}
 

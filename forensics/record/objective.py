@@ -27,7 +27,8 @@ class Objective:
         self._first: Probe | None = None  # the interim probe (the first batch) of an auto probe
         if isinstance(cfg.probe, str):  # "auto"
             self.kind = "auto"
-            self.auto = AutoProbe(batch_keys, size=cfg.probe_size, batches=cfg.probe_batches)
+            self.auto = AutoProbe(batch_keys, size=cfg.probe_size, batches=cfg.probe_batches,
+                                  terms=cfg.probe_terms)
         elif cfg.probe is None:
             self.kind = "none"
         else:

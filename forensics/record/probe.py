@@ -56,7 +56,9 @@ class Probe:
 
 
 class AutoProbe:
-    """Collects the input and target of the first `batches` batches, at most `size` samples.
+    """Collects the input and target of the first `batches` batches, at most `size` samples and at
+    most `terms` target elements (a sample's terms: its target's elements, e.g. the tokens of a
+    sequence; at least one sample is kept).
 
     `offer(batch)` per observed step returns None while collecting (at least until the second
     batch, even when the first one holds `size` samples), then once a decision:
@@ -66,8 +68,9 @@ class AutoProbe:
     second, different batch was seen, `first` holds the first batch (the interim probe).
     """
 
-    def __init__(self, batch_keys: dict, *, size: int, batches: int):
+    def __init__(self, batch_keys: dict, *, size: int, batches: int, terms: int | None = None):
         self.keys, self.size, self.batches = (batch_keys["input"], batch_keys["target"]), size, batches
+        self.terms = terms
         self.first: dict | None = None  # the first batch, once a second, different one was seen
         self.parts: list[dict] = []
         self.samples = 0
@@ -94,6 +97,9 @@ class AutoProbe:
                 return self._finish(("off", "the first batches are the same batch (full-batch training)"))
             self.first = self.first or {k: v.clone() for k, v in first.items()}
         self.first_rows = self.first_rows or n
+        if self.terms and not self.parts:  # the sample budget in rows, from the target's elements per row
+            per_row = max(1, part[self.keys[1]][0].numel())
+            self.size = min(self.size, max(1, self.terms // per_row))
         self.parts.append({k: v[: self.size - self.samples].clone() for k, v in part.items()})
         self.samples += min(n, self.size - self.samples)
         # a first batch that fills the probe alone decides nothing yet: the second batch tells
