@@ -4,11 +4,14 @@ the spikes SQL view agrees with the one spikes builder; the recorder's own temp 
 import json
 import math
 import os
+import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from forensics import Recorder
+from forensics.record.warn import RecorderWarning
 from forensics.rundir import atomic
 from forensics.rundir.reader import open_run
 from forensics.rundir.spikes import spikes_from_events
@@ -72,9 +75,14 @@ def test_without_resume_a_new_recorder_sees_it_by_the_warm_up_rule_two_steps_lat
 
 def test_resume_without_a_run_starts_one_and_overwrite_conflicts(tmp_path):
     model, opt = _setup()
-    with Recorder(model, opt, tmp_path / "run", resume=True, baseline_every=0) as rec:
+    with pytest.warns(RecorderWarning, match="holds no run"):  # a mistyped path is said, not silent
+        rec = Recorder(model, opt, tmp_path / "run", resume=True, baseline_every=0)
+    with rec:
         _train(model, opt, rec, _data(5))
     assert open_run(tmp_path / "run").steps.num_rows == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecorderWarning)  # resuming the run it made: no such warning
+        Recorder(model, opt, tmp_path / "run", resume=True, baseline_every=0).close()
     try:
         Recorder(model, opt, tmp_path / "run", resume=True, overwrite=True)
     except ValueError as e:

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from pathlib import Path
 
@@ -72,6 +73,9 @@ class Recorder(StepLoop, FailurePolicy):
         point = resume_point(self.run_dir, cfg.start_step) if resuming else None
         if cfg.resume and self._ranks.distributed:  # every rank continues from rank 0's point
             point = share_resume(point, self.run_dir, self._ranks.writer)
+        if cfg.resume and point is None and self._ranks.writer:  # a mistyped path loses the history
+            warnings.warn(f"spike forensics: resume=True but {self.run_dir} holds no run (no run.json): "
+                          "starting a new run there", RecorderWarning, stacklevel=2)
         self.ring_size, self.stride, self.probe_every = cfg.ring_size, cfg.stride, cfg.probe_every
         named, _ = param_names(model)
         self._params = [p for _, p in named]
