@@ -25,7 +25,8 @@ class SpikeContext:
     `optimizer` is the family: "adam" (Adam/AdamW), "sgd" (with `momentum`, 0 for plain
     GD/SGD) or "other". `ref_step` is the quiet step the spike is compared against (the
     earliest pre-spike snapshot); `pre_steps` are the snapshot steps before onset. `hparams`:
-    the run's hyperparameters a hint reads (`forensics.analyzer.hints.run_settings`).
+    the run's hyperparameters a hint reads (`forensics.analyzer.hints.run_settings`). `signal`: the
+    watched series that opened it (a probe reacts to a batch's update one step later).
     """
 
     run_id: str
@@ -46,6 +47,7 @@ class SpikeContext:
     task: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     hparams: dict = field(default_factory=dict)
+    signal: str = "loss"  # the series that opened the spike: "loss" or "probe" (the objective)
 
     @property
     def magnitude(self) -> float:

@@ -189,7 +189,7 @@ def _context(run: Run, spike, run_id: str) -> SpikeContext:
         betas=tuple(group["betas"]) if group.get("betas") else None, eps=group.get("eps"),
         nonfinite=bool(getattr(spike, "nonfinite", False) or not math.isfinite(peak_loss)),
         task=dict(manifest.get("task") or {}), hparams=run_settings(manifest),
-    )
+        signal=str(getattr(spike, "signal", "loss") or "loss"))
 
 
 def _measure(ev: Evidence, scene: Scene, engines, progress: Progress | None) -> None:

@@ -57,6 +57,9 @@ METRICS = {
                            f"as far: ≥ max({HISTORY_RATIO:g}, √onset_jump_ratio) × the median of the "
                            f"{HISTORY_WINDOW} steps before it"),
     "history_steps": ("count", "steps of steps/ those excursions were counted over"),
+    "suspect_step": ("step", "the batch judged: the onset's, or for a spike the probe opened the step "
+                     "before's when it is farther out (its update shows in the probe one step later); "
+                     "the other metrics are that batch's, at that step's weights"),
     "micro_batches": ("count", "equal micro-batches concatenated in the onset batch (snapshot meta)"),
     "worst_micro_batch": ("index", "the micro-batch with the highest loss at the onset weights"),
     "worst_micro_ratio": ("1", "its loss over the median of the other micro-batches"),
@@ -164,19 +167,35 @@ def _micro(replay, params, batch, meta) -> dict:
 
 
 def measure(ev: Evidence, scene) -> None:
-    """The onset batch's loss against the other recorded batches', at the onset weights."""
+    """The onset batch's loss against the other recorded batches', at the onset weights. A spike
+    the probe opened may come from the batch before: its update shows in the probe one step later
+    (a bad batch before the loss window exists is seen so); that batch is judged too, at its own
+    step's weights, and the farther out of the two is the suspect (`suspect_step`)."""
     ctx = ev.context
     replay = scene.require_replay()
-    onset = ctx.onset
-    if onset not in {i.step for i in scene.run.snapshots}:
-        raise Skip(f"the onset step {onset} was not captured")
-    others = sorted((i.step for i in scene.run.snapshots if i.step != onset
-                     and abs(i.step - onset) <= 64), key=lambda s: (abs(s - onset), s))
-    others = others[:MAX_NEIGHBORS]
-    if not others:
+    captured = {i.step for i in scene.run.snapshots}
+    if ctx.onset not in captured:
+        raise Skip(f"the onset step {ctx.onset} was not captured")
+    rows = [_judge(scene, replay, ctx, ctx.onset, captured)]
+    if ctx.signal == "probe" and ctx.onset - 1 in captured:
+        rows.append(_judge(scene, replay, ctx, ctx.onset - 1, captured))
+    z = lambda r: r.get("batch_robust_z", -math.inf) if r else -math.inf  # noqa: E731
+    row = max(rows, key=lambda r: (not math.isnan(z(r)), z(r)))
+    if row is None:
         raise Skip("no other batches were recorded near the onset")
-    params = scene.params(onset)
-    own_batch = scene.batch(onset)
+    ev.add_many(ctx.onset, "data", {k: v for k, v in row.items() if v is None or not
+                                    (isinstance(v, float) and math.isnan(v))})
+
+
+def _judge(scene, replay, ctx, step: int, captured: set) -> dict | None:
+    """The metrics of batch `step` against the other recorded batches within 64 steps, all at the
+    weights of `step`; None when there are none."""
+    others = sorted((s for s in captured if s != step and abs(s - step) <= 64),
+                    key=lambda s: (abs(s - step), s))[:MAX_NEIGHBORS]
+    if not others:
+        return None
+    params = scene.params(step)
+    own_batch = scene.batch(step)
     other_batches = [scene.batch(s) for s in others]
     same = all(all(torch.equal(own_batch[k], b[k]) for k in own_batch if k in b and
                    own_batch[k].shape == b[k].shape) and
@@ -187,7 +206,7 @@ def measure(ev: Evidence, scene) -> None:
         losses = np.array([float(replay.loss(params, b)) for b in other_batches])
     median = float(np.median(losses))
     ratio = own / median if median > 0 else float("inf")
-    raw_own, raw_others = scene.snapshot(onset).batch, [scene.snapshot(s).batch for s in others]
+    raw_own, raw_others = scene.snapshot(step).batch, [scene.snapshot(s).batch for s in others]
     rows = lambda b: next(iter(b.values())).shape[0] if b else 0  # noqa: E731
     usual = float(np.median([rows(b) for b in raw_others]))
     # heavy tails are judged on ordinary batches (a short batch elsewhere is the same kind of
@@ -200,12 +219,11 @@ def measure(ev: Evidence, scene) -> None:
     row = {"batch_loss": own, "neighbor_loss_median": median, "neighbor_count": len(losses),
            "batch_loss_ratio": ratio, "batch_robust_z": robust_z(own, losses),
            "neighbor_outliers": float(outliers), "batches_identical": float(same),
-           "batch_rows": rows(raw_own), "usual_rows": usual}
+           "batch_rows": rows(raw_own), "usual_rows": usual, "suspect_step": float(step)}
     row.update(_input_checks(raw_own, raw_others, replay.input_key))
     period = recurrence_period(_same_kind_onsets(scene, rows(raw_own)))
     if period is not None:
         row["recurrence_period"] = period
     row.update(_history(scene, ctx))
-    row.update(_micro(replay, params, own_batch, scene.snapshot(onset).meta))
-    ev.add_many(onset, "data", {k: v for k, v in row.items() if v is None or not
-                                (isinstance(v, float) and math.isnan(v))})
+    row.update(_micro(replay, params, own_batch, scene.snapshot(step).meta))
+    return row

@@ -86,12 +86,16 @@ def judge(ev: EvidenceView) -> Finding:
         "nonfinite_inputs": ev.at("nonfinite_inputs", ctx.onset),
         "out_of_range_share": ev.at("out_of_range_share", ctx.onset),
         "worst_micro_batch": ev.at("worst_micro_batch", ctx.onset), "causes": causes,
+        "suspect_step": ev.at("suspect_step", ctx.onset),
         "history_excursions": hist, "history_steps": hist_n,
     }
     thresholds = {k: T[k].value for k in T}
     use_z = count >= T.min_neighbors_for_z and z is not None
     far = ratio >= T.min_ratio and (not use_z or z >= T.min_robust_z)
-    where = (f"at the onset weights, batch {ctx.onset} has loss ×{ratio:.3g} the median of "
+    step = int(ev.at("suspect_step", ctx.onset) or ctx.onset)
+    at = ("at the onset weights" if step == ctx.onset else
+          f"at the weights of step {step}, the step before the probe rose (its update shows one step later)")
+    where = (f"{at}, batch {step} has loss ×{ratio:.3g} the median of "
              f"{count:.0f} other recorded batches" + (f" (robust z {z:.3g})" if use_z else
                                                      " (too few batches for a robust z)"))
     if far and outliers > T.max_neighbor_outliers:
