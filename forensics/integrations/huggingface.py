@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from forensics.integrations._common import MicroBatches, grad_norm, unwrap_optimizer
+from forensics.integrations.hf_model import hf_factory
 from forensics.record.warn import WarnOnce
 from forensics.rundir.model import trusted
 
 CONFIG_FILE = "hf_config.json"
-_FACTORY = "forensics.integrations.huggingface:model_from_config"
 _CAUSAL_LOSS = "forensics.integrations.huggingface:causal_lm_loss"
 _CAUSAL_LOSS_LABEL_COUNT = "forensics.integrations.huggingface:causal_lm_loss_label_count"
 _NOT_BATCH = {"num_items_in_batch", "return_dict", "use_cache", "output_attentions", "output_hidden_states"}
@@ -168,10 +168,8 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         model = unwrap_model(model)  # torch.compile: the names, config and class of the model inside
         factory, factory_kwargs = self.model_factory, self.model_kwargs
         config = getattr(model, "config", None)
-        if factory is None and config is not None:
-            factory = _FACTORY
-            factory_kwargs = {"config": json.loads(config.to_json_string(use_diff=False)),
-                              "architecture": type(model).__name__}
+        if factory is None and hf_factory(model) is not None:
+            factory, factory_kwargs = hf_factory(model)
         loss = self.loss or (_CAUSAL_LOSS if _is_causal_lm(model) else "cross_entropy")
         self._model = model
         options = dict(self.recorder_options)
