@@ -1,49 +1,56 @@
-"""`numerical` names the first tensor that went non-finite and whether the loss was still
-finite then: planted in recorded runs (an inf gradient under a finite loss; a NaN input)."""
+"""`numerical` names where a NaN started, not where the loss noticed it: a branch's weight is set to
+NaN at step 300 while the branch is unused; the loss goes NaN only at 340, when the branch joins the
+output. The first captured snapshot holding the NaN is the context snapshot of step 304 (every 16
+steps), 36 steps before onset (before: only 32 steps back and the selected window were looked at,
+and a later snapshot was named). The run without the NaN has no spike to judge."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from forensics import Recorder, analyze
+from forensics import Recorder
+from forensics.analyzer.pipeline import analyze
 
 
-def _run(root, *, nan_input_at=None, inf_grad_at=None, steps=220):
+class TwoBranch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+        self.use_b = False
+
+    def forward(self, x):
+        return self.a(x) + (self.b(x) if self.use_b else 0.0)
+
+
+def _record(path, poison: bool):
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    model = TwoBranch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(6, 1, generator=g)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    rec = Recorder(net, opt, root, loss="mse")
-    for step in range(steps):
-        x = torch.randn(16, 6, generator=g)
-        y = torch.tanh(x @ w)
-        if step == nan_input_at:
-            x[3, 2] = float("nan")
-        opt.zero_grad()
-        loss = ((net(x) - y) ** 2).mean()
-        loss.backward()
-        if step == inf_grad_at:  # an overflow in the backward pass only
-            net[2].weight.grad[0, 5] = float("inf")
-        rec.observe(loss, {"x": x, "y": y})
-        opt.step()
-    rec.close()
-    return net
+    with Recorder(model, opt, path, loss="mse", probe=None) as rec:
+        for t in range(360):
+            if poison and t == 300:
+                with torch.no_grad():
+                    model.b.weight[0, 0] = float("nan")
+            model.use_b = t >= 340
+            x = torch.randn(16, 4, generator=g)
+            y = x.sum(1, keepdim=True)
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            rec.observe(loss, {"x": x, "y": y})
+            opt.step()
+    return path
 
 
-@pytest.mark.parametrize("kind", ["inf_grad", "nan_input"])
-def test_the_first_nonfinite_tensor_is_named(tmp_path, kind):
-    at = 150
-    net = _run(tmp_path / kind, **{f"{kind}_at": at})
-    result = analyze(tmp_path / kind, model=net, mechanisms=["numerical"], write=False)
-    spike = next(s for s in result.spikes if s.verdict == "numerical")
-    f = next(x for x in spike.findings if x.rule == "numerical")
-    assert f.evidence["first_tensor_step"] == at, f.message
-    if kind == "inf_grad":
-        assert f.evidence["first_tensors"][0] == "grad:2.weight"
-        assert f.evidence["loss_finite_at_first"] == 1.0
-        assert "the gradient of 2.weight" in f.message and "the loss was still finite" in f.message
-    else:
-        assert f.evidence["first_tensors"][0] == "batch:x"
-        assert f.evidence["loss_finite_at_first"] == 0.0
-        assert "the batch input 'x'" in f.message and "already non-finite" in f.message
+def test_the_first_captured_nan_is_named_not_the_first_nan_loss(tmp_path):
+    analysis = analyze(_record(tmp_path / "run", True), write=False, mechanisms=["numerical"])
+    (spike,) = [s for s in analysis.spikes if s.context.onset == 340]
+    firsts = {(step, metric) for step, _, metric, _ in spike.evidence.rows if metric.startswith("first_nonfinite@")}
+    assert firsts == {(304, "first_nonfinite@param:b.weight")}, firsts
+    assert spike.verdict == "numerical"
+
+
+def test_a_finite_run_has_nothing_to_trace(tmp_path):
+    analysis = analyze(_record(tmp_path / "run", False), write=False, mechanisms=["numerical"])
+    assert not [s for s in analysis.spikes if s.verdict == "numerical"]

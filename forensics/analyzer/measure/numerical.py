@@ -2,8 +2,9 @@
 
 Reads the recorded per-step losses from `steps/` over the whole spike and every selected
 snapshot's tensors; needs no model. To name where a NaN/Inf started, it also scans every
-captured snapshot of the spike's window from `LEAD` steps before onset (not before an earlier
-spike's end; at most `MAX_SCAN`, in step order) for the first one holding a non-finite tensor or
+captured snapshot from as far before onset as the spike's own snapshots reach (the recorder's
+context span and dense ring; not before an earlier spike's end; at most `MAX_SCAN`, in step
+order), when anything in the spike is non-finite, for the first one holding a non-finite tensor or
 loss, and records each such tensor there as
 `first_nonfinite@<kind>:<name>` (kind: state/<moment>, param, batch, grad; the value is its
 count of non-finite values) with `loss_finite_at_first`, whether that step's recorded loss
@@ -34,7 +35,7 @@ from forensics.analyzer.measure._steps import column, spike_range
 from forensics.math.finite import nonfinite_count
 
 MAX_SCAN = 64
-LEAD = 32  # the origin is looked for from this many steps before onset (an earlier one is another spike's)
+LEAD = 32  # runs without recorder settings: the origin is looked for from this many steps before onset
 WITHOUT_SNAPSHOTS = True  # the recorded losses in steps/ still say whether the spike went non-finite
 SCALE_FLOOR = 1.0  # the smallest loss scale of DeepSpeed's and Megatron-LM's loss scalers (min_loss_scale);
 # the rule reports whether the scale had reached it when float16 overflowed
@@ -125,13 +126,25 @@ def _nonfinite_tensors(snap) -> dict[str, float]:
     return out
 
 
+def _lead(scene) -> int:
+    """How far before onset the spike's own snapshots reach: the recorder's context span plus its
+    dense ring (run.json), or `LEAD` for a run that does not say."""
+    rec = (getattr(scene.run, "manifest", None) or {}).get("recorder") or {}
+    try:
+        return int(rec.get("context_span", 0)) + int(rec.get("ring_size", 0)) * int(rec.get("stride", 1)) \
+            or LEAD
+    except (TypeError, ValueError):
+        return LEAD
+
+
 def _since(ev: Evidence, scene) -> int:
-    """The first step this spike's origin may lie at: `LEAD` steps before onset, but after the
-    end of an earlier recorded spike (its non-finite values are that spike's)."""
+    """The first step this spike's origin may lie at: as far before onset as its own snapshots
+    reach (`_lead`), but after the end of an earlier recorded spike (its non-finite values are
+    that spike's)."""
     onset = ev.context.onset
     ends = [s.end for s in (getattr(scene.run, "spikes", None) or [])
             if s.end is not None and s.end < onset]
-    return max([onset - LEAD] + [e + 1 for e in ends])
+    return max([onset - _lead(scene)] + [e + 1 for e in ends])
 
 
 def _first_origin(ev: Evidence, scene, amp: _Amp) -> int | None:
@@ -139,7 +152,7 @@ def _first_origin(ev: Evidence, scene, amp: _Amp) -> int | None:
     scaler skip), named tensor by tensor; its step, or None."""
     if not scene.window.steps:
         return None
-    lo, hi = max(scene.window.steps[0], _since(ev, scene)), scene.window.steps[-1]
+    lo, hi = _since(ev, scene), scene.window.steps[-1]  # every captured step, not only the selected
     steps = sorted({i.step for i in scene.run.snapshots if lo <= i.step <= hi and not amp.ordinary(i.step)})
     for step in steps[:MAX_SCAN]:
         snap = scene.snapshot(step)
@@ -203,17 +216,18 @@ def measure(ev: Evidence, scene) -> None:
                 ev.add(int(step), "numerical", "nonfinite_loss", 1.0)
     if amp.present:
         amp.measure(ev, *spike_range(ctx))
+    seen = ctx.nonfinite
     for step in scene.window.steps:
         snap = scene.snapshot(step)
         states = [t for d in snap.state.values() for t in d.values()]
         grads = "nonfinite_grad_skipped" if amp.ordinary(step) else "nonfinite_grad"
-        ev.add_many(step, "numerical", {
-            grads: _count(snap.grads.values()),
-            "nonfinite_param": _count(snap.params.values()),
-            "nonfinite_state": _count(states),
-            "nonfinite_loss": float(not math.isfinite(float(snap.meta.get("loss", 0.0)))),
-        })
-    first = _first_origin(ev, scene, amp)
+        counts = {grads: _count(snap.grads.values()), "nonfinite_param": _count(snap.params.values()),
+                  "nonfinite_state": _count(states),
+                  "nonfinite_loss": float(not math.isfinite(float(snap.meta.get("loss", 0.0))))}
+        ev.add_many(step, "numerical", counts)
+        seen = seen or any(v for k, v in counts.items() if k != "nonfinite_grad_skipped")
+    # where it started: only when something is non-finite (a finite spike loads no other snapshot)
+    first = _first_origin(ev, scene, amp) if seen else None
     fp16 = amp.present or any(t.dtype == torch.float16 for t in
                               (scene.snapshot(first).params.values() if first is not None else ()))
     if first is not None and fp16:
