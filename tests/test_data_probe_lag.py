@@ -46,3 +46,23 @@ def test_the_planted_batch_is_judged_whichever_series_opened_the_spike(tmp_path,
 def test_without_the_plant_no_batch_is_called_bad(tmp_path):
     analysis = _record(tmp_path / "run", None)
     assert not [s.context.onset for s in analysis.spikes if s.verdict == "data"]
+
+
+def test_the_default_counterfactual_skips_the_batch_the_verdict_names(tmp_path):
+    """The verdict names batch 5 (the step before the probe-opened onset 6): the hint points at that
+    snapshot and whatif's default change skips batch 5, which removes the spike (skipping the
+    ordinary onset batch 6 did not, and read as 'the fix does not work')."""
+    import forensics
+    from forensics.rundir.reader import open_run
+    from forensics.whatif.defaults import default_changes
+
+    _record(tmp_path / "run", 5)
+    analyze(tmp_path / "run", mechanisms=["data", "sharpness", "catapult"])
+    run = open_run(tmp_path / "run")
+    spike = next(s for s in run.spikes if s.onset == 6)
+    data = next(f for f in analyze(tmp_path / "run", write=False, mechanisms=["data"]).spikes[0].findings)
+    assert "snapshot of step 5" in data.hint, data.hint
+    changes, rules = default_changes(run, spike)
+    assert changes[rules.index("data")] == "skip_batch=5", changes
+    result = forensics.whatif(tmp_path / "run", spike.spike_id, ["skip_batch=5"])
+    assert result.reproduced and result.changes[0].spike_gone, result.changes[0]

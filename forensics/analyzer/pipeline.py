@@ -5,8 +5,7 @@ The pipeline is the only place that loads snapshots and writes results; the engi
 (`forensics.analyzer.rules`, one spec each) turn measurements into findings; which engines
 run follows from the specs' `needs`. A failure in one engine or one spike becomes an
 `inconclusive` finding with the reason, and the spike's verdict `not_analyzed` when no rule
-can answer without that engine (`forensics.analyzer.verdict`); it never loses the findings
-already made.
+can answer without that engine (`forensics.analyzer.verdict`); it never loses findings made.
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ from forensics.analyzer.store import write_analysis
 from forensics.analyzer.verdict import choose_verdict
 from forensics.analyzer.window import select
 from forensics.math.hvp import twice_differentiable_attention as _twice_differentiable_attention
-from forensics.record.detector import DetectorConfig, detect_offline
+from forensics.record.detector import DetectorConfig
+from forensics.record.offline import detect_offline, probe_sets
 from forensics.rundir.reader import Run, open_run
 
 Progress = Callable[[int, str, int, int], None]
@@ -164,15 +164,15 @@ def _spikes(run: Run, redetect: bool):
     """Online spikes from events.jsonl, or the same detector re-run offline on steps/."""
     if run.spikes and not redetect:
         return list(run.spikes), "online"
-    steps = run.steps
-    if steps is None or steps.num_rows == 0:
+    if (steps := run.steps) is None or steps.num_rows == 0:
         return [], "offline"
     config = DetectorConfig.from_dict(run.manifest.get("detector") or {})
     s = np.asarray(steps.column("step").to_numpy(zero_copy_only=False))
     v = np.asarray(steps.column("loss").to_numpy(zero_copy_only=False), dtype=float)
     probe, rows = (steps.column(c).to_pylist() if c in steps.column_names else None
                    for c in ("probe_loss", "batch_rows"))
-    return detect_offline(s, v, config, probe=probe, rows=rows), "offline"
+    sets = probe_sets(s, probe, run.events)  # where the auto probe's set switched (the `probe` event)
+    return detect_offline(s, v, config, probe=probe, rows=rows, probe_set=sets), "offline"
 
 
 def _context(run: Run, spike, run_id: str) -> SpikeContext:

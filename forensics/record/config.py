@@ -40,7 +40,8 @@ class RecorderConfig:
             cost where a sample is a sequence: 256 sequences of 64 tokens made a small GPT's
             training 8x slower (a forward over 16x the batch every step); 4096 tokens is 64 such
             sequences, 4 of 1024. A sample of one target element (regression, classification)
-            keeps `probe_size`.
+            keeps `probe_size`; so does a one-hot or soft-label target (a floating target's last
+            dimension counts one term: `forensics.record.probe.terms_per_sample`).
         model_factory, model_kwargs: how the analyzer rebuilds the model ("package.module:factory").
         task, seed: free-form description of the run and its seed (run.json).
         hf_config: file name (beside run.json) of a Hugging Face model config (the HF callback's).

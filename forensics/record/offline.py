@@ -53,4 +53,23 @@ def detect_offline(steps, values, config="robust", *, probe=None, rows=None, pro
     return spikes_from_events(events)
 
 
-__all__ = ["detect_offline"]
+def probe_sets(steps, probe, events) -> list | None:
+    """The auto probe's set id per step (`detect_offline`'s `probe_set`) rebuilt from the run's events:
+    "first" (the interim probe, the first batch) from the first step with a finite probe loss, then,
+    after the step of the `probe` event that drew the set, "drawn" (or "off" when it switched the probe
+    off), as the recorder passed them online; None when the run has no `probe` event (no auto probe,
+    or a given probe: one set throughout). Without it the offline detector compares the drawn set's
+    loss with the first batch's and reports the switch as a spike."""
+    decided = [e for e in events if e.get("type") == "probe" and isinstance(e.get("step"), int)]
+    if not decided:
+        return None
+    at, active = decided[0]["step"], bool(decided[0].get("active"))
+    probe = _column("probe", probe, len(list(steps)))
+    out, seen = [], False
+    for s, p in zip(steps, probe, strict=True):
+        seen = seen or _missing(p) is not None
+        out.append(("drawn" if active else "off") if int(s) > at else ("first" if seen else None))
+    return out
+
+
+__all__ = ["detect_offline", "probe_sets"]

@@ -57,8 +57,9 @@ class Probe:
 
 class AutoProbe:
     """Collects the input and target of the first `batches` batches, at most `size` samples and at
-    most `terms` target elements (a sample's terms: its target's elements, e.g. the tokens of a
-    sequence; at least one sample is kept).
+    most `terms` loss terms (a sample's terms: `terms_per_sample`, e.g. the tokens of a sequence; a
+    one-hot or soft-label row is one term, so a 1000-class one-hot target keeps `size` samples, not
+    4; at least one sample is kept).
 
     `offer(batch)` per observed step returns None while collecting (at least until the second
     batch, even when the first one holds `size` samples), then once a decision:
@@ -98,7 +99,7 @@ class AutoProbe:
             self.first = self.first or {k: v.clone() for k, v in first.items()}
         self.first_rows = self.first_rows or n
         if self.terms and not self.parts:  # the sample budget in rows, from the target's elements per row
-            per_row = max(1, part[self.keys[1]][0].numel())
+            per_row = terms_per_sample(part[self.keys[1]])
             self.size = min(self.size, max(1, self.terms // per_row))
         self.parts.append({k: v[: self.size - self.samples].clone() for k, v in part.items()})
         self.samples += min(n, self.size - self.samples)
@@ -121,6 +122,17 @@ class AutoProbe:
         return decision
 
 
+def terms_per_sample(target: torch.Tensor) -> int:
+    """The loss terms one sample of `target` (dim 0: samples) contributes: its elements, except that a
+    floating target's last dimension is one term (a one-hot or soft-label row over C classes, a
+    regression vector): (B, T) tokens -> T, (B, H, W) class indices -> H·W, (B, C) one-hot -> 1,
+    (B, T, C) soft labels -> T. At least 1."""
+    row = target[0]
+    if target.is_floating_point() and row.dim() >= 1:
+        return max(1, row.numel() // max(1, row.shape[-1]))
+    return max(1, row.numel())
+
+
 def save_probe(run_dir: Path | str, batch: dict) -> None:
     """Write the probe set to `run_dir/probe.safetensors` atomically (tensors only)."""
     from safetensors.torch import save_file
@@ -141,4 +153,4 @@ def load_probe(run_dir: Path | str, device) -> dict | None:
     return {k: v.to(device) for k, v in load_file(str(path)).items()}
 
 
-__all__ = ["PROBE_FILE", "AutoProbe", "Probe", "load_probe", "save_probe"]
+__all__ = ["PROBE_FILE", "AutoProbe", "Probe", "load_probe", "save_probe", "terms_per_sample"]

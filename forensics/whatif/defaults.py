@@ -1,5 +1,6 @@
 """The default counterfactuals of a spike: the changes its fired rules' specs declare
-(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps,
+(`Mechanism.counterfactuals`), verdict first; `onset`/`peak` in `skip_batch=` name the spike's steps
+(`onset`: the batch the rule blames, its evidence's `suspect_step` when it names one),
 and `jump=before` sets the hyperparameter a `hyperparameter_jump` found back to its value before the jump.
 A change that sets a hyperparameter to the value the run already uses is left out (a replay of
 nothing; `forensics.analyzer.hints.run_settings` reads run.json). The z-loss and qk-layernorm
@@ -47,12 +48,19 @@ def default_changes(run: Run, spike: Spike) -> tuple[list[str], list[str]]:
     for rule, evidence in fired_findings(run, spike.spike_id).items():
         spec = SPECS.get(rule)
         for text in getattr(spec, "counterfactuals", ()) or ():
-            text = text.replace("=onset", f"={spike.onset}").replace("=peak", f"={spike.peak}")
+            text = text.replace("=onset", f"={_suspect(spike, evidence)}").replace("=peak", f"={spike.peak}")
             text = _before(text, evidence)
             if text and text not in texts and not already_used(text, used):
                 texts.append(text)
                 rules.append(rule)
     return texts, rules
+
+
+def _suspect(spike: Spike, evidence: dict) -> int:
+    """The batch a rule blames: its evidence's `suspect_step` (the data rule may name the step
+    before a probe-opened onset, whose update the probe shows one step later), else the onset."""
+    step = evidence.get("suspect_step")
+    return int(step) if isinstance(step, (int, float)) and step == step else spike.onset
 
 
 def already_used(text: str, used: dict) -> bool:

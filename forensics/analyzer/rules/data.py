@@ -114,8 +114,10 @@ def judge(ev: EvidenceView) -> Finding:
         kind = ("; " + "; ".join(causes)) if causes else ""
         rows, usual = evidence["batch_rows"], evidence["usual_rows"]
         short = rows is not None and usual is not None and rows < usual
+        hint = HINT_BATCH if step == ctx.onset else HINT_BATCH.replace("the onset snapshot",
+                                                                       f"the snapshot of step {step}")
         return Finding(RULE, "fired", score, f"{where}: the batch, not the weights, is off{kind}",
-                       HINT_BATCH + (HINT_SHORT if short else ""), evidence=evidence, thresholds=thresholds)
+                       hint + (HINT_SHORT if short else ""), evidence=evidence, thresholds=thresholds)
     return Finding(RULE, "not_fired", 0.0,
                    f"{where}: within the other batches' spread, so the weights, not the batch, "
                    "are off", evidence=evidence, thresholds=thresholds)
