@@ -17,8 +17,7 @@ channel back too). A value in the next `merge_gap` steps that would open a spike
 new sub-peak of the same episode. The `spike` event comes when that recovery window has passed:
 `end` = the first step back to normal after the last sub-peak, `sub_peaks` = [[step, value], ...].
 A sub-peak not back after `max_len` steps ends the episode with `recovered` false (`end` = that
-step) and its last values become the channel's window: the continuation is the new normal, not
-another spike.
+step) and its last values become the channel's window: the continuation is the new normal.
 """
 
 from __future__ import annotations
