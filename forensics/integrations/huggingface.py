@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from forensics.integrations._common import MicroBatches, grad_norm, unwrap_optimizer
-from forensics.integrations.hf_model import hf_factory
 from forensics.record.warn import WarnOnce
 from forensics.rundir.model import trusted
 
@@ -166,10 +165,7 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         from forensics.record.recorder import Recorder, unwrap_model
 
         model = unwrap_model(model)  # torch.compile: the names, config and class of the model inside
-        factory, factory_kwargs = self.model_factory, self.model_kwargs
-        config = getattr(model, "config", None)
-        if factory is None and hf_factory(model) is not None:
-            factory, factory_kwargs = hf_factory(model)
+        config = getattr(model, "config", None)  # no model_factory: the Recorder names model_from_config
         loss = self.loss or (_CAUSAL_LOSS if _is_causal_lm(model) else "cross_entropy")
         self._model = model
         options = dict(self.recorder_options)
@@ -180,8 +176,9 @@ class SpikeForensicsTrainerCallback(TrainerCallback):
         scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer under fp16
         if scaler is not None and "scaler" not in options:  # steps the scaler skips are recorded too
             options["scaler"] = scaler
-        self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir, model_factory=factory,
-                                 model_kwargs=factory_kwargs, loss=loss, batch_keys=self.batch_keys,
+        self.recorder = Recorder(model, unwrap_optimizer(optimizer), self.run_dir,
+                                 model_factory=self.model_factory, model_kwargs=self.model_kwargs, loss=loss,
+                                 batch_keys=self.batch_keys,
                                  hf_config=None if config is None else CONFIG_FILE, **options)
         if config is not None:
             config.to_json_file(str(self.run_dir / CONFIG_FILE))

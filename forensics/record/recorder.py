@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from forensics.integrations.hf_model import hf_factory
 from forensics.record.amp import AutoScalerWatch, ScalerWatch
 from forensics.record.capture import SnapshotPolicy
 from forensics.record.config import RecorderConfig
@@ -25,7 +26,6 @@ from forensics.record.detector import SpikeDetector
 from forensics.record.distributed import (
     GlobalMean, RankSetup, gather_batch, gather_full, share_resume, sharded, unwrap_ddp,
 )
-from forensics.integrations.hf_model import hf_factory
 from forensics.record.guard import prepare_run_dir
 from forensics.record.inputs import batch_key_map, flatten_batch, loss_spec, unwrap_model
 from forensics.record.lazy import Deferred, LazyInputs
@@ -82,9 +82,9 @@ class Recorder(StepLoop, FailurePolicy):
         self._params = [p for _, p in named]
         name_of = {id(p): n for n, p in named}
         kinds, self._known_optimizer = state_kinds(optimizer)
-        if cfg.model_factory is None and hf_factory(model) is not None:  # rebuilt from its config
-            factory, kwargs = hf_factory(model)
-            cfg = cfg.with_options(model_factory=factory, model_kwargs=kwargs)
+        hf = hf_factory(model) if cfg.model_factory is None else None  # a transformers model: its config
+        if hf is not None:
+            cfg = cfg.with_options(model_factory=hf[0], model_kwargs=hf[1])
         cfg, _, mode_message = choose_mode(cfg, self._params, kinds, self._ranks.distributed)
         self.config, self.mode, self.sync_every = cfg, cfg.mode, cfg.sync_every
         self.objective = Objective(model, cfg, keys, self.loss_spec, self.run_dir)
