@@ -19,10 +19,11 @@ from forensics.analyzer.plots import Bars, Limit
 from forensics.analyzer.spec import Mechanism, Thresholds
 
 RULE = "data"
-HINT_BATCH = ("inspect the batch saved in the onset snapshot (batch/*); skip or fix it, or add loss "
+HINT_BATCH = ("inspect the batch saved in {snapshot} (batch/*); skip or fix it, or add loss "
               "filtering (skip steps whose loss is far above the running median)")
 HINT_SHORT = "; a short batch: drop_last=True or a loss that does not depend on the batch size"
-HINT = HINT_BATCH + HINT_SHORT  # the spec's (docs); a finding adds HINT_SHORT only for a short batch
+# the spec's (docs); a finding names the suspect's snapshot and adds HINT_SHORT only for a short batch
+HINT = HINT_BATCH.format(snapshot="the onset snapshot") + HINT_SHORT
 T = Thresholds(
     min_ratio=(3.0, "rationale: at the same weights a curvature instability makes every batch bad "
                "(ratio ≈ 1); a batch 3× worse than the median of the others is off on its own"),
@@ -114,8 +115,8 @@ def judge(ev: EvidenceView) -> Finding:
         kind = ("; " + "; ".join(causes)) if causes else ""
         rows, usual = evidence["batch_rows"], evidence["usual_rows"]
         short = rows is not None and usual is not None and rows < usual
-        hint = HINT_BATCH if step == ctx.onset else HINT_BATCH.replace("the onset snapshot",
-                                                                       f"the snapshot of step {step}")
+        hint = HINT_BATCH.format(snapshot="the onset snapshot" if step == ctx.onset else
+                                 f"the snapshot of step {step}")
         return Finding(RULE, "fired", score, f"{where}: the batch, not the weights, is off{kind}",
                        hint + (HINT_SHORT if short else ""), evidence=evidence, thresholds=thresholds)
     return Finding(RULE, "not_fired", 0.0,
