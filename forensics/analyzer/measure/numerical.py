@@ -169,7 +169,7 @@ def _replay(ev: Evidence, scene, step: int) -> dict | None:
     """Replay `step`'s forward pass: the first module past the float16 maximum (None when the
     weights are already non-finite, or the replay failed: noted as the engine's failure)."""
     snap = scene.snapshot(step)
-    if any(not bool(torch.isfinite(t).all()) for t in snap.params.values()):
+    if any(nonfinite_count(t) for t in snap.params.values()):
         return None  # weights already non-finite: every output is, whatever the precision
     try:
         x = scene.replay.batch(snap)[scene.replay.input_key]
